@@ -1,0 +1,85 @@
+"""Dataset sources (registered by name) and the protocol that turns any source into train/meta/val/test.
+
+A source declares its own options (``params``) next to the protocol's common options; the dataset section
+of a spec is validated against both. Built splits are cached per process, so a reused Ray actor does not
+rebuild the data for every trial.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from trainables.data.protocol import NOISE_TYPES, SourceData, Split, Splits, build_splits
+from trainables.params import ConfigError, Param, resolve
+from trainables.registry import Registry
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A registered dataset: ``load(options)`` returns the raw pools; ``params`` are its own options."""
+
+    load: Callable[[Mapping[str, Any]], SourceData]
+    params: Mapping[str, Param] = field(default_factory=dict)
+    # Protocol defaults this source prefers (e.g. a smaller test hold-out for a small dataset).
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+DATASETS: Registry[DatasetSource] = Registry("dataset")
+
+PROTOCOL_PARAMS: dict[str, Param] = {
+    "imbalance": Param(1.0, (float,), low=1.0, help="rho = n_max / n_min; 1 = balanced"),
+    "meta_per_class": Param(10, (int,), low=0, help="clean balanced meta/validation images per class"),
+    "val_per_class": Param(0, (int,), low=0, help="a second balanced set for model selection; 0 = use the meta set"),
+    "test_per_class": Param(None, (int,), low=1, nullable=True, help="balanced test size; null = as many as balance allows"),
+    "n_max": Param(None, (int,), low=1, nullable=True, help="head-class count; null = the smallest class left"),
+    "noise_type": Param("none", (str,), choices=NOISE_TYPES),
+    "noise_rate": Param(0.0, (float,), low=0.0, high=1.0, high_open=True),
+    "data_seed": Param(0, (int,), low=0, help="fixes the split; trial seeds do not change it"),
+    "many_threshold": Param(100, (int,), low=0, help="many-shot: n_c > this"),
+    "few_threshold": Param(20, (int,), low=0, help="few-shot: n_c < this"),
+}
+
+
+def dataset_params(name: str) -> dict[str, Param]:
+    """All options of dataset ``name``: the protocol's (with the source's defaults) and its own."""
+    source = DATASETS.get(name)
+    params = {k: (Param(**{**p.__dict__, "default": source.defaults[k]}) if k in source.defaults else p)
+              for k, p in PROTOCOL_PARAMS.items()}
+    params.update(source.params)
+    return params
+
+
+def resolve_dataset(raw: Mapping[str, Any], path: str = "dataset") -> dict[str, Any]:
+    """Validate a dataset section (``name`` plus options) and fill every default."""
+    raw = dict(raw)
+    if "name" not in raw:
+        raise ConfigError(f"{path}.name", f"missing; allowed: {', '.join(DATASETS.names())}")
+    name = raw.pop("name")
+    if name not in DATASETS:
+        raise ConfigError(f"{path}.name", f"unknown dataset {name!r}; allowed: {', '.join(DATASETS.names())}")
+    return {"name": name, **resolve(dataset_params(name), raw, path)}
+
+
+def load_splits(dataset_cfg: Mapping[str, Any]) -> Splits:
+    """Build (or fetch from this process's cache) the splits a resolved dataset config describes."""
+    return _cached_splits(json.dumps(dict(dataset_cfg), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_splits(key: str) -> Splits:
+    cfg = json.loads(key)
+    source = DATASETS.get(cfg["name"])
+    own = {k: cfg[k] for k in source.params}
+    protocol = {k: cfg[k] for k in PROTOCOL_PARAMS}
+    splits = build_splits(source.load(own), **protocol)
+    return splits
+
+
+# Register the built-in sources (import for side effects, after DATASETS exists).
+from trainables.data import embedded  # noqa: E402,F401
+
+__all__ = ["DATASETS", "DatasetSource", "PROTOCOL_PARAMS", "SourceData", "Split", "Splits",
+           "dataset_params", "load_splits", "resolve_dataset"]

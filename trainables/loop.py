@@ -1,0 +1,186 @@
+"""The one training loop. A plain function: runs standalone, knows nothing of Ray.
+
+``train(config)`` builds the data, model and method a trial config names, trains for ``train.epochs``
+and returns the last epoch's metrics. Every epoch it calls ``report(metrics, state)``; ``state`` is the
+full checkpoint (model, optimizer, scheduler, method, RNG states, epoch); it holds live tensors, so save
+or copy it inside ``report``. Passing a saved state back as ``resume_state`` continues the same trajectory.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from trainables.config import resolve_trial
+from trainables.data import Splits, load_splits
+from trainables.methods import METHODS, EpochEvaluation, Method, MethodContext
+from trainables.metrics import balanced_accuracy, class_accuracy, group_accuracy, predict_probs
+from trainables.models import build_model
+
+Reporter = Callable[[dict[str, float], dict[str, Any]], None]
+PER_CLASS_METRICS_MAX = 20  # above this many classes, per-class accuracy is not sent as separate metrics
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the message says at which epoch."""
+
+
+def lr_factor(epoch: int, cfg: Mapping[str, Any]) -> float:
+    """Multiplier of the base lr during 0-based ``epoch``: linear warm-up, then the schedule."""
+    warm = cfg["warmup_epochs"]
+    if epoch < warm:
+        return (epoch + 1) / warm
+    if cfg["schedule"] == "cosine":
+        span = max(1, cfg["epochs"] - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warm) / span))
+    if cfg["schedule"] == "multistep":
+        return cfg["lr_decay"] ** sum(epoch >= m for m in cfg["milestones"])
+    return 1.0
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def epoch_batches(n: int, batch_size: int, weights: torch.Tensor | None, generator: torch.Generator) -> list[torch.Tensor]:
+    """Index batches for one epoch: a shuffle, or n weighted draws with replacement.
+
+    A trailing batch of a single example is dropped (BatchNorm cannot train on it).
+    """
+    if weights is None:
+        order = torch.randperm(n, generator=generator)
+    else:
+        order = torch.multinomial(weights.detach().double().cpu(), n, replacement=True, generator=generator)
+    batches = list(torch.split(order, batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()
+    return batches
+
+
+class Trial:
+    """Everything one trial holds: splits, model, optimizer, scheduler, method and RNG.
+
+    Kept as an object so tests and benchmarks can step it; :func:`train` is the way to run one.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = resolve_trial(config)
+        cfg, tcfg = self.config, self.config["train"]
+        self.device = pick_device(tcfg["device"])
+        torch.manual_seed(cfg["seed"])
+        self.generator = torch.Generator().manual_seed(cfg["seed"])
+        self.splits: Splits = load_splits(cfg["dataset"])
+        self.train_set = self.splits.train.to(self.device)
+        method_cls = METHODS.get(cfg["method"]["name"])
+        hparams = {k: v for k, v in cfg["method"].items() if k != "name"}
+        model_cfg = {**cfg["model"], **method_cls.model_options(hparams)}
+        self.model: nn.Module = build_model(model_cfg, self.splits.input_shape, self.splits.num_classes).to(self.device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=tcfg["lr"], momentum=tcfg["momentum"],
+            weight_decay=tcfg["weight_decay"], nesterov=tcfg["nesterov"] and tcfg["momentum"] > 0,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, tcfg))
+        counts = torch.bincount(self.splits.train.y, minlength=self.splits.num_classes).float().to(self.device)
+        self.ctx = MethodContext(
+            num_classes=self.splits.num_classes, class_counts=counts, train=self.train_set,
+            meta=self.splits.meta.to(self.device), device=self.device, epochs=tcfg["epochs"],
+            batch_size=tcfg["batch_size"], generator=self.generator,
+            predict=lambda x: predict_probs(self.model, x, tcfg["eval_batch_size"]),
+            groups=self.splits.groups,
+        )
+        self.method: Method = method_cls(hparams, self.ctx)
+        self.method.setup(self.model, self.optimizer)
+        self.epoch = 0  # epochs completed
+        self.val = self.splits.val.to(self.device)
+        self.test = self.splits.test.to(self.device)
+
+    # ---- checkpoint state ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "method": self.method.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "config": self.config,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["method"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    # ---- one epoch ------------------------------------------------------------------------------
+    def run_epoch(self) -> dict[str, float]:
+        """Train one epoch, evaluate, and return the epoch's metrics (``epoch`` counts from 1)."""
+        started = time.perf_counter()
+        e, tcfg = self.epoch, self.config["train"]
+        self.method.on_epoch_start(e)
+        weights = self.method.sample_weights(e)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.model.train()
+        total, count = torch.zeros((), device=self.device), 0
+        for idx in epoch_batches(len(self.train_set), tcfg["batch_size"], weights, self.generator):
+            idx = idx.to(self.device)
+            x = self.train_set.x[idx]
+            if self.splits.augment is not None:
+                x = self.splits.augment(x, self.generator)
+            loss = self.method.train_step(self.model, self.optimizer, x, self.train_set.y[idx], idx)
+            total += loss.float() * len(idx)
+            count += len(idx)
+        train_loss = float(total) / max(count, 1)
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(f"non-finite loss at epoch {e + 1}")
+        self.scheduler.step()
+        self.epoch += 1
+        metrics = self.evaluate()
+        metrics.update(epoch=float(self.epoch), train_loss=train_loss, lr=lr)
+        evaluation = EpochEvaluation(self._val_class_acc, self._test_class_acc, dict(metrics))
+        metrics.update(self.method.on_epoch_end(e, evaluation))
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        """Balanced val/test accuracy, per-class and many/medium/few test accuracy, clean train accuracy."""
+        bs, C = self.config["train"]["eval_batch_size"], self.splits.num_classes
+        self._val_class_acc = class_accuracy(predict_probs(self.model, self.val.x, bs).argmax(1), self.val.y, C)
+        self._test_class_acc = class_accuracy(predict_probs(self.model, self.test.x, bs).argmax(1), self.test.y, C)
+        out = {"val_balanced_acc": balanced_accuracy(self._val_class_acc),
+               "test_acc": balanced_accuracy(self._test_class_acc)}
+        for group, acc in group_accuracy(self._test_class_acc, self.splits.groups).items():
+            out[f"test_{group}_acc"] = acc
+        if C <= PER_CLASS_METRICS_MAX:
+            out.update({f"test_acc_class{c}": float(a) for c, a in enumerate(self._test_class_acc)})
+        if self.splits.is_noisy:
+            pred = predict_probs(self.model, self.train_set.x, bs).argmax(1)
+            out["train_clean_acc"] = float((pred == self.train_set.true_y).double().mean())
+        return out
+
+
+def train(config: Mapping[str, Any], *, report: Reporter | None = None,
+          resume_state: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Run one trial to ``train.epochs`` (continuing from ``resume_state`` if given); return the last metrics."""
+    trial = Trial(config)
+    if resume_state is not None:
+        trial.load_state_dict(resume_state)
+    metrics: dict[str, float] = {}
+    while trial.epoch < trial.config["train"]["epochs"]:
+        metrics = trial.run_epoch()
+        if report is not None:
+            report(metrics, trial.state_dict())
+    return metrics

@@ -1,0 +1,141 @@
+"""The Method protocol: what a re-weighting / re-sampling method may change in the one training loop.
+
+The loop (:func:`trainables.loop.train`) calls these hooks, in this order::
+
+    method = MethodCls(hparams, ctx)           # ctx: class counts, the meta set, device, RNG, predict()
+    model options <- MethodCls.model_options(hparams)   # before the model is built (e.g. LDAM's cosine head)
+    method.setup(model, optimizer)              # once, after the model and optimizer exist (and before a resume)
+    for epoch in range(start, epochs):
+        method.on_epoch_start(epoch)            # e.g. IDS refreshes difficulty, LDAM-DRW switches weights on
+        weights = method.sample_weights(epoch)  # None = uniform shuffle; else N draws with replacement
+        for x, y, idx in batches:
+            loss = method.train_step(model, optimizer, x, y, idx)   # default: forward, self.loss, backward, step
+        diagnostics = method.on_epoch_end(epoch, evaluation)       # e.g. CDB reads per-class val accuracy
+    method.state_dict() / load_state_dict()     # everything an exact resume needs
+
+A method overrides only what it changes: a loss-only method overrides :meth:`Method.loss`; a sampler
+overrides :meth:`Method.sample_weights`; a bi-level meta method overrides :meth:`Method.train_step`.
+Hyperparameters are declared in ``params`` (see :mod:`trainables.params`); that declaration is the single
+source the spec validator and the search spaces check against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainables.data.protocol import Split
+from trainables.params import ConfigError, Param, resolve
+
+
+@dataclass
+class MethodContext:
+    """What a method may know about the trial. Tensors live on ``device``."""
+
+    num_classes: int
+    class_counts: torch.Tensor  # float32 [C]: training-label counts per class (what a method can observe)
+    train: Split
+    meta: Split
+    device: torch.device
+    epochs: int
+    batch_size: int
+    generator: torch.Generator  # the trial's sampling RNG; the loop checkpoints its state
+    # Eval-mode class probabilities of the current model for a batch of inputs (no grad, batched).
+    predict: Callable[[torch.Tensor], torch.Tensor]
+    groups: Mapping[str, np.ndarray] = field(default_factory=dict)  # many/medium/few class indices
+
+    def meta_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random batch of the clean meta set, drawn with the trial's generator."""
+        n = len(self.meta)
+        idx = torch.randperm(n, generator=self.generator)[: min(size, n)].to(self.device)
+        return self.meta.x[idx], self.meta.y[idx]
+
+
+@dataclass
+class EpochEvaluation:
+    """What the loop measured after an epoch: per-class accuracies on the balanced sets, and the metrics."""
+
+    val_class_acc: torch.Tensor
+    test_class_acc: torch.Tensor
+    metrics: Mapping[str, float]
+
+
+class Method:
+    """Base class: plain cross-entropy training. Subclasses override the hooks they change."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    params: ClassVar[dict[str, Param]] = {}
+    needs_meta: ClassVar[bool] = False  # True: consumes the meta set for optimisation (meta_per_class > 0)
+    relative_cost: ClassVar[float] = 1.0  # epoch cost relative to CE, for `raysweep plan` estimates
+
+    def __init__(self, hparams: Mapping[str, Any], ctx: MethodContext) -> None:
+        self.hparams = dict(hparams)
+        self.ctx = ctx
+
+    # ---- configuration -------------------------------------------------------------------------
+    @classmethod
+    def resolve_params(cls, raw: Mapping[str, Any] | None, path: str = "method") -> dict[str, Any]:
+        """Validate hyperparameters, fill defaults, then run the cross-field :meth:`check`."""
+        hp = resolve(cls.params, raw, path)
+        cls.check(hp, dict(raw or {}), path)
+        return hp
+
+    @classmethod
+    def check(cls, hparams: Mapping[str, Any], given: Mapping[str, Any], path: str) -> None:
+        """Cross-field constraints (e.g. a conditional knob set without its parent). Raise ConfigError."""
+
+    @classmethod
+    def model_options(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """Model config overrides this method needs (e.g. ``{"normed_classifier": True}``)."""
+        return {}
+
+    # ---- hooks ---------------------------------------------------------------------------------
+    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Called once after the model and optimizer exist, before any checkpoint is loaded."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before the epoch's batches are drawn (epochs count from 0)."""
+
+    def sample_weights(self, epoch: int) -> torch.Tensor | None:
+        """Per-instance sampling probabilities over the training set, or None for a uniform shuffle."""
+        return None
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """The scalar training loss of a batch (its value is what gets logged as ``train_loss``)."""
+        return nn.functional.cross_entropy(logits, targets)
+
+    def train_step(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer,
+        x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
+    ) -> torch.Tensor:
+        """One optimisation step on a batch; returns the detached loss to log."""
+        logits = model(x)
+        loss = self.loss(logits, y, indices)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    def on_epoch_end(self, epoch: int, evaluation: EpochEvaluation) -> dict[str, float]:
+        """Called after evaluation; returns method diagnostics to report (numbers only)."""
+        return {}
+
+    # ---- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs (tensors, numbers, nested state dicts)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{self.name}: unexpected method state keys {sorted(state)}")
+
+
+def require_positive_meta(ctx: MethodContext, method: str) -> None:
+    """Meta-learning methods call this in __init__: they cannot run without a meta set."""
+    if len(ctx.meta) == 0:
+        raise ConfigError("dataset.meta_per_class", f"method {method!r} needs a meta set; set it > 0")

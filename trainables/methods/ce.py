@@ -1,0 +1,10 @@
+"""Cross-entropy: the baseline every method is compared with (the base class's behaviour)."""
+
+from trainables.methods import register
+from trainables.methods.base import Method
+
+
+@register
+class CrossEntropy(Method):
+    name = "ce"
+    description = "softmax cross-entropy, mean over the batch (the baseline)"

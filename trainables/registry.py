@@ -1,0 +1,63 @@
+"""A tiny name -> object registry shared by methods, datasets and models.
+
+Modelled on timm's registry: objects register themselves by name with a one-line description, lookups
+of unknown names fail with a message that lists every valid option.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """Raised when a registry lookup names nothing registered; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want a plain sentence.
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """Maps names to registered objects (classes or factories) with a short description each."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+        self._descriptions: dict[str, str] = {}
+
+    def register(self, name: str, description: str) -> Callable[[T], T]:
+        """Decorator: register the decorated object under ``name``."""
+
+        def decorate(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = obj
+            self._descriptions[name] = description
+            return obj
+
+        return decorate
+
+    def get(self, name: str) -> T:
+        """Return the object registered as ``name``; unknown names raise with the allowed values."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}; allowed: {', '.join(self.names())}"
+            ) from None
+
+    def describe(self, name: str) -> str:
+        return self._descriptions[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
