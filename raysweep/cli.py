@@ -1,0 +1,193 @@
+"""The ``raysweep`` command line: run, plan, demo, table, ui, list.
+
+Every error in user input is a one-line message naming the field, and exit code 2, before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+EXIT_USAGE = 2
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "search_spaces" / "presets"
+
+
+class UsageError(Exception):
+    """Bad input that is not a spec field (a missing sweep, an unknown table key)."""
+
+
+def _load(path: str, overrides: list[str]):
+    from raysweep.plan import plan
+    from raysweep.spec import apply_overrides, load_spec, validate_spec
+
+    spec = validate_spec(apply_overrides(load_spec(path), overrides))
+    return spec, plan(spec)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from raysweep.plan import relative_cost, trial_epochs
+
+    spec, trials = _load(args.spec, args.set)
+    print(f"sweep {spec['name']}: {spec['description']}".rstrip(": "))
+    width = max(len(t.label) for t in trials)
+    for t in trials:
+        axes = " ".join(f"{k}={v}" for k, v in t.axes.items())
+        print(f"  {t.key}  {t.label:<{width}}  seed={t.seed}  {axes}".rstrip())
+    configs = len({t.config_id for t in trials})
+    print(f"{len(trials)} trials ({configs} configurations x {len(spec['seeds'])} seeds), "
+          f"{trial_epochs(trials)} trial-epochs, cost about {relative_cost(trials):.0f} CE-epochs")
+    sched = spec["scheduler"]
+    if sched["name"] == "asha":
+        epochs = max(t.config["train"]["epochs"] for t in trials)
+        rungs, r = [], sched["grace_period"]
+        while r < epochs:
+            rungs.append(r)
+            r = int(r * sched["reduction_factor"])
+        print(f"ASHA rungs at epochs {rungs or '(none)'} (max {epochs}); keeps the top 1/{sched['reduction_factor']:g} at each")
+        if len(trials) < sched["reduction_factor"]:
+            print("warning: fewer trials than the reduction factor: ASHA cannot stop anything")
+    return 0
+
+
+def _print_result(result) -> None:
+    print()
+    print(result.table_markdown)
+    print()
+    print(f"{result.num_trials} trials, {result.num_errors} failed. Ray results: {result.storage_dir}")
+    print(f"MLflow: experiment {result.experiment!r}, parent run {result.parent_run_id}, store {result.tracking_uri}")
+    print(f"Open the UI with:  raysweep ui --tracking-uri {result.tracking_uri}")
+    print(f"Rebuild the table: raysweep table --experiment {result.experiment} --tracking-uri {result.tracking_uri}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from raysweep.runner import run_sweep
+
+    spec, trials = _load(args.spec, args.set)
+    result = run_sweep(spec, trials)
+    _print_result(result)
+    return 1 if result.num_errors else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    spec_path = resources.files("raysweep") / "specs" / "quickstart.yaml"
+    args.spec = str(spec_path)
+    return cmd_run(args)
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from analysis.mlflow_io import SweepNotFound
+    from analysis.tables import to_frame, to_markdown
+    from raysweep.report import sweep_table
+    from raysweep.tracking import resolve_tracking_uri
+
+    if not args.experiment and not args.parent:
+        raise UsageError("table: give --experiment NAME or --parent RUN_ID")
+    try:
+        table = sweep_table(resolve_tracking_uri(args.tracking_uri), experiment=args.experiment,
+                            parent_run_id=args.parent, rows=args.rows, cols=args.cols, metric=args.metric)
+    except (SweepNotFound, KeyError) as err:
+        raise UsageError(str(err).strip("'\"")) from None
+    print(to_frame(table).to_csv(index=False) if args.format == "csv" else to_markdown(table))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from raysweep.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+               "--port", str(args.port)]
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from trainables.data import DATASETS, dataset_params
+    from trainables.methods import METHODS
+    from trainables.models import MODELS, model_params
+    from trainables.params import describe
+
+    if args.what == "presets":
+        import yaml
+
+        for path in sorted(PRESETS_DIR.glob("*.yaml")):
+            description = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+            print(f"{path.stem:<28} {description}")
+        return 0
+    registry, knobs = {
+        "methods": (METHODS, lambda n: METHODS.get(n).params),
+        "datasets": (DATASETS, dataset_params),
+        "models": (MODELS, model_params),
+    }[args.what]
+    for name in registry.names():
+        print(f"{name:<20} {registry.describe(name)}")
+        if args.verbose:
+            for line in describe(knobs(name)):
+                print(f"    {line}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raysweep", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_spec(p: argparse.ArgumentParser, spec: bool = True) -> None:
+        if spec:
+            p.add_argument("spec", help="sweep spec (YAML); see search_spaces/presets/ for examples")
+        p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a spec value (parsed as YAML), e.g. --set train.epochs=5")
+
+    with_spec(p := sub.add_parser("run", help="run a sweep"))
+    p.set_defaults(func=cmd_run)
+    with_spec(p := sub.add_parser("plan", help="print the planned trials and their cost; runs nothing"))
+    p.set_defaults(func=cmd_plan)
+    with_spec(p := sub.add_parser("demo", help="run the bundled quickstart sweep (CE vs focal, mnist1d-LT)"), spec=False)
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("table", help="rebuild a seed-averaged table from MLflow alone")
+    p.add_argument("--experiment", help="MLflow experiment (the newest sweep in it)")
+    p.add_argument("--parent", help="the sweep's parent run id (instead of --experiment)")
+    p.add_argument("--rows", help="config, method, or a dotted key (default: the spec's table.rows)")
+    p.add_argument("--cols", help="a dotted key such as dataset.imbalance (default: the spec's table.cols)")
+    p.add_argument("--metric", help="e.g. test_acc, val_balanced_acc, test_few_acc (default: the spec's)")
+    p.add_argument("--format", choices=("md", "csv"), default="md")
+    p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///./mlflow.db")
+    p.set_defaults(func=cmd_table)
+    p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1")
+    p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///./mlflow.db")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+    p = sub.add_parser("list", help="what is registered: methods, datasets, models, presets")
+    p.add_argument("what", choices=("methods", "datasets", "models", "presets"))
+    p.add_argument("-v", "--verbose", action="store_true", help="also list each entry's knobs")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from trainables.params import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"raysweep: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as err:
+        print(f"raysweep: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
