@@ -185,13 +185,16 @@ class _CDB(Method):
 
     @classmethod
     def check(cls, hparams: Mapping[str, Any], given: Mapping[str, Any], path: str) -> None:
+        """p only with poly, t_max only with the paper's dynamic variants, eps only with a dynamic tau.
+
+        An inactive knob given at its default passes, so re-resolving a resolved config is a no-op.
+        """
         tau = hparams["tau"]
-        if "p" in given and tau != "poly":
-            raise InactiveParamError(f"{path}.p", f"only applies with tau = 'poly', got tau = {tau!r}")
-        if "t_max" in given and tau not in PAPER_VARIANTS:
-            raise InactiveParamError(f"{path}.t_max", f"only applies with tau in {', '.join(PAPER_VARIANTS)}, got tau = {tau!r}")
-        if "eps" in given and not isinstance(tau, str):
-            raise InactiveParamError(f"{path}.eps", f"only applies with a dynamic tau, got tau = {tau!r}")
+        active = {"p": tau == "poly", "t_max": tau in PAPER_VARIANTS, "eps": isinstance(tau, str)}
+        needs = {"p": "tau = 'poly'", "t_max": f"tau in {', '.join(PAPER_VARIANTS)}", "eps": "a dynamic tau"}
+        for knob, on in active.items():
+            if not on and knob in given and given[knob] != cls.params[knob].default:
+                raise InactiveParamError(f"{path}.{knob}", f"only applies with {needs[knob]}, got tau = {tau!r}")
 
     def __init__(self, hparams: Mapping[str, Any], ctx: Any) -> None:
         super().__init__(hparams, ctx)

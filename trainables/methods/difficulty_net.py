@@ -108,7 +108,8 @@ class DifficultyNetMethod(Method):
 
     @classmethod
     def check(cls, hparams: Mapping[str, Any], given: Mapping[str, Any], path: str) -> None:
-        if "hidden_factor" in given and hparams["hidden"] is not None:
+        default = cls.params["hidden_factor"].default  # given at its default: a re-resolved config, fine
+        if hparams["hidden"] is not None and given.get("hidden_factor", default) != default:
             raise InactiveParamError(f"{path}.hidden_factor", "only applies when hidden is null (the rule)")
 
     def __init__(self, hparams: Mapping[str, Any], ctx: MethodContext) -> None:
