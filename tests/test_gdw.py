@@ -1,0 +1,175 @@
+"""GDW: the zero-mean constraint, the class-level step, and GDW with eta_omega = 0 being MW-Net exactly."""
+
+import copy
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from trainables.loop import Trial
+from trainables.methods.gdw import default_eta_omega, update_class_weights, zero_mean_target
+
+
+def make_trial(method, seed=0, batch=32, **hparams):
+    cfg = {"method": {"name": method, **hparams},
+           "dataset": {"name": "gaussian", "imbalance": 5, "meta_per_class": 8,
+                       "noise_type": "symmetric", "noise_rate": 0.4},
+           "model": {"name": "mlp", "width": 32},
+           "train": {"epochs": 2, "batch_size": batch, "device": "cpu"}, "seed": seed}
+    trial = Trial(cfg)
+    idx = torch.arange(batch)
+    return trial, trial.train_set.x[idx], trial.train_set.y[idx], idx
+
+
+def constraint(omega, probs, targets):
+    """sum_j omega_j (p_j - y_j) per row."""
+    return (omega * (probs - F.one_hot(targets, probs.shape[1]).to(probs.dtype))).sum(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_mean_target_satisfies_the_constraint_on_random_inputs(dtype):
+    g = torch.Generator().manual_seed(0)
+    for C in (2, 5, 100):
+        probs = torch.randn(64, C, generator=g, dtype=dtype).mul(2).softmax(1)
+        omega = torch.rand(64, C, generator=g, dtype=dtype) * 3
+        targets = torch.randint(0, C, (64,), generator=g)
+        before = omega.clone()
+        out = zero_mean_target(omega, probs, targets)
+        assert torch.equal(omega, before), "the input must not be modified"
+        # exact for the clamped p (what the formula uses), hence for p itself wherever p <= 0.999
+        assert constraint(out, probs.clamp(max=0.999), targets).abs().max() < 1e-6
+        unclamped = probs.max(1).values <= 0.999
+        assert unclamped.sum() > 32
+        assert constraint(out, probs, targets)[unclamped].abs().max() < 1e-6
+        off_target = torch.ones_like(out, dtype=torch.bool).scatter(1, targets[:, None], False)
+        assert torch.equal(out[off_target], omega[off_target])
+
+
+def test_zero_mean_target_by_hand_and_with_the_probability_clamp():
+    omega = torch.tensor([[0.5, 1.0, 2.0], [1.0, 2.0, 3.0]], dtype=torch.float64)
+    probs = torch.tensor([[0.2, 0.3, 0.5], [0.9995, 0.0005, 0.0]], dtype=torch.float64)
+    out = zero_mean_target(omega, probs, torch.tensor([0, 0]))
+    # row 0: (1 * 0.3 + 2 * 0.5) / (1 - 0.2) = 1.625; row 1: p_t clamped to 0.999: 2 * 0.0005 / 0.001 = 1.0
+    assert torch.allclose(out, torch.tensor([[1.625, 1.0, 2.0], [1.0, 2.0, 3.0]], dtype=torch.float64))
+
+
+def test_equal_rows_come_back_unchanged():
+    g = torch.Generator().manual_seed(1)
+    probs = torch.randn(50, 10, generator=g).mul(3).softmax(1)
+    targets = torch.randint(0, 10, (50,), generator=g)
+    omega = torch.rand(50, 1, generator=g).expand(-1, 10).clone()
+    omega[::2, 3] += 0.25  # every other row unequal
+    out = zero_mean_target(omega, probs, targets)
+    assert torch.equal(out[1::2], omega[1::2])
+    assert not torch.equal(out[::2], omega[::2])
+
+
+def test_zero_mean_target_rejects_bad_arguments():
+    omega, probs, t = torch.ones(2, 3), torch.full((2, 3), 1 / 3), torch.tensor([0, 2])
+    with pytest.raises(ValueError, match="shape|batch x classes"):
+        zero_mean_target(omega, probs[:, :2], t)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        zero_mean_target(omega, probs * 4, t)
+    with pytest.raises(ValueError, match="targets"):
+        zero_mean_target(omega, probs, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="targets"):
+        zero_mean_target(omega, probs, torch.tensor([0]))
+
+
+def test_update_class_weights_by_hand():
+    omega = torch.tensor([[1.0, 1.0], [0.5, 0.1]], dtype=torch.float64)
+    grad = torch.tensor([[0.1, -0.3], [0.2, 0.4]], dtype=torch.float64)  # sum |g| = 1
+    # eta g / sum|g| = [[0.1, -0.3], [0.2, 0.4]] -> clipped to +-0.2 -> [[0.1, -0.2], [0.2, 0.2]]
+    # omega - step = [[0.9, 1.2], [0.3, -0.1]] -> clamped to [1e-6, 1e6]
+    out = update_class_weights(omega, grad, eta=1.0, clip=0.2)
+    assert torch.allclose(out, torch.tensor([[0.9, 1.2], [0.3, 1e-6]], dtype=torch.float64), rtol=0, atol=1e-15)
+    # eta 10 makes every step hit the clip; a larger clip lets it through: 10 * 0.1 / 1 = 1.0 -> 1 - 1 = 1e-6
+    assert torch.allclose(update_class_weights(omega, grad, 10.0, clip=0.5),
+                          torch.tensor([[0.5, 1.5], [1e-6, 1e-6]], dtype=torch.float64), rtol=0, atol=1e-15)
+    assert torch.equal(update_class_weights(omega, grad, eta=0.0), omega)
+    assert torch.equal(update_class_weights(omega, torch.zeros_like(grad), eta=100.0), omega)
+    assert float(update_class_weights(torch.full((1, 2), 2e6), grad[:1], 0.0).max()) == 1e6
+
+
+def test_update_class_weights_rejects_bad_arguments():
+    omega = torch.ones(2, 2)
+    with pytest.raises(ValueError, match="same shape"):
+        update_class_weights(omega, torch.ones(2, 3), 1.0)
+    with pytest.raises(ValueError, match="eta"):
+        update_class_weights(omega, omega, -1.0)
+    with pytest.raises(ValueError, match="clip"):
+        update_class_weights(omega, omega, 1.0, clip=0.0)
+
+
+def test_default_eta_omega_follows_the_number_of_classes():
+    assert default_eta_omega(10) == 100.0 and default_eta_omega(100) == 1000.0
+    trial, *_ = make_trial("gdw")
+    assert trial.method.eta_omega == 100.0
+    assert make_trial("gdw", eta_omega=10)[0].method.eta_omega == 10.0
+
+
+@pytest.mark.parametrize("norm", ["mean", "sum"])
+def test_gdw_with_eta_zero_is_exactly_one_mwnet_iteration(norm):
+    mw, x, y, idx = make_trial("mwnet", norm=norm)
+    gdw, *_ = make_trial("gdw", norm=norm, eta_omega=0.0)
+    for trial in (mw, gdw):
+        for _ in range(2):
+            trial.method.train_step(trial.model, trial.optimizer, x, y, idx)
+    for (n, a), b in zip(mw.model.named_parameters(), gdw.model.parameters()):
+        assert torch.equal(a, b), n
+    for a, b in zip(mw.method.vnet.parameters(), gdw.method.vnet.parameters()):
+        assert torch.equal(a, b)
+    # and the class-level step does change the trajectory
+    other, *_ = make_trial("gdw", norm=norm)
+    other.method.train_step(other.model, other.optimizer, x, y, idx)
+    other.method.train_step(other.model, other.optimizer, x, y, idx)
+    assert not all(torch.equal(a, b) for a, b in zip(mw.model.parameters(), other.model.parameters()))
+
+
+def capture_logit_grads(trial):
+    """Record d loss / d logits of every backward pass through the classifier (the last one is the real step's)."""
+    seen = []
+
+    def hook(module, inputs, out):
+        if out.requires_grad:
+            out.register_hook(seen.append)
+
+    trial.model.classifier.register_forward_hook(hook)
+    return seen
+
+
+def test_real_step_gradient_is_class_weighted_and_zero_sum():
+    trial, x, y, idx = make_trial("gdw", eta_omega=1000.0, clip=0.5)
+    with torch.no_grad():
+        probs = copy.deepcopy(trial.model)(x).softmax(1)  # p at theta, as the step sees it
+    seen = capture_logit_grads(trial)
+    trial.method.train_step(trial.model, trial.optimizer, x, y, idx)
+    grad = seen[-1]
+    assert grad.abs().sum(1).min() > 0
+    assert grad.sum(1).abs().max() < 1e-7, "the zero-mean constraint keeps every row's sum at 0"
+    omega = grad / (probs - F.one_hot(y, probs.shape[1])) * len(y)  # the omega' the real step used
+    assert omega.min() > 0
+    assert (omega.max(1).values - omega.min(1).values).max() > 1e-2, "weights must differ across classes"
+    assert torch.allclose(zero_mean_target(omega.double(), probs.double(), y).float(), omega, rtol=1e-4)
+
+
+def test_omega_from_previous_uses_the_weights_before_the_meta_step():
+    """GDW's code: omega' starts from the virtual step's omega; with eta = 0 that is V_old(l) on every class."""
+    trial, x, y, idx = make_trial("gdw", eta_omega=0.0, omega_from="previous")
+    seen = capture_logit_grads(trial)
+    vnet_old = copy.deepcopy(trial.method.vnet)
+    model_old = copy.deepcopy(trial.model)
+    with torch.no_grad():
+        logits = model_old(x)
+        w = vnet_old(F.cross_entropy(logits, y, reduction="none")[:, None])
+        expected = w * (logits.softmax(1) - F.one_hot(y, logits.shape[1])) / len(y)
+    trial.method.train_step(trial.model, trial.optimizer, x, y, idx)
+    assert torch.allclose(seen[-1], expected, atol=1e-7)
+    assert not all(torch.equal(a, b) for a, b in zip(vnet_old.parameters(), trial.method.vnet.parameters()))
+
+
+def test_diagnostics_report_class_level_weights_on_noisy_examples():
+    trial, *_ = make_trial("gdw")
+    metrics = trial.run_epoch()
+    for key in ("gdw_w_clean", "gdw_w_noisy", "gdw_omega_true_noisy", "gdw_omega_other_noisy", "gdw_nontarget_shift"):
+        assert key in metrics and metrics[key] > 0, key
