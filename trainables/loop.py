@@ -79,7 +79,8 @@ class Trial:
         self.train_set = self.splits.train.to(self.device)
         method_cls = METHODS.get(cfg["method"]["name"])
         hparams = {k: v for k, v in cfg["method"].items() if k != "name"}
-        model_cfg = {**cfg["model"], **method_cls.model_options(hparams)}
+        # input_norm: the dataset's per-channel (mean, std) that image models apply to its uint8 inputs.
+        model_cfg = {**cfg["model"], **method_cls.model_options(hparams), "input_norm": self.splits.input_norm}
         self.model: nn.Module = build_model(model_cfg, self.splits.input_shape, self.splits.num_classes).to(self.device)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=tcfg["lr"], momentum=tcfg["momentum"],

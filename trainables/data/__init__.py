@@ -25,6 +25,9 @@ class DatasetSource:
     params: Mapping[str, Param] = field(default_factory=dict)
     # Protocol defaults this source prefers (e.g. a smaller test hold-out for a small dataset).
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    # A cheap check of a resolved dataset section (name + every option) that a spec validator can run
+    # before Ray starts: raises ConfigError (e.g. ``dataset.root`` missing files); None = nothing to check.
+    preflight: Callable[[Mapping[str, Any]], None] | None = None
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
@@ -80,6 +83,7 @@ def _cached_splits(key: str) -> Splits:
 
 # Register the built-in sources (import for side effects, after DATASETS exists).
 from trainables.data import embedded  # noqa: E402,F401
+from trainables.data import cifar, image_lists, mnist, tabular  # noqa: E402,F401  (real datasets)
 
 __all__ = ["DATASETS", "DatasetSource", "PROTOCOL_PARAMS", "SourceData", "Split", "Splits",
            "dataset_params", "load_splits", "resolve_dataset"]

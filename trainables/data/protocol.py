@@ -33,6 +33,17 @@ def long_tail_counts(n_max: int, num_classes: int, imbalance: float) -> list[int
     return [max(1, math.floor(n_max * mu ** (c / (num_classes - 1)) + 1e-9)) for c in range(num_classes)]
 
 
+def n_max_for_total(total: int, num_classes: int, imbalance: float) -> int:
+    """The largest n_max whose :func:`long_tail_counts` sum to at most ``total`` (e.g. 5000, 2, 99 -> 4950)."""
+    if total < num_classes:
+        raise ValueError(f"a training total of {total} cannot give each of {num_classes} classes an example")
+    low, high = 1, total
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if sum(long_tail_counts(mid, num_classes, imbalance)) <= total else (low, mid - 1)
+    return low
+
+
 def balanced_holdout(
     labels: np.ndarray, per_class: int, num_classes: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +145,15 @@ class SourceData:
     x_test: torch.Tensor | None = None
     y_test: np.ndarray | None = None
     class_names: list[str] | None = None
+    # Optional protocol inputs a real source may set (None/False = the default protocol):
+    x_val: torch.Tensor | None = None  # an official validation pool: meta/val are held out of it
+    y_val: np.ndarray | None = None
+    holdout_from_test: bool = False  # meta/val come from the test pool (LDAM-style CIFAR-LT); train pool stays whole
+    keep_train: bool = False  # imbalance 1 and n_max unset keep the pool whole (natural class distribution)
+    lt_labels: np.ndarray | None = None  # labels the long-tail profile ranks (digits of odd/even MNIST)
+    train_total: int | None = None  # with n_max unset: the largest n_max whose counts sum to <= this
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # per-channel mean, std in [0, 1] units
 
 
 @dataclass
@@ -149,6 +169,8 @@ class Splits:
     groups: dict[str, np.ndarray] = field(default_factory=dict)
     # Applied to training batches on their device (e.g. random crops); identity when None.
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    # Per-channel (mean, std) that image models apply to uint8 inputs (x / 255 - mean) / std; None = none.
+    input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -178,36 +200,60 @@ def build_splits(
     Order: balanced test hold-out (only when the source has no test pool), balanced meta hold-out,
     optional second balanced validation hold-out (``val_per_class`` = 0 reuses the meta set for
     validation), long-tailed subsampling of the rest by clean label, then noise on the training split only.
+    A source may move the meta/val hold-outs to an official validation pool (``x_val``) or to its test
+    pool (``holdout_from_test``), keep its natural class distribution (``keep_train``), rank the
+    long-tail profile by other labels (``lt_labels``) or fix the training size (``train_total``).
     """
     rng = np.random.default_rng(data_seed)
     C = source.num_classes
     y_pool = np.asarray(source.y_train, dtype=np.int64)
     pool_idx = np.arange(len(y_pool))
+    y_t = None if source.y_test is None else np.asarray(source.y_test, dtype=np.int64)
+
+    def test_holdout(candidates: np.ndarray) -> np.ndarray:
+        per = test_per_class if test_per_class is not None else int(np.bincount(y_t[candidates], minlength=C).min())
+        return candidates[balanced_holdout(y_t[candidates], per, C, rng)[0]]
 
     if source.x_test is None:
         per = test_per_class if test_per_class is not None else int(np.bincount(y_pool, minlength=C).min() // 4)
         test_idx, rest = balanced_holdout(y_pool, per, C, rng)
         x_test, y_test = source.x_train[test_idx], y_pool[test_idx]
         pool_idx = rest
-    else:
-        y_t = np.asarray(source.y_test, dtype=np.int64)
-        per = test_per_class if test_per_class is not None else int(np.bincount(y_t, minlength=C).min())
-        test_idx, _ = balanced_holdout(y_t, per, C, rng)
+    elif not source.holdout_from_test:
+        test_idx = test_holdout(np.arange(len(y_t)))
         x_test, y_test = source.x_test[test_idx], y_t[test_idx]
 
-    meta_local, rest_local = balanced_holdout(y_pool[pool_idx], meta_per_class, C, rng)
-    meta_idx, pool_idx = pool_idx[meta_local], pool_idx[rest_local]
+    if source.x_val is not None:
+        x_hold, y_hold, hold_idx = source.x_val, np.asarray(source.y_val, dtype=np.int64), np.arange(len(source.y_val))
+    elif source.holdout_from_test:
+        x_hold, y_hold, hold_idx = source.x_test, y_t, np.arange(len(y_t))
+    else:
+        x_hold, y_hold, hold_idx = source.x_train, y_pool, pool_idx
+    meta_local, rest_local = balanced_holdout(y_hold[hold_idx], meta_per_class, C, rng)
+    meta_idx, hold_idx = hold_idx[meta_local], hold_idx[rest_local]
     if val_per_class > 0:
-        val_local, rest_local = balanced_holdout(y_pool[pool_idx], val_per_class, C, rng)
-        val_idx, pool_idx = pool_idx[val_local], pool_idx[rest_local]
+        val_local, rest_local = balanced_holdout(y_hold[hold_idx], val_per_class, C, rng)
+        val_idx, hold_idx = hold_idx[val_local], hold_idx[rest_local]
     else:
         val_idx = meta_idx
+    if source.holdout_from_test:
+        test_idx = test_holdout(hold_idx)
+        x_test, y_test = source.x_test[test_idx], y_t[test_idx]
+    elif source.x_val is None:
+        pool_idx = hold_idx
 
-    available = np.bincount(y_pool[pool_idx], minlength=C)
-    top = int(available.min()) if n_max is None else n_max
-    counts = long_tail_counts(top, C, imbalance)
-    train_local = subsample_per_class(y_pool[pool_idx], counts, rng)
-    train_idx = pool_idx[train_local]
+    if source.keep_train and imbalance == 1.0 and n_max is None:
+        train_idx = pool_idx
+    else:
+        lt_y = y_pool if source.lt_labels is None else np.asarray(source.lt_labels, dtype=np.int64)
+        L = C if source.lt_labels is None else int(lt_y.max()) + 1
+        if n_max is not None:
+            top = n_max
+        elif source.train_total is not None:
+            top = n_max_for_total(source.train_total, L, imbalance)
+        else:
+            top = int(np.bincount(lt_y[pool_idx], minlength=L).min())
+        train_idx = pool_idx[subsample_per_class(lt_y[pool_idx], long_tail_counts(top, L, imbalance), rng)]
     true_y = y_pool[train_idx]
     noisy_y = add_label_noise(true_y, C, noise_type, noise_rate, rng)
 
@@ -218,10 +264,12 @@ def build_splits(
     class_counts = np.bincount(true_y, minlength=C)
     return Splits(
         train=split(source.x_train[train_idx], noisy_y, true_y),
-        meta=split(source.x_train[meta_idx], y_pool[meta_idx]),
-        val=split(source.x_train[val_idx], y_pool[val_idx]),
+        meta=split(x_hold[meta_idx], y_hold[meta_idx]),
+        val=split(x_hold[val_idx], y_hold[val_idx]),
         test=split(x_test, y_test),
         num_classes=C,
         class_counts=class_counts,
         groups=shot_groups(class_counts, many_threshold, few_threshold),
+        augment=source.augment,
+        input_norm=source.input_norm,
     )

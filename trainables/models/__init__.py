@@ -69,5 +69,6 @@ def build_model(cfg: Mapping[str, Any], input_shape: tuple[int, ...], num_classe
 
 
 from trainables.models import small  # noqa: E402,F401  (registers the built-in models)
+from trainables.models import lenet, resnet  # noqa: E402,F401  (registers the image models)
 
 __all__ = ["MODELS", "ModelSpec", "NormedLinear", "build_model", "classifier_head", "model_params", "resolve_model"]
