@@ -136,7 +136,10 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> None:
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches raise even with strict=False
+        raise ConfigError("model.weights", f"{path!r} does not fit this network: {str(err).splitlines()[1].strip()}") from None
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise ConfigError("model.weights", f"{path!r} does not fit this network: missing {missing[:5]}, "
