@@ -71,13 +71,10 @@ def _check_batch(logits: torch.Tensor, targets: torch.Tensor) -> None:
         raise ValueError(f"targets must lie in [0, {logits.shape[1]})")
 
 
-def _coefficients(logits32: torch.Tensor, targets: torch.Tensor, lam: float, beta: float
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(softmax p [B, C], normalised weights [B], per-example CE-gradient scale a_i [B]), all detached."""
-    p = torch.softmax(logits32.detach(), dim=1)
-    p_y = p.gather(1, targets[:, None].long()).squeeze(1)
+def _coefficients(p_y: torch.Tensor, lam: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normalised weights w/sum w, per-example scale a_i of the CE gradient), from detached p_y [B]."""
     weights = _emphasis(p_y, lam, beta)
-    return p, weights, weights / (2.0 * (1.0 - p_y) + DENOMINATOR_EPS)
+    return weights, weights / (2.0 * (1.0 - p_y) + DENOMINATOR_EPS)
 
 
 def dm_logit_grad(logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float) -> torch.Tensor:
@@ -87,7 +84,8 @@ def dm_logit_grad(logits: torch.Tensor, targets: torch.Tensor, lam: float, beta:
     """
     _check_emphasis(lam, beta)
     _check_batch(logits, targets)
-    p, _, scale = _coefficients(logits.float(), targets, lam, beta)
+    p = torch.softmax(logits.detach().float(), dim=1)
+    _, scale = _coefficients(p.gather(1, targets[:, None].long()).squeeze(1), lam, beta)
     return scale[:, None] * (p - F.one_hot(targets.long(), logits.shape[1]).float())
 
 
@@ -97,12 +95,11 @@ def dm_loss(logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float
 
     The surrogate sum_i a_i CE_i (a_i detached) has gradient a_i (p_i - e_y); the returned tensor carries
     the forward value exactly and the surrogate's gradient: value.detach() + (surrogate - surrogate.detach()).
-    Only lam and beta are checked here (cross_entropy checks the targets), to keep the step free of syncs.
+    Only lam and beta are checked here (gather rejects out-of-range targets), to keep the step free of syncs.
     """
     _check_emphasis(lam, beta)
-    logits32 = logits.float()
-    _, weights, scale = _coefficients(logits32, targets, lam, beta)
-    ce = F.cross_entropy(logits32, targets.long(), reduction="none")
+    ce = -F.log_softmax(logits.float(), dim=1).gather(1, targets[:, None].long()).squeeze(1)  # d ce / dz = p - e_y
+    weights, scale = _coefficients(torch.exp(-ce.detach()), lam, beta)
     surrogate = (scale * ce).sum()
     value = (weights * ce.detach()).sum()
     return value + (surrogate - surrogate.detach()), weights
@@ -123,7 +120,6 @@ class DerivativeManipulation(Method):
         "beta": Param(12.0, (float,), low=-100.0, high=100.0,
                       help="emphasis spread; 0 = all examples alike, < 0 favours easy examples"),
     }
-    relative_cost = 1.0
 
     @classmethod
     def check(cls, hparams: Mapping[str, Any], given: Mapping[str, Any], path: str) -> None:
