@@ -22,6 +22,16 @@ from trainables.params import InactiveParamError, Param
 BASES = ("ce", "focal")
 
 
+def checked_counts(class_counts: torch.Tensor) -> torch.Tensor:
+    """``class_counts`` as float64, after checking it is 1-D, finite, non-negative and not all zero."""
+    if class_counts.dim() != 1 or class_counts.numel() == 0:
+        raise ValueError(f"class_counts must be a non-empty 1-D tensor [classes], got shape {tuple(class_counts.shape)}")
+    n = class_counts.detach().double()
+    if not bool(torch.isfinite(n).all()) or bool((n < 0).any()) or not bool((n > 0).any()):
+        raise ValueError("class_counts must be finite, non-negative and not all zero")
+    return n
+
+
 def effective_number_weights(class_counts: torch.Tensor, beta: float) -> torch.Tensor:
     """Per-class weights (1 - beta) / (1 - beta^n_c), scaled to mean 1 over all classes (float32 [C]).
 
@@ -32,11 +42,7 @@ def effective_number_weights(class_counts: torch.Tensor, beta: float) -> torch.T
     beta = float(beta)
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"effective-number beta must be in [0, 1), got {beta!r}")
-    if class_counts.dim() != 1 or class_counts.numel() == 0:
-        raise ValueError(f"class_counts must be a non-empty 1-D tensor [classes], got shape {tuple(class_counts.shape)}")
-    n = class_counts.detach().double()
-    if not bool(torch.isfinite(n).all()) or bool((n < 0).any()) or not bool((n > 0).any()):
-        raise ValueError("class_counts must be finite, non-negative and not all zero")
+    n = checked_counts(class_counts)
     present = n > 0
     effective = (1.0 - torch.pow(torch.full_like(n, beta), n)) / (1.0 - beta)
     raw = torch.where(present, 1.0 / torch.where(present, effective, torch.ones_like(n)), torch.zeros_like(n))

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from trainables.methods import register
 from trainables.methods.base import EpochEvaluation, Method, MethodContext
-from trainables.methods.cb import effective_number_weights
+from trainables.methods.cb import checked_counts, effective_number_weights
 from trainables.params import Param
 
 
@@ -31,11 +31,7 @@ def ldam_margins(class_counts: torch.Tensor, max_m: float = 0.5) -> torch.Tensor
     """
     if not (math.isfinite(max_m) and max_m > 0):
         raise ValueError(f"max_m must be a positive number, got {max_m!r}")
-    if class_counts.dim() != 1 or class_counts.numel() == 0:
-        raise ValueError(f"class_counts must be a non-empty 1-D tensor [classes], got shape {tuple(class_counts.shape)}")
-    n = class_counts.detach().double()
-    if not bool(torch.isfinite(n).all()) or bool((n < 0).any()) or not bool((n > 0).any()):
-        raise ValueError("class_counts must be finite, non-negative and not all zero")
+    n = checked_counts(class_counts)
     present = n > 0
     inv_root4 = torch.where(present, n.clamp_min(1e-300).pow(-0.25), torch.zeros_like(n))
     margins = inv_root4 * (max_m / inv_root4.max())
