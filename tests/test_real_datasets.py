@@ -2,9 +2,11 @@
 the missing-root error, and one short training epoch per dataset. Nothing is downloaded."""
 
 import gzip
+import json
 import math
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -380,3 +382,25 @@ def test_auto_augment_works_on_gray_images():
     x = _batch(n=8, c=1, h=28, w=28)
     out = auto_augment(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.dtype == torch.uint8
+
+
+# ---- the paper presets --------------------------------------------------------------------------------------------
+PRESETS = sorted((Path(__file__).resolve().parent.parent / "search_spaces" / "presets").glob("paper_*.yaml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_paper_presets_plan_without_data_and_pass_preflight_with_it(path, tmp_path):
+    from raysweep.plan import plan
+    from raysweep.spec import apply_overrides, load_spec, validate_spec
+
+    spec = load_spec(path)
+    assert spec["name"] == path.stem
+    trials = plan(validate_spec(spec))  # no data needed to plan
+    assert trials and all(t.config["dataset"]["root"] == "~/data" for t in trials)
+    root = tmp_path / "data"
+    write_cifar10(root, train_per_class=1, test_per_class=1)
+    write_cifar100(root, train_per_class=1, test_per_class=1)
+    write_mnist(root, [1] * 10, [1] * 10)
+    trials = plan(validate_spec(apply_overrides(spec, [f"dataset.root={root}"])))
+    for cfg in {json.dumps(t.config["dataset"], sort_keys=True): t.config["dataset"] for t in trials}.values():
+        DATASETS.get(cfg["name"]).preflight(cfg)
