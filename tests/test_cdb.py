@@ -277,3 +277,18 @@ def test_math_on_gpu():
     assert w.is_cuda
     torch.testing.assert_close(w.cpu(), cdb_class_weights(a.cpu(), "sigmoid"))
     assert performance_bias(a) == performance_bias(a.cpu())
+
+
+def test_preset_lays_out_tables_2_and_3():
+    from raysweep.plan import plan
+    from raysweep.spec import load_spec, validate_spec
+
+    spec = validate_spec(load_spec("search_spaces/presets/cdb_tau_x_imbalance.yaml"))
+    trials = plan(spec)
+    assert len(trials) == (1 + 9 + 9) * 5 * 2
+    cdb = [t for t in trials if t.config["method"]["name"] == "cdb_s" and t.seed == trials[0].seed]
+    assert {(t.config["method"]["tau"], t.config["dataset"]["imbalance"]) for t in cdb} == {
+        (tau, rho) for tau in [0.5, 1.0, 1.5, 2.0, 5.0, "linear", "poly", "log", "sigmoid"]
+        for rho in [10.0, 20.0, 50.0, 100.0, 200.0]}
+    config = {**cdb[-1].config, "train": {**cdb[-1].config["train"], "epochs": 1, "device": "cpu"}}
+    assert math.isfinite(train(config)["train_loss"])

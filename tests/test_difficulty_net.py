@@ -179,3 +179,16 @@ def test_runs_on_gpu():
     metrics = train(cfg)
     assert math.isfinite(metrics["train_loss"])
     assert difficulty_weights(torch.rand(5, device="cuda")).is_cuda
+
+
+def test_preset_lays_out_supplementary_table_6():
+    from raysweep.plan import plan
+    from raysweep.spec import load_spec, validate_spec
+
+    spec = validate_spec(load_spec("search_spaces/presets/difficulty_net_h.yaml"))
+    trials = plan(spec)
+    assert len(trials) == 5 * 2 * 3
+    assert sorted({t.config["method"]["hidden"] for t in trials}) == [16, 32, 64, 128, 256]
+    assert hidden_width(10) == 16  # the first row is the rule for mnist1d's 10 classes
+    config = trials[0].config
+    assert math.isfinite(train({**config, "train": {**config["train"], "epochs": 1, "device": "cpu"}})["train_loss"])

@@ -189,3 +189,18 @@ def test_math_on_gpu():
     torch.testing.assert_close(du.cpu(), prediction_change(p, q, y)[0])
     w = truncate_top(difficulty(du, dl, 1.0), 0.25)
     assert w.is_cuda and float(w.sum()) == pytest.approx(1.0)
+
+
+def test_preset_sweeps_c_by_gamma_on_noisy_data():
+    from raysweep.plan import plan
+    from raysweep.spec import load_spec, validate_spec
+
+    spec = validate_spec(load_spec("search_spaces/presets/ids_c_x_gamma.yaml"))
+    trials = plan(spec)
+    assert len(trials) == 3 * 6 * 2
+    config = trials[-1].config
+    assert config["dataset"]["noise_rate"] == 0.05 and config["method"]["gamma"] == 0.05
+    # one epoch of the planned trial on a smaller draw of the same generator (20k samples take seconds)
+    small = {**config, "dataset": {**config["dataset"], "num_samples": 2000},
+             "train": {**config["train"], "epochs": 1, "device": "cpu"}}
+    assert "ids_noise_top1pct" in Trial(small).run_epoch()
