@@ -1,12 +1,17 @@
 """GDW: the zero-mean constraint, the class-level step, and GDW with eta_omega = 0 being MW-Net exactly."""
 
 import copy
+import math
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from trainables.loop import Trial
+from raysweep.plan import plan
+from raysweep.spec import load_spec, validate_spec
+from search_spaces import space_for
+from search_spaces.grid import expand_method
+from trainables.loop import Trial, train
 from trainables.methods.gdw import default_eta_omega, update_class_weights, zero_mean_target
 
 
@@ -173,3 +178,35 @@ def test_diagnostics_report_class_level_weights_on_noisy_examples():
     metrics = trial.run_epoch()
     for key in ("gdw_w_clean", "gdw_w_noisy", "gdw_omega_true_noisy", "gdw_omega_other_noisy", "gdw_nontarget_shift"):
         assert key in metrics and metrics[key] > 0, key
+
+
+def test_paper_grid_is_eta_by_clip_by_meta_lr_and_every_point_trains():
+    configs = expand_method("gdw", space_for("gdw").grid, "gdw")
+    assert {(c["eta_omega"], c["clip"], c["meta_lr"]) for c in configs} == {
+        (e, c, lr) for e in (10.0, 100.0, 1000.0) for c in (0.1, 0.2, 0.5) for lr in (1e-4, 1e-3)}
+    for hp in configs + [{"omega_from": "previous", "norm": "sum"}]:
+        metrics = train({"method": {"name": "gdw", **hp},
+                         "dataset": {"name": "gaussian", "imbalance": 5, "samples_per_class": 60, "meta_per_class": 8},
+                         "model": {"name": "mlp", "width": 16}, "train": {"epochs": 1, "batch_size": 128, "device": "cpu"}})
+        assert math.isfinite(metrics["train_loss"]) and "gdw_nontarget_shift" in metrics
+
+
+@pytest.mark.parametrize("preset, cells", [("gdw_vs_mwnet_noise", 4), ("gdw_vs_mwnet_imbalance", 3)])
+def test_presets_compare_ce_mwnet_and_gdw_in_every_cell(preset, cells):
+    trials = plan(validate_spec(load_spec(f"search_spaces/presets/{preset}.yaml")))
+    assert len(trials) == 3 * cells * 3
+    assert {t.config["method"]["name"] for t in trials} == {"ce", "mwnet", "gdw"}
+    gdw = next(t.config for t in trials if t.config["method"]["name"] == "gdw")
+    assert (gdw["method"]["eta_omega"], gdw["method"]["clip"], gdw["method"]["meta_lr"]) == (100.0, 0.2, 1e-3)
+    cfg = {**gdw, "dataset": {**gdw["dataset"], "num_samples": 600}, "train": {**gdw["train"], "epochs": 1, "device": "cpu"}}
+    assert math.isfinite(train(cfg)["train_loss"])
+
+
+@pytest.mark.gpu
+def test_runs_on_gpu_and_the_public_math_stays_on_the_device():
+    cfg = {"method": {"name": "gdw"}, "dataset": {"name": "gaussian", "meta_per_class": 8}, "model": "mlp",
+           "train": {"epochs": 1, "batch_size": 64, "device": "cuda"}}
+    assert train(cfg)["gdw_w_mean"] > 0
+    omega, probs = torch.rand(4, 3, device="cuda"), torch.full((4, 3), 1 / 3, device="cuda")
+    out = zero_mean_target(omega, probs, torch.tensor([0, 1, 2, 0], device="cuda"))
+    assert out.is_cuda and update_class_weights(out, torch.randn(4, 3, device="cuda"), 100.0).is_cuda

@@ -1,13 +1,16 @@
 """MW-Net: the weighted logit gradient, the meta step's chain rule, the real step, BatchNorm isolation."""
 
 import copy
+import math
 
 import pytest
 import torch
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from trainables.loop import Trial
+from search_spaces import space_for
+from search_spaces.grid import expand_method
+from trainables.loop import Trial, train
 from trainables.methods.mwnet import WeightNet, weight_normaliser, weighted_logit_grad
 from trainables.params import ConfigError
 
@@ -141,3 +144,20 @@ def test_logged_loss_is_the_weighted_ce_and_diagnostics_split_clean_and_noisy():
         ce = F.cross_entropy(trial.model(x), y, reduction="none")
     loss = trial.method.train_step(trial.model, trial.optimizer, x, y, idx)
     assert float(ce.min()) <= float(loss) <= float(ce.max())
+
+
+def test_paper_grid_is_the_two_meta_learning_rates_and_every_point_trains():
+    configs = expand_method("mwnet", space_for("mwnet").grid, "mwnet")
+    assert sorted(c["meta_lr"] for c in configs) == [1e-5, 1e-3]
+    for hp in configs + [{"norm": "sum", "meta_optimizer": "sgd"}]:
+        metrics = train({"method": {"name": "mwnet", **hp},
+                         "dataset": {"name": "gaussian", "imbalance": 5, "samples_per_class": 100, "meta_per_class": 8},
+                         "model": {"name": "mlp", "width": 32}, "train": {"epochs": 1, "batch_size": 64, "device": "cpu"}})
+        assert math.isfinite(metrics["train_loss"]) and "mwnet_w_mean" in metrics
+
+
+@pytest.mark.gpu
+def test_runs_on_gpu():
+    cfg = {"method": {"name": "mwnet"}, "dataset": {"name": "gaussian", "meta_per_class": 8}, "model": "mlp",
+           "train": {"epochs": 1, "batch_size": 64, "device": "cuda"}}
+    assert train(cfg)["mwnet_w_mean"] > 0

@@ -121,7 +121,7 @@ class MWNet(Method):
 
         def weighted_surrogate(logits: torch.Tensor) -> torch.Tensor:
             # Its gradient in the logits is G(phi) = omega(phi) * (p - e_y) / Z, i.e. that of sum w CE / Z.
-            z = logits.detach().float()
+            seen["logits"], z = logits, logits.detach().float()
             seen["ce"] = F.cross_entropy(z, y, reduction="none")
             seen["probs"] = z.softmax(1)
             seen["omega"] = self.vnet(seen["ce"][:, None]).expand(-1, C)
@@ -129,6 +129,9 @@ class MWNet(Method):
 
         # 1. virtual step (same lr as the model's optimizer; no momentum or weight decay, as in the papers)
         theta, buffers = virtual_step(model, x, weighted_surrogate, current_lr(optimizer))
+        # Its forward pass ran at theta on this batch in train mode: the real step reuses its graph, and the
+        # BatchNorm statistics it left in the scratch buffers are exactly what a real forward would leave.
+        after_forward = {n: b.clone() for n, b in buffers.items()}
         # 2. meta step on a clean meta batch; also keep dL_meta/d omega (GDW's second stage reads it)
         xm, ym = self.ctx.meta_batch(self.hparams["meta_batch_size"])
         meta_loss = F.cross_entropy(forward_with(model, theta, buffers, xm).float(), ym)
@@ -143,9 +146,10 @@ class MWNet(Method):
         with torch.no_grad():
             omega = self.real_step_weights(seen["ce"], seen["probs"], y, seen["omega"].detach(), omega_grad)
             grad = weighted_logit_grad(omega, seen["probs"], y, norm)
-        logits = model(x)
+            for n, b in model.named_buffers():
+                b.copy_(after_forward[n])
         optimizer.zero_grad(set_to_none=True)
-        logits.backward(grad.to(logits.dtype))
+        seen["logits"].backward(grad.to(seen["logits"].dtype))
         optimizer.step()
         with torch.no_grad():
             instance = _target_entries(omega, y)
