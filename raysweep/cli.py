@@ -1,4 +1,4 @@
-"""The ``raysweep`` command line: run, plan, demo, table, ui, list.
+"""The ``raysweep`` command line: run, plan, demo, table, report, ui, list.
 
 Every error in user input is a one-line message naming the field, and exit code 2, before anything starts.
 """
@@ -34,27 +34,60 @@ def _load(path: str, overrides: list[str]):
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from raysweep.plan import relative_cost, trial_epochs
+    from trainables.methods import METHODS
 
     spec, trials = _load(args.spec, args.set)
+    search, sched = spec["search"], spec["scheduler"]
     print(f"sweep {spec['name']}: {spec['description']}".rstrip(": "))
-    width = max(len(t.label) for t in trials)
-    for t in trials:
-        axes = " ".join(f"{k}={v}" for k, v in t.axes.items())
-        print(f"  {t.key}  {t.label:<{width}}  seed={t.seed}  {axes}".rstrip())
-    configs = len({t.config_id for t in trials})
-    print(f"{len(trials)} trials ({configs} configurations x {len(spec['seeds'])} seeds), "
-          f"{trial_epochs(trials)} trial-epochs, cost about {relative_cost(trials):.0f} CE-epochs")
-    sched = spec["scheduler"]
+    if search["mode"] == "optuna":
+        print(f"optuna (TPE, seed {search['seed']}): {search['num_samples']} trials drawn while the sweep runs from")
+        for name, fixed in spec["methods_raw"].items():
+            knobs = ", ".join(f"{k}={v}" for k, v in fixed.items()) or ("its registered space" if METHODS.get(name).params else "no knobs")
+            print(f"  {name}: {knobs}" + (" (fixed; the rest sampled)" if fixed else ""))
+        if search["tune_train"]:
+            print("  train.lr and train.weight_decay sampled (log-uniform)")
+        epochs = _spec_epochs(spec)
+        cost = max(METHODS.get(m).relative_cost for m in spec["methods_raw"])
+        print(f"at most {search['num_samples'] * epochs} trial-epochs, cost at most about "
+              f"{search['num_samples'] * epochs * cost:.0f} CE-epochs")
+    else:
+        width = max(len(t.label) for t in trials)
+        for t in trials:
+            axes = " ".join(f"{k}={v}" for k, v in t.axes.items())
+            print(f"  {t.key}  {t.label:<{width}}  seed={t.seed}  {axes}".rstrip())
+        configs = len({t.config_id for t in trials})
+        seeds = len({t.seed for t in trials})
+        print(f"{len(trials)} trials ({configs} configurations x {seeds} seeds), "
+              f"{trial_epochs(trials)} trial-epochs, cost about {relative_cost(trials):.0f} CE-epochs")
+    if search["two_phase"]:
+        epochs = _spec_epochs(spec)
+        print(f"two-phase: phase 1 searches with seed {spec['seeds'][0]}; phase 2 reruns the top {search['top_k']} "
+              f"configurations (by {search['metric']}) with seeds {spec['seeds']} to full length without early "
+              f"stopping: {search['top_k'] * len(spec['seeds'])} more trials, {search['top_k'] * len(spec['seeds']) * epochs} trial-epochs")
     if sched["name"] == "asha":
-        epochs = max(t.config["train"]["epochs"] for t in trials)
+        epochs = max([t.config["train"]["epochs"] for t in trials] or [_spec_epochs(spec)])
         rungs, r = [], sched["grace_period"]
         while r < epochs:
             rungs.append(r)
             r = int(r * sched["reduction_factor"])
         print(f"ASHA rungs at epochs {rungs or '(none)'} (max {epochs}); keeps the top 1/{sched['reduction_factor']:g} at each")
-        if len(trials) < sched["reduction_factor"]:
+        count = len(trials) or search["num_samples"]
+        if count < sched["reduction_factor"]:
             print("warning: fewer trials than the reduction factor: ASHA cannot stop anything")
+        for t in {t.config_id: t for t in trials}.values():
+            cls = METHODS.get(t.config["method"]["name"])
+            hp = {k: v for k, v in t.config["method"].items() if k != "name"}
+            start = cls.acts_from_epoch(hp, t.config["train"]["epochs"])
+            if start >= sched["grace_period"]:
+                print(f"warning: {t.label} only starts acting at epoch {start + 1}, after the grace period "
+                      f"({sched['grace_period']}): ASHA may stop it before its weighting matters")
     return 0
+
+
+def _spec_epochs(spec) -> int:
+    from trainables.config import resolve_train
+
+    return resolve_train(spec["train"])["epochs"]
 
 
 def _print_result(result) -> None:
@@ -99,13 +132,62 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis.mlflow_io import SweepNotFound
+    from analysis.tables import to_frame, to_html, to_latex, to_markdown
+    from raysweep.report import build_report
     from raysweep.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)")
+    try:
+        report = build_report(uri, args.sweep, args.out, rows=args.rows, cols=args.cols, metric=args.metric,
+                              others=args.others, error=args.error, log=not args.no_log)
+    except (SweepNotFound, KeyError) as err:
+        raise UsageError(str(err).strip("'\"")) from None
+    render = {"md": to_markdown, "csv": lambda t: to_frame(t).to_csv(index=False), "tex": to_latex, "html": to_html}
+    print(render[args.format](report.main))
+    print()
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
+    print(f"{report.num_trials} trials, {len(report.tables)} tables, {len(report.files)} files in {report.out_dir} ({timing})")
+    print(f"Page: {report.out_dir / 'report.html'}")
+    if not args.no_log:
+        print(f"Logged to parent run {report.parent_run_id} under report/; {len(report.summary_runs)} summary runs "
+              f"({report.summary_created} new or updated)")
+    return 0
+
+
+def _free_port(host: str, start: int) -> int:
+    import socket
+
+    for port in range(start, start + 100):
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise UsageError(f"ui: no free port in {start}..{start + 99} on {host}")
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import json
+
+    from raysweep.tracking import resolve_tracking_uri
+
+    uri = args.tracking_uri
+    if args.sweep:  # a sweep folder of the Ray results: its plan file names the store
+        plan_file = Path(args.sweep) / "raysweep_plan.json"
+        if not plan_file.is_file():
+            raise UsageError(f"ui: {args.sweep} is not a sweep folder (no raysweep_plan.json)")
+        uri = json.loads(plan_file.read_text())["tracking_uri"]
+    uri = resolve_tracking_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        print(f"{uri} is an MLflow server: its UI is already there, open {uri}")
+        return 0
+    port = _free_port(args.host, args.port)
+    print(f"MLflow UI for {uri} at http://{args.host}:{port} (Ctrl-C to stop)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-               "--port", str(args.port)]
+               "--port", str(port)]
     try:
         return subprocess.call(command)
     except KeyboardInterrupt:
@@ -163,10 +245,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("md", "csv"), default="md")
     p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///./mlflow.db")
     p.set_defaults(func=cmd_table)
+    p = sub.add_parser("report", help="tables, plots, importance and summary runs of a sweep, from MLflow alone")
+    p.add_argument("sweep", metavar="EXPERIMENT_OR_PARENT_RUN", help="experiment name (its newest sweep) or parent run id")
+    p.add_argument("--rows", help="config, method, or a dotted key (default: the spec's table.rows)")
+    p.add_argument("--cols", help="a dotted key such as dataset.imbalance (default: the spec's table.cols)")
+    p.add_argument("--metric", help="e.g. test_acc, val_balanced_acc, test_few_acc (default: the spec's)")
+    p.add_argument("--format", choices=("md", "csv", "tex", "html"), default="md",
+                   help="how the main table is printed; every format is written to --out")
+    p.add_argument("--others", choices=("average", "best"), default="average",
+                   help="one-way tables: average the other swept factors or hold them at the best configuration")
+    p.add_argument("--error", action="store_true", help="show error %% (100 - accuracy %%) instead of accuracy")
+    p.add_argument("--out", help="output folder (default: raysweep_reports/SWEEP_ID)")
+    p.add_argument("--no-log", action="store_true", help="write files only; log nothing to MLflow")
+    p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///./mlflow.db")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1")
+    p.add_argument("sweep", nargs="?", help="a sweep's Ray results folder: use the store it logged to")
     p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///./mlflow.db")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=5000, help="first port tried; the next free one is used")
     p.set_defaults(func=cmd_ui)
     p = sub.add_parser("list", help="what is registered: methods, datasets, models, presets")
     p.add_argument("what", choices=("methods", "datasets", "models", "presets"))

@@ -22,7 +22,7 @@ from trainables.methods import METHODS
 from trainables.models import model_params, resolve_model
 from trainables.params import ConfigError, Param, as_list, resolve
 
-SEARCH_MODES = ("grid", "random")
+SEARCH_MODES = ("grid", "ofat", "random", "optuna")
 SEARCH_METRICS = {"val_balanced_acc": "max", "train_loss": "min"}  # never a test metric: no test-set selection
 
 TOP_LEVEL = ("name", "description", "dataset", "model", "train", "methods", "axes", "seeds", "search",
@@ -32,8 +32,12 @@ SEARCH_PARAMS = {
     "mode": Param("grid", (str,), choices=SEARCH_MODES),
     "metric": Param("val_balanced_acc", (str,), choices=tuple(SEARCH_METRICS)),
     "direction": Param(None, (str,), choices=("max", "min"), nullable=True, help="null = the metric's natural one"),
-    "num_samples": Param(8, (int,), low=1, help="random: configurations sampled per method"),
-    "seed": Param(0, (int,), low=0, help="random: sampler seed"),
+    "num_samples": Param(8, (int,), low=1, help="random: configurations per method; optuna: trials in all"),
+    "seed": Param(0, (int,), low=0, help="random/optuna: sampler seed"),
+    "tune_train": Param(False, (bool,), help="random/optuna: also sample train.lr and train.weight_decay"),
+    "base": Param(None, (dict,), nullable=True, help="ofat: base value of every factor (method.knob or axis key)"),
+    "two_phase": Param(False, (bool,), help="search with the first seed, then rerun the top_k with all seeds"),
+    "top_k": Param(3, (int,), low=1, help="two_phase: configurations confirmed in phase 2"),
 }
 SCHEDULER_PARAMS = {
     "name": Param("fifo", (str,), choices=("fifo", "asha")),
@@ -148,6 +152,7 @@ def validate_spec(raw: Mapping[str, Any]) -> dict[str, Any]:
     if resources["gpu"] and resources["trials_per_gpu"]:
         raise ConfigError("resources.trials_per_gpu", "give either gpu or trials_per_gpu, not both")
     methods = _validate_methods(raw.get("methods"))
+    _validate_mode(search, raw["methods"])
     axes = _validate_axes(_section(raw, "axes"), dataset, model, train)
     return {
         "name": name,
@@ -156,7 +161,8 @@ def validate_spec(raw: Mapping[str, Any]) -> dict[str, Any]:
         "dataset": dict(_section(raw, "dataset")),
         "model": {"name": raw["model"]} if isinstance(raw["model"], str) else dict(raw["model"]),
         "train": dict(_section(raw, "train")),
-        "methods": methods, "methods_raw": {k: v or {} for k, v in raw["methods"].items()}, "axes": axes,
+        "methods": methods, "methods_raw": {k: (v if v is not None else {}) for k, v in raw["methods"].items()},
+        "axes": axes,
         "seeds": _validate_seeds(raw.get("seeds", 1)),
         "search": search, "scheduler": scheduler, "resources": resources,
         "tracking": resolve(TRACKING_PARAMS, _section(raw, "tracking"), "tracking"),
@@ -189,6 +195,31 @@ def _validate_methods(raw: Any) -> dict[str, list[dict[str, Any]]]:
                     raise ConfigError(f"{path}.{knob}", "empty list of values")
         out[name] = expand_method(name, blocks, path)
     return out
+
+
+def _validate_mode(search: Mapping[str, Any], methods_raw: Mapping[str, Any]) -> None:
+    """Mode-specific rules: ofat needs a base; sampled modes need fixed scalars and a sampling space."""
+    mode = search["mode"]
+    if mode == "ofat":
+        if not search["base"]:
+            raise ConfigError("search.base", "mode ofat needs a base value for every swept factor, "
+                                             "e.g. base: {cdb_w_ce.tau: 1, dataset.imbalance: 100}")
+        for name, values in methods_raw.items():
+            if values is not None and not isinstance(values, dict):
+                raise ConfigError(f"methods.{name}", "mode ofat takes one mapping of knob -> values per method")
+    if mode in ("random", "optuna"):
+        sampled = False
+        for name, values in methods_raw.items():
+            path = f"methods.{name}"
+            if values is not None and (not isinstance(values, dict) or any(isinstance(v, list) for v in values.values())):
+                raise ConfigError(path, f"mode {mode} samples the method's space: give single values to fix knobs, "
+                                        "not lists, blocks or 'paper'")
+            if METHODS.get(name).params and space_for(name).suggest is None:
+                raise ConfigError(path, f"has a grid-only search space; use mode grid or ofat")
+            sampled = sampled or bool(METHODS.get(name).params)
+        if mode == "optuna" and not (sampled or len(methods_raw) > 1 or search["tune_train"]):
+            raise ConfigError("search.mode", "optuna has nothing to sample: add a method with knobs, a second "
+                                             "method, or search.tune_train: true")
 
 
 def _validate_axes(raw: Mapping[str, Any], dataset, model, train) -> dict[str, list[Any]]:

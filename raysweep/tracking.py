@@ -121,11 +121,8 @@ class SweepRun:
 class MlflowTrialLogger(Callback):
     """Tune callback: a nested child run per planned trial, per-epoch metrics with step = epoch."""
 
-    def __init__(self, sweep: SweepRun, planned: Mapping[str, PlannedTrial], phase: str = "search") -> None:
+    def __init__(self, sweep: SweepRun) -> None:
         self.sweep = sweep
-        self.planned = planned
-        self.plan_index = {key: i for i, key in enumerate(planned)}
-        self.phase = phase
         self.run_ids: dict[str, str] = sweep.children()
         self.last_epoch: dict[str, int] = {}
 
@@ -133,14 +130,14 @@ class MlflowTrialLogger(Callback):
         key = _trial_key(trial)
         if key in self.run_ids:
             return self.run_ids[key]
-        planned = self.planned[key]
+        planned = PlannedTrial.from_tune_config(trial.config["trial"])
         cfg = planned.config
         tags = {
-            "mlflow.parentRunId": self.sweep.run_id, "raysweep.role": "trial", "raysweep.phase": self.phase,
+            "mlflow.parentRunId": self.sweep.run_id, "raysweep.role": "trial", "raysweep.phase": planned.phase,
             "raysweep.trial_key": key, "raysweep.config_id": planned.config_id, "raysweep.seed": planned.seed,
             "raysweep.method": cfg["method"]["name"], "raysweep.dataset": cfg["dataset"]["name"],
             "raysweep.label": planned.label, "raysweep.ray_trial_id": trial.trial_id,
-            "raysweep.plan_index": self.plan_index[key],
+            "raysweep.plan_index": planned.index,
         }
         run = self.sweep.client.create_run(self.sweep.experiment_id, run_name=f"{planned.label} s{planned.seed}",
                                            tags={k: str(v) for k, v in tags.items()})
@@ -165,7 +162,7 @@ class MlflowTrialLogger(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         key = _trial_key(trial)
-        epochs = self.planned[key].config["train"]["epochs"]
+        epochs = trial.config["trial"]["train"]["epochs"]
         done = self.last_epoch.get(key, 0)
         reason = "completed" if done >= epochs else f"stopped by the scheduler at epoch {done}"
         run_id = self._run_for(trial)

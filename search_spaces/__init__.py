@@ -29,7 +29,7 @@ class MethodSpace:
     """The search space of one method (its own hyperparameters only; lr and wd are in TRAIN_SPACE)."""
 
     grid: list[dict[str, list[Any]]] = field(default_factory=list)
-    suggest: Suggest = lambda trial: {}
+    suggest: Suggest | None = None  # None: grid only (random and Optuna search cannot sample it)
 
 
 SPACES: Registry[MethodSpace] = Registry("search space")
@@ -49,8 +49,8 @@ TRAIN_GRID: dict[str, list[float]] = {"lr": [0.01, 0.05, 0.1, 0.2], "weight_deca
 
 
 def space_for(method: str) -> MethodSpace:
-    """The registered space of ``method``; a method without one has an empty space (nothing to tune)."""
-    return SPACES.get(method) if method in SPACES else MethodSpace()
+    """The registered space of ``method``; a method without one has nothing to tune."""
+    return SPACES.get(method) if method in SPACES else MethodSpace(suggest=lambda trial: {})
 
 
 for _info in pkgutil.iter_modules([os.path.join(os.path.dirname(__file__), "methods")]):

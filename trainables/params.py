@@ -28,7 +28,8 @@ class InactiveParamError(ConfigError):
     """
 
 
-_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "a mapping"}
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,8 @@ class Param:
             return value
         if isinstance(value, (list, tuple)) and list in self.types:
             return list(value)
+        if isinstance(value, dict) and dict in self.types:
+            return dict(value)
         raise ConfigError(path, f"must be {self.allowed()}, got {value!r}")
 
 

@@ -90,6 +90,12 @@ class Method:
         """Cross-field constraints (e.g. a conditional knob set without its parent). Raise ConfigError."""
 
     @classmethod
+    def acts_from_epoch(cls, hparams: Mapping[str, Any], epochs: int) -> int:
+        """First epoch (0-based) at which the method differs from its base loss (e.g. LDAM-DRW's deferred
+        re-weighting). ``raysweep plan`` warns when an ASHA grace period ends before it."""
+        return 0
+
+    @classmethod
     def model_options(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
         """Model config overrides this method needs (e.g. ``{"normed_classifier": True}``)."""
         return {}
