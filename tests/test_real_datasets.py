@@ -404,3 +404,13 @@ def test_paper_presets_plan_without_data_and_pass_preflight_with_it(path, tmp_pa
     trials = plan(validate_spec(apply_overrides(spec, [f"dataset.root={root}"])))
     for cfg in {json.dumps(t.config["dataset"], sort_keys=True): t.config["dataset"] for t in trials}.values():
         DATASETS.get(cfg["name"]).preflight(cfg)
+
+
+def test_auto_augment_magnitudes_follow_the_ten_bin_discretisation():
+    from trainables.data.augment import magnitude, policy_table
+
+    assert magnitude("Rotate", 9, 32, 32) == 30.0 and magnitude("ShearX", 3, 32, 32) == pytest.approx(0.1)
+    assert magnitude("TranslateY", 9, 28, 32) == pytest.approx(150 / 331 * 28)
+    assert [magnitude("Posterize", i, 32, 32) for i in (0, 1, 2, 3, 9)] == [8, 8, 7, 7, 4]  # 8 - round(i / 2.25)
+    assert magnitude("Solarize", 0, 32, 32) == 255.0 and magnitude("Solarize", 9, 32, 32) == 0.0
+    assert len(policy_table("cifar10")) == 25 and policy_table("cifar10")[0][0][0] == "Invert"

@@ -8,6 +8,7 @@ resume continues them), and returns a uint8 batch of the same shape. The loop ap
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -132,6 +133,12 @@ def apply_op(x: torch.Tensor, op: str, mag: float) -> torch.Tensor:
     return simple[op]()
 
 
+@functools.lru_cache(maxsize=None)
+def policy_table(policy: str) -> tuple:
+    """torchvision's AutoAugment sub-policies for ``policy`` (cifar10, imagenet, svhn): ((op, p, bin), (op, p, bin))."""
+    return tuple(AutoAugment(AutoAugmentPolicy(policy)).policies)
+
+
 def auto_augment(x: torch.Tensor, generator: torch.Generator, policy: str = "cifar10") -> torch.Tensor:
     """AutoAugment with a sub-policy drawn per image (torchvision's policy tables, applied per group).
 
@@ -142,7 +149,7 @@ def auto_augment(x: torch.Tensor, generator: torch.Generator, policy: str = "cif
     fire draws (N, 2), sign draws (N, 2).
     """
     _check_batch(x)
-    policies = AutoAugment(AutoAugmentPolicy(policy)).policies
+    policies = policy_table(policy)
     n, c, h, w = x.shape
     dev = x.device
     pick = torch.randint(0, len(policies), (n,), generator=generator).to(dev)
