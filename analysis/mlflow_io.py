@@ -1,15 +1,25 @@
-"""Read a sweep back from MLflow alone: one tidy row per trial (config columns, ids, final metrics).
+"""Read a sweep back from MLflow alone: one tidy row per trial (config columns, ids, final and best metrics).
 
-Nothing here reads Ray's results folder, so tables can be rebuilt after it is gone.
+Nothing here reads Ray's results folder, so tables can be rebuilt after it is gone. Metric histories (for
+best-epoch values and learning curves) cost one request per run and metric; they are fetched in parallel
+and only for the metrics asked for.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 from mlflow import MlflowClient
+
+from analysis.tables import higher_is_better
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+HISTORY_WORKERS = 8
 
 
 class SweepNotFound(LookupError):
@@ -31,6 +41,20 @@ def find_sweep(client: MlflowClient, experiment: str | None = None, parent_run_i
     return runs[0]
 
 
+def resolve_sweep(client: MlflowClient, ref: str):
+    """The parent run named by ``ref``: a parent run id (32 hex digits) or an experiment name."""
+    if RUN_ID.match(ref):
+        try:
+            run = client.get_run(ref)
+        except Exception:  # noqa: BLE001 - MLflow raises MlflowException or a REST error; fall back to a name
+            run = None
+        if run is not None:
+            if run.data.tags.get("raysweep.role") != "sweep":
+                raise SweepNotFound(f"run {ref} is not a raysweep sweep (its role: {run.data.tags.get('raysweep.role')})")
+            return run
+    return find_sweep(client, experiment=ref)
+
+
 def _parse(value: str) -> Any:
     """MLflow params are strings; give numbers back as numbers for sorting and grouping."""
     try:
@@ -40,14 +64,23 @@ def _parse(value: str) -> Any:
     return parsed if isinstance(parsed, (int, float)) and not isinstance(parsed, bool) else value
 
 
+def child_runs(client: MlflowClient, parent, role: str) -> list:
+    """Every run under ``parent`` with tag ``raysweep.role`` = ``role``, paged (no 1000-run cap)."""
+    query = f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.`raysweep.role` = '{role}'"
+    runs, token = [], None
+    while True:
+        page = client.search_runs([parent.info.experiment_id], query, order_by=["attributes.start_time ASC"],
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def trials_frame(client: MlflowClient, parent) -> pd.DataFrame:
     """One row per trial run under ``parent``: tags (ids), params (dotted config keys), final metrics."""
-    runs = client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.`raysweep.role` = 'trial'",
-        order_by=["attributes.start_time ASC"], max_results=50000)
     rows = []
-    for run in runs:
+    for run in child_runs(client, parent, "trial"):
         tags = run.data.tags
         row = {
             "run_id": run.info.run_id, "status": run.info.status,
@@ -56,12 +89,66 @@ def trials_frame(client: MlflowClient, parent) -> pd.DataFrame:
             "label": tags.get("raysweep.label"), "phase": tags.get("raysweep.phase", "search"),
             "stop_reason": tags.get("raysweep.stop_reason", ""),
             "plan_index": int(tags.get("raysweep.plan_index", len(rows))),
+            "epochs_run": int(tags.get("raysweep.epochs_run", 0) or 0),
         }
         row.update({k: _parse(v) for k, v in run.data.params.items()})
         row.update({f"metric.{k}": v for k, v in run.data.metrics.items()})
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame.sort_values("plan_index", kind="stable").reset_index(drop=True) if rows else frame
+
+
+def metric_histories(client: MlflowClient, run_ids: Iterable[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """Long frame (run_id, metric, step, value) of every (run, metric) history, fetched in parallel."""
+    jobs = [(r, m) for r in run_ids for m in metrics]
+
+    def fetch(job):
+        run_id, metric = job
+        return [(run_id, metric, h.step, h.value) for h in client.get_metric_history(run_id, metric)]
+
+    with ThreadPoolExecutor(max_workers=HISTORY_WORKERS) as pool:
+        rows = [row for part in pool.map(fetch, jobs) for row in part]
+    frame = pd.DataFrame(rows, columns=["run_id", "metric", "step", "value"])
+    # A metric logged twice at one step (a retried epoch) keeps its last value.
+    return frame.drop_duplicates(["run_id", "metric", "step"], keep="last").reset_index(drop=True)
+
+
+def add_best(df: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
+    """``best.<m>`` columns: each trial's best value of ``<m>`` over its epochs (max for accuracies)."""
+    if histories.empty:
+        return df
+    out = df.copy()
+    for metric, part in histories.groupby("metric"):
+        by_run = part.groupby("run_id")["value"]
+        best = by_run.max() if higher_is_better(metric) else by_run.min()
+        out[f"best.{metric}"] = out["run_id"].map(best)
+    return out
+
+
+@dataclass
+class Sweep:
+    """A sweep read from MLflow: its parent run, the tidy trial frame and the fetched metric histories."""
+
+    parent: Any
+    trials: pd.DataFrame
+    histories: pd.DataFrame
+
+    @property
+    def axes(self) -> list[str]:
+        return sweep_axes(self.parent)
+
+    @property
+    def table_defaults(self) -> dict:
+        return json.loads(self.parent.data.tags.get("raysweep.table", "{}"))
+
+
+def load_sweep(client: MlflowClient, parent, history_metrics: Sequence[str] = ()) -> Sweep:
+    """The tidy frame with best-epoch columns for ``history_metrics`` (those the trials logged)."""
+    df = trials_frame(client, parent)
+    present = [m for m in dict.fromkeys(history_metrics) if f"metric.{m}" in df.columns]
+    histories = metric_histories(client, df["run_id"], present) if present else \
+        pd.DataFrame(columns=["run_id", "metric", "step", "value"])
+    return Sweep(parent, add_best(df, histories), histories)
 
 
 def sweep_axes(parent) -> list[str]:

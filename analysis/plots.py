@@ -1,0 +1,188 @@
+"""PNG pictures of the tables: sensitivity curves with error bars, two-way heatmaps, grouped bars,
+learning curves of the top configurations, ASHA rung survival and importance bars (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.tables import SensitivityTable  # noqa: E402
+
+DPI = 110
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _numeric(values) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _ylabel(table: SensitivityTable) -> str:
+    what = "best-epoch " if table.kind == "best" else ""
+    return f"{what}{table.metric}{table.unit}"
+
+
+def sensitivity_curve(table: SensitivityTable, path: Path) -> Path:
+    """One line per column of ``table`` over its rows (a swept factor), error bars = sample std."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    numeric = _numeric(table.rows)
+    xs = [float(r) for r in table.rows] if numeric else list(range(len(table.rows)))
+    for c in table.cols:
+        points = [(x, table.cells[(r, c)]) for x, r in zip(xs, table.rows) if (r, c) in table.cells]
+        if not points:
+            continue
+        err = [0.0 if math.isnan(cell.std) else table.spread(cell.std) for _, cell in points]
+        ax.errorbar([p[0] for p in points], [table.value(cell.mean) for _, cell in points], yerr=err,
+                    marker="o", capsize=3, label=str(c))
+    if numeric and min(xs) > 0 and max(xs) / min(xs) >= 20:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(xs, [str(r) for r in table.rows], rotation=30, ha="right")
+    ax.set_xlabel(str(table.rows_key))
+    ax.set_ylabel(_ylabel(table))
+    ax.set_title(table.title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if len(table.cols) > 1 or table.cols_key:
+        ax.legend(title=str(table.cols_key) if table.cols_key else None, fontsize=8)
+    return _save(fig, path)
+
+
+def heatmap(table: SensitivityTable, path: Path) -> Path:
+    """Rows x columns of seed means, each cell annotated with mean ± std (n); best per column outlined."""
+    grid = np.full((len(table.rows), len(table.cols)), np.nan)
+    for i, r in enumerate(table.rows):
+        for j, c in enumerate(table.cols):
+            if (r, c) in table.cells:
+                grid[i, j] = table.value(table.cells[(r, c)].mean)
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(table.cols), 1.2 + 0.55 * len(table.rows)))
+    image = ax.imshow(grid, cmap="viridis_r" if table.error else "viridis", aspect="auto")
+    fig.colorbar(image, ax=ax, label=_ylabel(table))
+    finite = grid[np.isfinite(grid)]
+    mid = float(finite.mean()) if finite.size else 0.0
+    for i, r in enumerate(table.rows):
+        for j, c in enumerate(table.cols):
+            cell = table.cells.get((r, c))
+            if cell is None:
+                continue
+            text = f"{table.value(cell.mean):.1f}" + ("" if math.isnan(cell.std) else f"\n±{table.spread(cell.std):.1f}")
+            dark = (grid[i, j] < mid) != table.error
+            ax.text(j, i, text + f" n={cell.n}", ha="center", va="center", fontsize=7,
+                    color="white" if dark else "black", fontweight="bold" if table.best.get(c) == r else "normal")
+            if table.best.get(c) == r:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    col_names = [str(c) for c in table.cols]
+    ax.set_xticks(range(len(table.cols)), col_names, rotation=30 if max(map(len, col_names)) > 8 else 0, ha="right")
+    ax.set_yticks(range(len(table.rows)), [str(r) for r in table.rows])
+    ax.set_xlabel(str(table.cols_key))
+    ax.set_ylabel(str(table.rows_key))
+    ax.set_title(table.title, fontsize=9)
+    return _save(fig, path)
+
+
+def grouped_bars(table: SensitivityTable, path: Path) -> Path:
+    """Bars of seed means with std error bars: one group per row, one bar per column."""
+    width = 0.8 / max(len(table.cols), 1)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.9 * len(table.rows) * max(1, len(table.cols)) * 0.5), 4))
+    for j, c in enumerate(table.cols):
+        xs, ys, err = [], [], []
+        for i, r in enumerate(table.rows):
+            cell = table.cells.get((r, c))
+            if cell is not None:
+                xs.append(i + (j - (len(table.cols) - 1) / 2) * width)
+                ys.append(table.value(cell.mean))
+                err.append(0.0 if math.isnan(cell.std) else table.spread(cell.std))
+        ax.bar(xs, ys, width=width, yerr=err, capsize=3, label=str(c))
+    ax.set_xticks(range(len(table.rows)), [str(r) for r in table.rows], rotation=30, ha="right")
+    ax.set_ylabel(_ylabel(table) if table.cols_key != "metric" else "accuracy" + table.unit)
+    ax.set_title(table.title, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    if len(table.cols) > 1:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def table_plot(table: SensitivityTable, path: Path) -> Path:
+    """The picture that fits the table: heatmap for two-way, curve for a numeric factor, bars otherwise."""
+    numeric_rows = table.rows_key not in ("config", "method", "label") and _numeric(table.rows)
+    if numeric_rows and len(table.rows) > 1:
+        return sensitivity_curve(table, path)
+    if table.cols_key not in (None, "metric") and len(table.cols) > 1 and len(table.rows) > 1:
+        return heatmap(table, path)
+    return grouped_bars(table, path)
+
+
+def learning_curves(histories: pd.DataFrame, trials: pd.DataFrame, metric: str, labels: dict[str, str],
+                    path: Path, percent: bool = True) -> Path:
+    """Seed-mean ``metric`` per epoch of each configuration in ``labels`` (config_id -> legend), band = ± std."""
+    config_ids = list(labels)
+    data = histories[histories["metric"] == metric].merge(trials[["run_id", "config_id"]], on="run_id")
+    scale = 100.0 if percent else 1.0
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for cid in config_ids:
+        part = data[data["config_id"] == cid]
+        if part.empty:
+            continue
+        stats = part.groupby("step")["value"].agg(["mean", "std", "count"]).sort_index()
+        std = stats["std"].fillna(0.0)
+        line, = ax.plot(stats.index, scale * stats["mean"], marker=".", label=f"{labels[cid]} (n={part['run_id'].nunique()})")
+        ax.fill_between(stats.index, scale * (stats["mean"] - std), scale * (stats["mean"] + std),
+                        color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(metric + (" (%)" if percent else ""))
+    ax.set_title(f"learning curves of the top {len(config_ids)} configurations (seed mean ± std)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def rung_survival(trials: pd.DataFrame, path: Path, rungs: list[int] | None = None) -> Path:
+    """Trials still running at each epoch (ASHA stops the weak ones at its rungs), with rungs marked."""
+    epochs = trials["epochs_run"].astype(int)
+    top = int(epochs.max()) if len(epochs) else 0
+    xs = list(range(1, top + 1))
+    alive = [int((epochs >= e).sum()) for e in xs]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.step(xs, alive, where="post", marker="o")
+    for r in rungs or []:
+        ax.axvline(r, color="grey", linestyle=":", linewidth=1)
+        ax.text(r, max(alive) if alive else 0, f" rung {r}", fontsize=7, va="top")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("trials still running")
+    ax.set_ylim(0, (max(alive) if alive else 1) * 1.1)
+    ax.set_title(f"rung survival: {len(trials)} trials, {int((epochs >= top).sum())} reached epoch {top}", fontsize=9)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def importance_bars(frame: pd.DataFrame, method: str, path: Path) -> Path:
+    """Horizontal bars of fANOVA and PED-ANOVA importance of one method's hyperparameters."""
+    part = frame[frame["method"] == method]
+    wide = part.pivot_table(index="param", columns="evaluator", values="importance").fillna(0.0)
+    wide = wide.sort_values(wide.columns[0])
+    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.45 * len(wide)))
+    height = 0.8 / max(len(wide.columns), 1)
+    for j, evaluator in enumerate(wide.columns):
+        ax.barh(np.arange(len(wide)) + j * height, wide[evaluator], height=height,
+                label={"fanova": "fANOVA", "ped_anova": "PED-ANOVA"}.get(evaluator, evaluator))
+    ax.set_yticks(np.arange(len(wide)) + height * (len(wide.columns) - 1) / 2, list(wide.index))
+    ax.set_xlabel("importance (normalised)")
+    ax.set_title(f"hyperparameter importance: {method} ({int(part['n_trials'].iloc[0])} trials)", fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

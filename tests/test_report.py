@@ -1,0 +1,169 @@
+"""`raysweep report`: importance from a tidy table, and a real sweep reported from MLflow alone."""
+
+import math
+import re
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from analysis.importance import build_study, importances, infer_distribution
+from analysis.page import Section, render_page
+from raysweep.report import build_report
+
+
+def test_distributions_are_inferred_from_the_values():
+    assert infer_distribution(pd.Series([0.5, 1.0, 2.0])) == FloatDistribution(0.5, 2.0)
+    assert infer_distribution(pd.Series([1e-4, 1e-2, 1e-1])) == FloatDistribution(1e-4, 1e-1, log=True)
+    assert infer_distribution(pd.Series([32, 64, 128])) == IntDistribution(32, 128)
+    assert infer_distribution(pd.Series(["cosine", "step"])) == CategoricalDistribution(("cosine", "step"))
+    assert infer_distribution(pd.Series([True, False])) == CategoricalDistribution((True, False))
+    with pytest.raises(ValueError, match="no values"):
+        infer_distribution(pd.Series([None]))
+
+
+def _tidy(n_seeds=3):
+    """beta decides the metric (0.3 per step), gamma barely (0.001), the schedule not at all."""
+    rows = []
+    for beta in (0.0, 1.0, 2.0):
+        for gamma in (0.5, 1.0, 2.0):
+            for schedule in ("cosine", "step"):
+                for seed in range(n_seeds):
+                    rows.append({"method": "dm", "seed": seed, "config_id": f"{beta}-{gamma}-{schedule}",
+                                 "method.name": "dm", "method.beta": beta, "method.gamma": gamma,
+                                 "train.schedule": schedule, "train.epochs": 5,
+                                 "metric.test_acc": 0.3 + 0.3 * beta / 2 + 0.001 * gamma + 0.002 * seed})
+    rows.append({"method": "ce", "seed": 0, "config_id": "ce", "method.name": "ce", "train.schedule": "cosine",
+                 "train.epochs": 5, "metric.test_acc": 0.4})
+    return pd.DataFrame(rows)
+
+
+def test_importance_ranks_the_factor_that_decides_the_metric_first():
+    df = _tidy()
+    study = build_study(df[df["method"] == "dm"], "test_acc")
+    assert len(study.trials) == 54 and study.direction.name == "MAXIMIZE"
+    assert set(study.trials[0].distributions) == {"method.beta", "method.gamma", "train.schedule"}
+    frame = importances(df, "test_acc")
+    assert set(frame["method"]) == {"dm"}, "ce has one trial: too few for importance"
+    for evaluator in ("fanova", "ped_anova"):
+        part = frame[frame["evaluator"] == evaluator].set_index("param")["importance"]
+        assert part.idxmax() == "method.beta" and part["method.beta"] > 0.8
+        assert math.isclose(part.sum(), 1.0, rel_tol=1e-6)
+
+
+def test_html_page_inlines_its_images(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    fig.savefig(tmp_path / "p.png")
+    page = render_page("t", "intro", [Section("s", "<table></table>", [tmp_path / "p.png"])])
+    assert page.count('src="data:image/png;base64,iVBORw0KGgo') == 1
+    assert "p.png" not in page.replace('alt="p"', "")
+
+
+SPEC = {
+    "name": "rep",
+    "dataset": {"name": "gaussian", "imbalance": 10, "samples_per_class": 120},
+    "model": {"name": "mlp", "width": 32},
+    "train": {"epochs": 3, "batch_size": 64},
+    "methods": {"ce": {}, "focal": {"gamma": [0.5, 2.0]}},
+    "seeds": 2,
+    "search": {"mode": "grid", "metric": "val_balanced_acc"},
+    "scheduler": {"name": "asha", "grace_period": 1},
+    "resources": {"cpu": 0.5},
+    "table": {"rows": "config", "metric": "test_acc"},
+}
+
+
+def raysweep(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "raysweep.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    """One real sweep (3 configs x 2 seeds, ASHA), then `raysweep report` on it."""
+    root = tmp_path_factory.mktemp("report")
+    (root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    run = raysweep("run", "spec.yaml", cwd=root)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rep = raysweep("report", "rep", "--out", "out", "--format", "md", cwd=root)
+    assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
+    return root, rep.stdout
+
+
+def _uri(root):
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+@pytest.mark.slow
+def test_report_writes_tables_plots_importance_and_a_self_contained_page(reported):
+    root, out = reported
+    assert out.splitlines()[0] == "| config | test_acc (%) |"
+    tables = {p.name for p in (root / "out" / "tables").iterdir()}
+    for stem in ("main", "main_best_epoch", "many_medium_few", "oneway_method.gamma"):
+        assert {f"{stem}.{fmt}" for fmt in ("md", "csv", "tex", "html")} <= tables
+    assert {"configs.csv", "trials.csv"} <= tables
+    pngs = {p.name for p in (root / "out" / "plots").iterdir()}
+    assert {"main.png", "oneway_method.gamma.png", "learning_curves_test_acc.png", "rung_survival.png",
+            "importance_focal.png"} <= pngs
+    assert all((root / "out" / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    page = (root / "out" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(pngs)
+    assert not re.search(r'src="(?!data:)', page)
+    configs = pd.read_csv(root / "out" / "tables" / "configs.csv")
+    assert len(configs) == 3 and set(configs["n"]) == {2}
+    imp = pd.read_csv(root / "out" / "importance.csv")
+    assert set(imp["method"]) == {"focal"} and set(imp["evaluator"]) == {"fanova", "ped_anova"}
+
+
+@pytest.mark.slow
+def test_parent_run_holds_the_report_and_one_summary_run_per_configuration(reported):
+    root, _ = reported
+    client = MlflowClient(_uri(root))
+    exp = client.get_experiment_by_name("rep")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parent = next(r for r in runs if r.data.tags.get("raysweep.role") == "sweep")
+    trials = [r for r in runs if r.data.tags.get("raysweep.role") == "trial"]
+    summaries = [r for r in runs if r.data.tags.get("raysweep.role") == "summary"]
+    assert len(trials) == 6 and len(summaries) == 3
+    names = {a.path for a in client.list_artifacts(parent.info.run_id, "report/tables")}
+    assert {"report/tables/main.md", "report/tables/main.tex", "report/tables/configs.csv"} <= names
+    assert "report/report.html" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    for summary in summaries:
+        assert summary.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        mine = [t for t in trials if t.data.tags["raysweep.config_id"] == summary.data.tags["raysweep.config_id"]]
+        finals = [t.data.metrics["test_acc"] for t in mine]
+        mean = sum(finals) / 2
+        assert summary.data.metrics["test_acc"] == pytest.approx(mean)
+        assert summary.data.metrics["test_acc_std"] == pytest.approx(abs(finals[0] - finals[1]) / math.sqrt(2))
+        assert summary.data.metrics["n_seeds"] == 2
+        assert summary.data.params["method.name"] == mine[0].data.params["method.name"]
+        bests = [max(m.value for m in client.get_metric_history(t.info.run_id, "test_acc")) for t in mine]
+        assert summary.data.metrics["best_test_acc"] == pytest.approx(sum(bests) / 2)
+        curve = client.get_metric_history(summary.info.run_id, "curve.val_balanced_acc")
+        assert len(curve) >= 1 and min(m.step for m in curve) == 1
+
+
+@pytest.mark.slow
+def test_report_twice_and_after_deleting_ray_results_reproduces_tables_without_new_runs(reported):
+    root, _ = reported
+    client = MlflowClient(_uri(root))
+    exp = client.get_experiment_by_name("rep")
+    before = {r.info.run_id for r in client.search_runs([exp.experiment_id], max_results=1000)}
+    shutil.rmtree(root / "raysweep_results")
+    again = build_report(_uri(root), "rep", root / "again")
+    assert again.summary_created == 0
+    after = {r.info.run_id for r in client.search_runs([exp.experiment_id], max_results=1000)}
+    assert after == before
+    for name in ("main.md", "main.csv", "many_medium_few.md", "oneway_method.gamma.tex", "configs.csv"):
+        assert (root / "again" / "tables" / name).read_text() == (root / "out" / "tables" / name).read_text(), name
