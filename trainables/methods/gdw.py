@@ -104,7 +104,6 @@ class GDW(MWNet):
         "omega_from": Param("updated", (str,), choices=("updated", "previous"),
                             help="stage-2 start: the net after this meta step (updated) or before it (previous, GDW's code)"),
     }
-    relative_cost = 3.0
 
     def __init__(self, hparams: Mapping[str, Any], ctx: MethodContext) -> None:
         super().__init__(hparams, ctx)

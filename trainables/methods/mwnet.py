@@ -6,7 +6,9 @@ iteration runs the three-step bi-level loop:
 1. virtual step: theta'(phi) = theta - lr * grad_theta sum_i w_i CE_i / Z, kept in the graph
    (:func:`trainables.methods.meta.virtual_step`; scratch BatchNorm buffers);
 2. meta step: CE of f(x_meta; theta') on a clean meta batch, back-propagated to phi, one Adam step;
-3. real step: theta <- SGD with the weights of the updated net, detached.
+3. real step: theta <- SGD with the weights of the updated net, detached. It back-propagates through
+   the virtual step's forward pass (same theta, same batch, train mode) instead of running a second
+   one, and copies the BatchNorm statistics that pass left in its scratch buffers into the model.
 
 Z is the batch size (``norm: mean``, MW-Net's noise code and GDW's ``--mode mw-net``) or the batch sum
 of the weights (``norm: sum``, MW-Net's class-imbalance code).
@@ -94,7 +96,7 @@ class MWNet(Method):
         "norm": Param("mean", (str,), choices=NORMS, help="divide the weighted loss by the batch size or the weights' sum"),
     }
     needs_meta = True
-    relative_cost = 3.0
+    relative_cost = 3.0  # measured 2.7-3.1x CE per epoch (docs/methods/meta_weighting.md)
 
     def __init__(self, hparams: Mapping[str, Any], ctx: MethodContext) -> None:
         super().__init__(hparams, ctx)
