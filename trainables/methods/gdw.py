@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 
 from trainables.methods import register
-from trainables.methods.base import MethodContext
+from trainables.methods.base import EpochEvaluation, MethodContext
 from trainables.methods.mwnet import MWNet
 from trainables.params import Param
 
@@ -144,7 +144,7 @@ class GDW(MWNet):
             s["other_noisy"] += (omega * other).sum()
             s["n_other"] += other.sum()
 
-    def on_epoch_end(self, epoch, evaluation) -> dict[str, float]:
+    def on_epoch_end(self, epoch: int, evaluation: EpochEvaluation) -> dict[str, float]:
         out = super().on_epoch_end(epoch, evaluation)
         s = self._stats
         out["gdw_nontarget_shift"] = float(s["shift"] / s["n_entries"].clamp_min(1))
