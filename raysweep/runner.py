@@ -18,6 +18,7 @@ import yaml
 from raysweep.plan import PlannedTrial, confirm_plan
 from raysweep.provenance import provenance
 from raysweep.tracking import MlflowTrialLogger, SweepRun, log_json_artifact, resolve_tracking_uri
+from trainables.data import resolve_dataset
 from trainables.params import ConfigError
 
 
@@ -44,6 +45,19 @@ def check_storage(path: str) -> Path:
     except OSError as err:
         raise ConfigError("storage", f"cannot write to {root}: {err.strerror or err}") from None
     return root
+
+
+def check_datasets(configs: list[Mapping[str, Any]]) -> None:
+    """Run each dataset source's preflight (e.g. files present under ``root``) once per distinct config."""
+    from trainables.data import DATASETS
+
+    seen = set()
+    for cfg in configs:
+        key = json.dumps(cfg, sort_keys=True, default=str)
+        preflight = DATASETS.get(cfg["name"]).preflight
+        if key not in seen and preflight is not None:
+            preflight(cfg)
+        seen.add(key)
 
 
 def start_ray(address: str | None) -> bool:
@@ -91,6 +105,7 @@ def run_sweep(spec: Mapping[str, Any], trials: list[PlannedTrial], *, echo: Call
     from raysweep.report import sweep_table
 
     storage = check_storage(spec["storage"])
+    check_datasets([t.config["dataset"] for t in trials] or [resolve_dataset(spec["dataset"])])
     started = start_ray(spec["cluster"]["address"])
     try:
         per_trial, gpu_fraction = trial_resources(spec["resources"], ray.cluster_resources().get("GPU", 0), echo)
@@ -148,15 +163,16 @@ def top_configs(results, metric: str, direction: str, k: int) -> list[PlannedTri
     """The ``k`` best configurations of a phase, judged on the validation metric (never the test set).
 
     Trials that ran more epochs rank first (under ASHA they are the survivors), then by the metric's last
-    reported value; repeated draws of one configuration count once, at their best.
+    reported value, ties going to the earlier planned trial; repeated draws of one configuration count once,
+    at their best.
     """
     sign = 1.0 if direction == "max" else -1.0
-    ranked: dict[str, tuple[tuple[float, float], PlannedTrial]] = {}
+    ranked: dict[str, tuple[tuple[float, float, int], PlannedTrial]] = {}
     for result in results:
         if result.error is not None or not result.metrics or metric not in result.metrics:
             continue
         trial = PlannedTrial.from_tune_config(result.config["trial"])
-        score = (float(result.metrics.get("epoch", 0)), sign * float(result.metrics[metric]))
+        score = (float(result.metrics.get("epoch", 0)), sign * float(result.metrics[metric]), -trial.index)
         if trial.config_id not in ranked or score > ranked[trial.config_id][0]:
             ranked[trial.config_id] = (score, trial)
     best = sorted(ranked.values(), key=lambda item: item[0], reverse=True)[:k]

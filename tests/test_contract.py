@@ -9,7 +9,7 @@ import torch
 from trainables.data import DATASETS, dataset_params
 from trainables.loop import Trial, train
 from trainables.methods import METHODS
-from trainables.models import MODELS, build_model
+from trainables.models import MODELS, build_model, model_params
 
 SMALL = {
     "gaussian": {"name": "gaussian", "imbalance": 10, "meta_per_class": 8},
@@ -79,10 +79,14 @@ def test_method_declares_valid_defaults(method):
     assert cls.resolve_params({}) == {k: p.default for k, p in cls.params.items()}
 
 
+INPUT_SHAPES = {"resnet32": (3, 32, 32), "resnet10": (3, 32, 32), "resnet50": (3, 32, 32), "lenet5": (1, 28, 28)}
+
+
 @pytest.mark.parametrize("model", MODELS.names())
 def test_model_forward_backward(model):
-    net = build_model({"name": model, **{k: p.default for k, p in __import__("trainables.models", fromlist=["x"]).model_params(model).items()}}, (40,), 10)
-    out = net(torch.randn(8, 40))
+    shape = INPUT_SHAPES.get(model, (40,))
+    net = build_model({"name": model, **{k: p.default for k, p in model_params(model).items()}}, shape, 10)
+    out = net(torch.randn(8, *shape))
     assert out.shape == (8, 10)
     out.sum().backward()
     assert all(p.grad is not None for p in net.parameters())

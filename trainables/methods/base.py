@@ -82,12 +82,18 @@ class Method:
     def resolve_params(cls, raw: Mapping[str, Any] | None, path: str = "method") -> dict[str, Any]:
         """Validate hyperparameters, fill defaults, then run the cross-field :meth:`check`."""
         hp = resolve(cls.params, raw, path)
-        cls.check(hp, dict(raw or {}), path)
+        # A knob "given" at its default is indistinguishable from one left out; this keeps resolving an
+        # already-resolved config (the loop re-validates every planned trial) idempotent.
+        given = {k: v for k, v in (raw or {}).items() if hp[k] != cls.params[k].default}
+        cls.check(hp, given, path)
         return hp
 
     @classmethod
     def check(cls, hparams: Mapping[str, Any], given: Mapping[str, Any], path: str) -> None:
-        """Cross-field constraints (e.g. a conditional knob set without its parent). Raise ConfigError."""
+        """Cross-field constraints (e.g. a conditional knob set without its parent). Raise ConfigError.
+
+        ``given`` holds the knobs the user set to a value other than their default.
+        """
 
     @classmethod
     def acts_from_epoch(cls, hparams: Mapping[str, Any], epochs: int) -> int:
