@@ -1,0 +1,29 @@
+"""``make bench``: every CPU benchmark in one go (about 40 minutes on 2 cores), then docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+STEPS = [
+    ["benchmarks.method_cost", "--repeats", "15"],
+    ["benchmarks.runner_efficiency", "--trials", "16", "--trial-seconds", "20"],
+    ["benchmarks.runner_efficiency", "--trials", "64", "--trial-seconds", "5"],
+    ["benchmarks.asha_vs_grid"],
+    ["benchmarks.reproduction"],
+    ["benchmarks.write_report"],
+]
+
+
+def main() -> int:
+    for module, *args in STEPS:
+        print(f"== {module} {' '.join(args)}", flush=True)
+        code = subprocess.call([sys.executable, "-m", module, *args])
+        if code:
+            print(f"{module} failed with exit code {code}", file=sys.stderr)
+            return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

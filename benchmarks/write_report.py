@@ -1,0 +1,130 @@
+"""Render docs/benchmarks.md from the JSON results in benchmarks/results/ (each measured in one run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.common import RESULTS_DIR
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS_DIR / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _provenance(r: dict) -> str:
+    v = r["versions"]
+    return (f"_Measured {r['time']} at commit `{r['git_commit'][:12]}` on {r['machine']['cpus']} CPUs "
+            f"({r['machine']['processor']}, 1-min load {r['machine']['load_average_1m']:.1f}); torch {v['torch']}, "
+            f"ray {v['ray']}, mlflow {v['mlflow']}, optuna {v['optuna']}._")
+
+
+def _pm(cell: dict | None) -> str:
+    return "-" if not cell else f"{cell['mean']:.1f} ± {cell['std']:.1f}"
+
+
+def method_cost(r: dict) -> list[str]:
+    s = r["settings"]
+    out = [f"Command: `python -m benchmarks.method_cost --repeats {s['repeats']}`: {s['dataset']} (imbalance "
+           f"{s['imbalance']:g}), {s['model']}, batch {s['batch_size']}, {s['threads']} thread, epochs interleaved in a "
+           "shuffled order, median over repeats after a warm-up epoch. An epoch includes evaluation.", "",
+           "| method | s / epoch | x CE |", "|---|---|---|"]
+    for name, m in sorted(r["methods"].items(), key=lambda kv: kv[1]["ratio_to_ce"]):
+        out.append(f"| {name} | {m['median_s']:.4f} | {m['ratio_to_ce']:.2f} |")
+    return out + ["", _provenance(r)]
+
+
+def runner(r: dict) -> list[str]:
+    s = r["settings"]
+    out = [f"Command: `python -m benchmarks.runner_efficiency --trials {' '.join(map(str, s['trials']))} "
+           f"--trial-seconds {s['trial_seconds']:g}` ({r['epoch_seconds']:.2f} s epochs).", "",
+           "| trials | MLflow | epochs / trial | wall (s) | busy (s) | efficiency = busy / (wall x 2 slots) |",
+           "|---|---|---|---|---|---|"]
+    for row in r["runs"]:
+        out.append(f"| {row['trials']} | {'on' if row['mlflow'] else 'off'} | {row['epochs']} | {row['wall_s']:.1f} | "
+                   f"{row['busy_s']:.1f} | {row['efficiency']:.3f} |")
+    return out + ["", _provenance(r)]
+
+
+def asha(r: dict) -> list[str]:
+    out = [f"Command: `python -m benchmarks.asha_vs_grid --epochs {r['settings']['epochs']}`: CDB-W-CE tau in "
+           "{0.5, 1, 2, sigmoid} x lr in {0.02, 0.05, 0.1, 0.2}, mnist1d-LT rho 100, one seed, cnn1d.", "",
+           "| scheduler | trials | trial-epochs | best config (by val) | its val acc | its test acc | wall (s) |",
+           "|---|---|---|---|---|---|---|"]
+    for run in (r["grid"], r["asha"]):
+        out.append(f"| {run['scheduler']['name']} | {run['trials']} | {run['trial_epochs']} | {run['best_label']} | "
+                   f"{100 * run['best_val']:.1f} | {100 * run['best_test']:.1f} | {run['wall_s']:.0f} |")
+    out += ["", "Spearman rank correlation between the validation accuracy at each ASHA rung and the final one "
+            "(full-grid curves): " + ", ".join(f"epoch {k}: {v:.2f}" for k, v in r["rung_rank_correlation"].items())]
+    return out + ["", _provenance(r)]
+
+
+def reproduction(r: dict) -> list[str]:
+    t = r["tables"]
+    s = r["settings"]
+    out = [f"Command: `python -m benchmarks.reproduction` ({s['seeds']} seeds, {s['epochs']} epochs, cnn1d, SGD 0.1 "
+           "cosine, batch 128, 10 meta/val images per class; 20 per class under noise). Test accuracy %, "
+           "mean ± sample std over seeds."]
+
+    def grid(section: str, value: str, title: str) -> list[str]:
+        cells = t.get(section, {})
+        if not cells:
+            return []
+        rows = list(dict.fromkeys(c["row"] for c in cells.values()))
+        cols = list(dict.fromkeys(c["col"] for c in cells.values()))
+        lines = ["", f"**{title}**", "", "| | " + " | ".join(str(c) for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for row in rows:
+            lines.append(f"| {row} | " + " | ".join(_pm(cells.get(f"{row}|{c}", {}).get(value)) for c in cols) + " |")
+        return lines
+
+    if "sanity" in t:
+        cell = t["sanity"]["ce|balanced"]
+        out += ["", f"**Sanity**: CE + 1-D CNN on balanced mnist1d: {_pm(cell['final'])} % (best epoch "
+                f"{_pm(cell['best'])} %); the mnist1d authors publish 94 % for a CNN on the same 4000/1000 split."]
+    if "long_tail" in t:
+        out += ["", "**Long-tailed mnist1d** (final test accuracy; many / medium / few at rho 100)", "",
+                "| method | rho 10 | rho 100 | many | medium | few |", "|---|---|---|---|---|---|"]
+        rows = list(dict.fromkeys(c["row"] for c in t["long_tail"].values()))
+        for row in rows:
+            c10, c100 = t["long_tail"].get(f"{row}|10", {}), t["long_tail"].get(f"{row}|100", {})
+            out.append(f"| {row} | {_pm(c10.get('final'))} | {_pm(c100.get('final'))} | {_pm(c100.get('many'))} | "
+                       f"{_pm(c100.get('medium'))} | {_pm(c100.get('few'))} |")
+    out += grid("noise", "best", "Symmetric noise: best-epoch test accuracy (columns: noise rate)")
+    out += grid("noise", "final", "Symmetric noise: final test accuracy (columns: noise rate)")
+    out += grid("cdb_tau", "final", "CDB-W-CE tau sensitivity (final test accuracy; columns: imbalance)")
+    out += grid("dm_grid", "final", "DM lambda x beta at 40% symmetric noise (final test accuracy)")
+    out += grid("dm_grid", "best", "DM lambda x beta at 40% symmetric noise (best-epoch test accuracy)")
+    return out + ["", f"Wall time {r['wall_s'] / 60:.1f} min.", "", _provenance(r)]
+
+
+SECTIONS = [
+    ("Method cost per epoch", "method_cost", method_cost),
+    ("Runner efficiency, 16 trials", "runner_efficiency_16", runner),
+    ("Runner efficiency, 64 trials", "runner_efficiency_64", runner),
+    ("ASHA versus the full grid", "asha_vs_grid", asha),
+    ("Reproduction on embedded data", "reproduction", reproduction),
+]
+
+
+def main() -> None:
+    lines = ["# Benchmarks", "", "Produced by `make bench` (`python -m benchmarks.run_all`), which runs every benchmark "
+             "below and then this page's generator (`python -m benchmarks.write_report`). Each figure was measured "
+             "in one run on the machine named under it; speeds are ratios within that run. GPU benchmarks "
+             "(fractional-GPU packing) are not part of the CPU suite.", ""]
+    for title, name, render in SECTIONS:
+        result = _load(name)
+        lines += [f"## {title}", ""]
+        lines += render(result) if result else ["Not measured yet: run the command of this section."]
+        lines.append("")
+    notes = Path(__file__).resolve().parent / "NOTES.md"
+    if notes.exists():
+        lines += [notes.read_text()]
+    DOC.write_text("\n".join(lines))
+    print("wrote", DOC)
+
+
+if __name__ == "__main__":
+    main()
