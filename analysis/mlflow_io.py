@@ -98,6 +98,21 @@ def trials_frame(client: MlflowClient, parent) -> pd.DataFrame:
     return frame.sort_values("plan_index", kind="stable").reset_index(drop=True) if rows else frame
 
 
+def final_phase(df: pd.DataFrame) -> pd.DataFrame:
+    """The trials that the headline tables summarise: phase 2 ('confirm', every seed of the top
+    configurations) when the sweep had one, else all of them."""
+    if "phase" in df and (df["phase"] == "confirm").any():
+        return df[df["phase"] == "confirm"]
+    return df
+
+
+def search_phase(df: pd.DataFrame) -> pd.DataFrame:
+    """The trials that explored the space (sensitivity, importance): phase 1 when there were two."""
+    if "phase" in df and (df["phase"] == "confirm").any():
+        return df[df["phase"] != "confirm"]
+    return df
+
+
 def metric_histories(client: MlflowClient, run_ids: Iterable[str], metrics: Sequence[str]) -> pd.DataFrame:
     """Long frame (run_id, metric, step, value) of every (run, metric) history, fetched in parallel."""
     jobs = [(r, m) for r in run_ids for m in metrics]

@@ -28,7 +28,8 @@ from mlflow.entities import Metric
 from analysis import importance as imp
 from analysis import plots
 from analysis.aggregate import aggregate_configs, swept_factors
-from analysis.mlflow_io import Sweep, child_runs, find_sweep, load_sweep, resolve_sweep, sweep_axes, trials_frame
+from analysis.mlflow_io import (Sweep, child_runs, final_phase, find_sweep, load_sweep, resolve_sweep, search_phase,
+                                sweep_axes, trials_frame)
 from analysis.page import Section, render_page
 from analysis.tables import (GROUP_METRICS, SensitivityTable, breakdown_table, higher_is_better, one_way, row_values,
                              seed_table, to_frame, to_html, to_latex, to_markdown)
@@ -50,7 +51,7 @@ def sweep_table(tracking_uri: str, *, experiment: str | None = None, parent_run_
     df = trials_frame(client, parent)
     if df.empty:
         raise KeyError("the sweep has no trial runs")
-    return seed_table(df, metric or defaults.get("metric", "test_acc"), rows or defaults.get("rows", "config"),
+    return seed_table(final_phase(df), metric or defaults.get("metric", "test_acc"), rows or defaults.get("rows", "config"),
                       cols if cols is not None else defaults.get("cols"), sweep_axes(parent))
 
 
@@ -132,22 +133,24 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
     cols = cols if cols is not None else defaults.get("cols")
     axes = sweep.axes
     tables: dict[str, SensitivityTable] = {}
-    tables["main"] = seed_table(df, metric, rows, cols, axes, direction, error=error)
+    # Headline tables summarise phase 2 when there was one; sensitivity and importance use phase 1.
+    final, search = final_phase(df), search_phase(df)
+    tables["main"] = seed_table(final, metric, rows, cols, axes, direction, error=error)
     if f"best.{metric}" in df:
-        tables["main_best_epoch"] = seed_table(df, metric, rows, cols, axes, direction, kind="best", error=error)
+        tables["main_best_epoch"] = seed_table(final, metric, rows, cols, axes, direction, kind="best", error=error)
     if any(f"metric.{m}" in df for m in GROUP_METRICS):
-        tables["many_medium_few"] = breakdown_table(df, rows if rows != cols else "config", axes=axes, error=error)
-    factors = swept_factors(df)
+        tables["many_medium_few"] = breakdown_table(final, rows if rows != cols else "config", axes=axes, error=error)
+    factors = swept_factors(search)
     for factor in factors:
-        tables[f"oneway_{factor}"] = one_way(df, factor, metric, others=others, direction=direction, error=error)
+        tables[f"oneway_{factor}"] = one_way(search, factor, metric, others=others, direction=direction, error=error)
     if len(factors) >= 2 and {rows, cols} != set(factors[:2]):
         a, b = factors[:2]
-        tables[f"twoway_{a}_x_{b}"] = seed_table(df, metric, a, b, axes, direction, error=error)
+        tables[f"twoway_{a}_x_{b}"] = seed_table(search, metric, a, b, axes, direction, error=error)
         tables[f"twoway_{a}_x_{b}"].title += " (others averaged)"
     files: list[Path] = []
     for name, table in tables.items():
         files += write_table(table, out / "tables" / _slug(name))
-    configs = aggregate_configs(df)
+    configs = aggregate_configs(final)
     files.append(out / "tables" / "configs.csv")
     configs.to_csv(files[-1], index=False)
     files.append(out / "tables" / "trials.csv")
@@ -160,20 +163,20 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
         pictures[name] = [plots.table_plot(table, out / "plots" / f"{_slug(name)}.png")]
     higher = higher_is_better(metric, direction)
     ranked = configs.dropna(subset=[metric]).sort_values(metric, ascending=not higher)["config_id"].tolist()
-    config_label = dict(zip(df["config_id"], row_values(df, "config", None, axes)))
+    config_label = dict(zip(final["config_id"], row_values(final, "config", None, axes)))
     top = {cid: config_label[cid] for cid in ranked[:TOP_CONFIGS]}
     curves = []
     for m in dict.fromkeys((metric, search_metric)):
         if m in set(sweep.histories["metric"]):
-            curves.append(plots.learning_curves(sweep.histories, df, m, top,
+            curves.append(plots.learning_curves(sweep.histories, final, m, top,
                                                 out / "plots" / f"learning_curves_{_slug(m)}.png", m.endswith("acc")))
-    rungs = _rungs(_spec(client, parent), int(df["epochs_run"].max()))
-    if rungs is not None or df["epochs_run"].nunique() > 1:
-        curves.append(plots.rung_survival(df, out / "plots" / "rung_survival.png", rungs))
+    rungs = _rungs(_spec(client, parent), int(search["epochs_run"].max()))
+    if rungs is not None or search["epochs_run"].nunique() > 1:
+        curves.append(plots.rung_survival(search, out / "plots" / "rung_survival.png", rungs))
     seconds["plots"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    importance = imp.importances(df, metric, direction=direction)
+    importance = imp.importances(search, metric, direction=direction)
     files.append(out / "importance.csv")
     importance.to_csv(files[-1], index=False)
     files.append(out / "importance.md")
@@ -235,7 +238,7 @@ def sync_summary_runs(client: MlflowClient, sweep: Sweep, configs: pd.DataFrame)
             client.delete_run(run.info.run_id)
         else:
             existing[cid] = run
-    df = sweep.trials
+    df = final_phase(sweep.trials)
     curves = sweep.histories.merge(df[["run_id", "config_id"]], on="run_id")
     ids, created = {}, 0
     now = int(time.time() * 1000)

@@ -167,3 +167,23 @@ def test_report_twice_and_after_deleting_ray_results_reproduces_tables_without_n
     assert after == before
     for name in ("main.md", "main.csv", "many_medium_few.md", "oneway_method.gamma.tex", "configs.csv"):
         assert (root / "again" / "tables" / name).read_text() == (root / "out" / "tables" / name).read_text(), name
+
+
+def test_two_phase_sweeps_tabulate_phase_two_and_explore_phase_one():
+    from analysis.mlflow_io import final_phase, search_phase
+
+    df = pd.DataFrame({"phase": ["search", "search", "confirm"], "run_id": ["a", "b", "c"]})
+    assert final_phase(df)["run_id"].tolist() == ["c"] and search_phase(df)["run_id"].tolist() == ["a", "b"]
+    one = df[df["phase"] == "search"]
+    assert final_phase(one)["run_id"].tolist() == ["a", "b"] == search_phase(one)["run_id"].tolist()
+
+
+def test_report_of_a_missing_sweep_exits_2_and_ui_points_at_a_server(tmp_path, capsys):
+    from raysweep.cli import main
+
+    assert main(["report", "nope", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path)]) == 2
+    assert "no experiment 'nope'" in capsys.readouterr().err
+    assert main(["ui", "--tracking-uri", "http://127.0.0.1:5999"]) == 0
+    assert "its UI is already there, open http://127.0.0.1:5999" in capsys.readouterr().out
+    assert main(["ui", str(tmp_path)]) == 2
+    assert "not a sweep folder" in capsys.readouterr().err

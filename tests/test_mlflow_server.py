@@ -1,0 +1,231 @@
+"""A real `mlflow server` (sqlite, then PostgreSQL backend) on a free loopback port: a sweep and its report
+logged over HTTP, checked through the server's REST API; MLflow's batch limits on a run with >100 params.
+
+PostgreSQL comes from the Debian packages (`.ci/run` installs them); the test starts its own server in a
+temporary folder. Outside CI (env CI unset) a machine without PostgreSQL skips that case.
+"""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+SPEC = {
+    "name": "srv",
+    # 100 classes: no per-class metric keys (too many), everything else as usual.
+    "dataset": {"name": "gaussian", "num_classes": 100, "imbalance": 1, "samples_per_class": 40,
+                "test_per_class": 10, "meta_per_class": 5},
+    "model": {"name": "mlp", "width": 32},
+    "train": {"epochs": 2, "batch_size": 128},
+    "methods": {"focal": {"gamma": [0.5, 2.0]}},
+    "seeds": 2,
+    "search": {"mode": "grid", "metric": "val_balanced_acc"},
+    "resources": {"cpu": 0.5},
+    "table": {"rows": "config", "metric": "test_acc"},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server started here (its own process group) by its pid; kill it if it lingers."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def wait_until(check, what: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        if check():
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} not ready after {timeout:.0f}s: {log.read_text()[-2000:]}")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def postgres_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="module")
+def postgres_uri():
+    """A PostgreSQL server of our own on 127.0.0.1 (as user postgres when we are root), stopped at the end."""
+    bindir = postgres_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed in CI: .ci/run must apt-get install postgresql")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql); CI runs this case")
+    as_root = os.geteuid() == 0
+    user = {"user": "postgres", "group": "postgres"} if as_root else {}
+    data = Path(tempfile.mkdtemp(prefix="raysweep-pg-"))
+    if as_root:
+        shutil.chown(data, "postgres", "postgres")
+    log = data / "server.log"
+    subprocess.run([bindir / "initdb", "-D", data / "db", "-A", "trust", "-U", "raysweep", "--no-sync"],
+                   check=True, capture_output=True, **user)
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([bindir / "postgres", "-D", data / "db", "-h", "127.0.0.1", "-p", str(port),
+                                 "-k", str(data), "-c", "fsync=off"], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, **user)
+    try:
+        ready = bindir / "pg_isready"
+        wait_until(lambda: subprocess.run([ready, "-h", "127.0.0.1", "-p", str(port)], capture_output=True).returncode == 0,
+                   "postgres", proc, log, 60)
+        subprocess.run([bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "raysweep", "mlflow"],
+                       check=True, capture_output=True)
+        yield f"postgresql://raysweep@127.0.0.1:{port}/mlflow"
+    finally:
+        stop(proc)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request, tmp_path_factory):
+    """`mlflow server` on a free loopback port with the backend of the param; artifacts proxied by it."""
+    root = tmp_path_factory.mktemp(f"server-{request.param}")
+    backend = f"sqlite:///{root / 'mlflow.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_uri")
+    port = free_port()
+    log = root / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+                                 "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+                                 "--port", str(port), "--workers", "1"],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ok(f"{url}/health"), "mlflow server", proc, log)
+        yield SimpleNamespace(url=url, root=root, backend=request.param)
+    finally:
+        stop(proc)
+
+
+def api(url: str, path: str, body: dict | None = None) -> dict:
+    """One MLflow REST call: GET with a query string, or POST with a JSON body."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", data=data,
+                                 headers={"Content-Type": "application/json"}, method="POST" if data else "GET")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def raysweep(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "raysweep.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def swept(server):
+    """A small sweep with `tracking.uri` on the server, then `raysweep report` through the same server."""
+    (server.root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    run = raysweep("run", "spec.yaml", "--set", f"tracking.uri={server.url}", cwd=server.root)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rep = raysweep("report", "srv", "--tracking-uri", server.url, "--out", "out", cwd=server.root)
+    assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
+    return server
+
+
+def _runs(url: str, experiment: str) -> list[dict]:
+    exp = api(url, f"experiments/get-by-name?experiment_name={experiment}")["experiment"]
+    return api(url, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000}).get("runs", [])
+
+
+def _tags(run: dict) -> dict:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def _artifacts(url: str, run_id: str, path: str = "") -> set[str]:
+    listing = api(url, f"artifacts/list?run_id={run_id}&path={path}")
+    return {f["path"] for f in listing.get("files", [])}
+
+
+def test_sweep_and_report_through_the_server_rest_api(swept):
+    url = swept.url
+    runs = _runs(url, "srv")
+    by_role = {}
+    for run in runs:
+        by_role.setdefault(_tags(run).get("raysweep.role"), []).append(run)
+    assert len(by_role["sweep"]) == 1 and len(by_role["trial"]) == 4 and len(by_role["summary"]) == 2
+    parent_id = by_role["sweep"][0]["info"]["run_id"]
+    for child in by_role["trial"] + by_role["summary"]:
+        assert _tags(child)["mlflow.parentRunId"] == parent_id
+    trial = by_role["trial"][0]
+    metric_keys = {m["key"] for m in trial["data"]["metrics"]}
+    assert {"val_balanced_acc", "test_acc", "train_loss"} <= metric_keys
+    assert not any(k.startswith("test_acc_class") for k in metric_keys), "100 classes: no per-class metric keys"
+    params = {p["key"]: p["value"] for p in trial["data"]["params"]}
+    assert params["dataset.num_classes"] == "100"
+    assert "config.json" in _artifacts(url, trial["info"]["run_id"])
+    assert {"spec.yaml", "plan-search.json", "report"} <= _artifacts(url, parent_id)
+    assert {"report/tables", "report/plots", "report/report.html", "report/importance.csv"} <= _artifacts(url, parent_id, "report")
+    assert {"report/tables/main.md", "report/tables/main.tex", "report/tables/main.html"} <= _artifacts(url, parent_id, "report/tables")
+    assert {"report/plots/main.png", "report/plots/learning_curves_test_acc.png"} <= _artifacts(url, parent_id, "report/plots")
+    summary = {m["key"]: m["value"] for m in by_role["summary"][0]["data"]["metrics"]}
+    assert summary["n_seeds"] == 2 and 0 <= summary["test_acc"] <= 1
+
+
+def test_more_than_100_params_and_1000_metrics_per_run_are_chunked(server):
+    """The trial logger against the real server: 250 params, 1500 metrics in one epoch, a 700-char value."""
+    from mlflow import MlflowClient
+
+    from raysweep.plan import PlannedTrial
+    from raysweep.tracking import MlflowTrialLogger, SweepRun
+
+    config = {"method": {"name": "focal", **{f"k{i}": i for i in range(200)}},
+              "dataset": {"name": "gaussian", "note": "x" * 700, **{f"d{i}": float(i) for i in range(48)}},
+              "train": {"epochs": 1}, "seed": 0}
+    planned = PlannedTrial(config, "c0ffee0000", 0, "focal wide")
+    sweep = SweepRun.create(server.url, "limits", "limits-1", {})
+    logger = MlflowTrialLogger(sweep)
+    trial = SimpleNamespace(config={"trial": planned.as_tune_config()}, trial_id="t0")
+    logger.on_trial_start(0, [], trial)
+    result = {"epoch": 1, "timestamp": int(time.time()), **{f"m{i}": i / 1500 for i in range(1500)}}
+    logger.on_trial_result(0, [], trial, result)
+    logger.on_trial_complete(0, [], trial)
+    MlflowTrialLogger(sweep).on_trial_start(0, [], trial)  # a resume: same run
+    runs = _runs(server.url, "limits")
+    children = [r for r in runs if _tags(r).get("raysweep.role") == "trial"]
+    assert len(children) == 1
+    run = children[0]
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert len(params) == 253 and len(params["dataset.note"]) == 500
+    assert len(run["data"]["metrics"]) == 1501
+    full = MlflowClient(server.url).download_artifacts(run["info"]["run_id"], "config.json", str(server.root))
+    assert json.loads(Path(full).read_text())["dataset"]["note"] == "x" * 700
