@@ -79,3 +79,17 @@ def test_training_uses_the_cosine_classifier_and_switches_weights_on():
 def test_grid():
     configs = expand_method("ldam_drw", space_for("ldam_drw").grid, "method")
     assert len(configs) == 9 and {c["scale"] for c in configs} == {30.0}
+
+
+def test_plan_warns_when_asha_grace_ends_before_the_deferred_reweighting(tmp_path, capsys):
+    import yaml
+
+    from raysweep.cli import main
+
+    spec = {"name": "w", "dataset": {"name": "gaussian"}, "model": "mlp", "train": {"epochs": 10},
+            "methods": {"ce": {}, "ldam_drw": {}}, "scheduler": {"name": "asha", "grace_period": 3}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["plan", str(tmp_path / "s.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: ldam_drw only starts acting at epoch 9, after the grace period (3)" in out
+    assert "warning: ce" not in out

@@ -61,10 +61,15 @@ class LDAMDRW(Method):
     def model_options(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
         return {"normed_classifier": True}
 
+    @classmethod
+    def acts_from_epoch(cls, hparams: Mapping[str, Any], epochs: int) -> int:
+        """The deferred re-weighting starts at epoch floor(drw_fraction * epochs) (0-based)."""
+        return math.floor(hparams["drw_fraction"] * epochs)
+
     def __init__(self, hparams: Mapping[str, Any], ctx: MethodContext) -> None:
         super().__init__(hparams, ctx)
         self.margins = ldam_margins(ctx.class_counts, self.hparams["max_m"]).to(ctx.device)
-        self.drw_start = math.floor(self.hparams["drw_fraction"] * ctx.epochs)
+        self.drw_start = self.acts_from_epoch(self.hparams, ctx.epochs)
         self.drw_weights = effective_number_weights(ctx.class_counts, self.hparams["drw_beta"]).to(ctx.device)
         self.class_weights: torch.Tensor | None = None
 
