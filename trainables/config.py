@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from trainables.data import resolve_dataset
 from trainables.methods import METHODS
 from trainables.models import resolve_model
-from trainables.params import ConfigError, Param, resolve
+from trainables.params import ConfigError, Param, resolve, resolve_named
 
 SCHEDULES = ("constant", "cosine", "multistep")
 
@@ -47,11 +47,8 @@ def resolve_train(raw: Mapping[str, Any] | None, path: str = "train") -> dict[st
 
 def resolve_method(raw: Mapping[str, Any], path: str = "method") -> dict[str, Any]:
     """Validate ``{name: ..., hyperparameters...}`` against the registered method's declaration."""
-    raw = dict(raw)
-    name = raw.pop("name", None)
-    if name not in METHODS:
-        raise ConfigError(f"{path}.name", f"unknown method {name!r}; allowed: {', '.join(METHODS.names())}")
-    return {"name": name, **METHODS.get(name).resolve_params(raw, path)}
+    return resolve_named(raw, path, METHODS.names(), "method",
+                         lambda name, options, where: METHODS.get(name).resolve_params(options, where))
 
 
 TRIAL_KEYS = ("method", "dataset", "model", "train", "seed")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 
 class ConfigError(ValueError):
@@ -128,6 +128,21 @@ def resolve(params: Mapping[str, Param], raw: Mapping[str, Any] | None, path: st
         key = f"{path}.{name}" if path else name
         out[name] = param.validate(raw[name], key) if name in raw else param.default
     return out
+
+
+def resolve_named(raw: Any, path: str, names: Sequence[str], kind: str,
+                  resolver: Callable[[str, dict[str, Any], str], dict[str, Any]]) -> dict[str, Any]:
+    """Validate a ``{name: ..., options...}`` section of a registered thing (a bare name is allowed).
+
+    ``names`` are the registered names (named in the error), ``resolver(name, options, path)`` validates
+    the options of that entry and fills its defaults.
+    """
+    raw = {"name": raw} if isinstance(raw, str) else dict(raw or {})
+    name = raw.pop("name", None)
+    if name not in names:
+        problem = "missing" if name is None else f"unknown {kind} {name!r}"
+        raise ConfigError(f"{path}.name", f"{problem}; allowed: {', '.join(names)}")
+    return {"name": name, **resolver(name, raw, path)}
 
 
 def describe(params: Mapping[str, Param]) -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from trainables.data.protocol import NOISE_TYPES, SourceData, Split, Splits, build_splits
-from trainables.params import ConfigError, Param, resolve
+from trainables.params import Param, resolve, resolve_named
 from trainables.registry import Registry
 
 
@@ -57,13 +57,8 @@ def dataset_params(name: str) -> dict[str, Param]:
 
 def resolve_dataset(raw: Mapping[str, Any], path: str = "dataset") -> dict[str, Any]:
     """Validate a dataset section (``name`` plus options) and fill every default."""
-    raw = dict(raw)
-    if "name" not in raw:
-        raise ConfigError(f"{path}.name", f"missing; allowed: {', '.join(DATASETS.names())}")
-    name = raw.pop("name")
-    if name not in DATASETS:
-        raise ConfigError(f"{path}.name", f"unknown dataset {name!r}; allowed: {', '.join(DATASETS.names())}")
-    return {"name": name, **resolve(dataset_params(name), raw, path)}
+    return resolve_named(raw, path, DATASETS.names(), "dataset",
+                         lambda name, options, where: resolve(dataset_params(name), options, where))
 
 
 def load_splits(dataset_cfg: Mapping[str, Any]) -> Splits:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainables.params import ConfigError, Param, resolve
+from trainables.params import Param, resolve, resolve_named
 from trainables.registry import Registry
 
 
@@ -54,13 +54,8 @@ def model_params(name: str) -> dict[str, Param]:
 
 def resolve_model(raw: Any, path: str = "model") -> dict[str, Any]:
     """Validate a model section: a bare name or ``{name: ..., options...}``."""
-    raw = {"name": raw} if isinstance(raw, str) else dict(raw or {})
-    if "name" not in raw:
-        raise ConfigError(f"{path}.name", f"missing; allowed: {', '.join(MODELS.names())}")
-    name = raw.pop("name")
-    if name not in MODELS:
-        raise ConfigError(f"{path}.name", f"unknown model {name!r}; allowed: {', '.join(MODELS.names())}")
-    return {"name": name, **resolve(model_params(name), raw, path)}
+    return resolve_named(raw, path, MODELS.names(), "model",
+                         lambda name, options, where: resolve(model_params(name), options, where))
 
 
 def build_model(cfg: Mapping[str, Any], input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
