@@ -1,4 +1,4 @@
-"""The ``raysweep`` command line: run, plan, demo, table, report, ui, list.
+"""The ``raysweep`` command line: run, resume, sync, plan, demo, table, report, ui, list.
 
 Every error in user input is a one-line message naming the field, and exit code 2, before anything starts.
 """
@@ -25,11 +25,18 @@ class UsageError(Exception):
 
 
 def _load(path: str, overrides: list[str]):
+    spec, trials, _ = _load_raw(path, overrides)
+    return spec, trials
+
+
+def _load_raw(path: str, overrides: list[str]):
+    """(validated spec, planned trials, the spec as written after overrides) of a spec file."""
     from raysweep.plan import plan
     from raysweep.spec import apply_overrides, load_spec, validate_spec
 
-    spec = validate_spec(apply_overrides(load_spec(path), overrides))
-    return spec, plan(spec)
+    raw = apply_overrides(load_spec(path), overrides)
+    spec = validate_spec(raw)
+    return spec, plan(spec), raw
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -94,7 +101,10 @@ def _print_result(result) -> None:
     print()
     print(result.table_markdown)
     print()
-    print(f"{result.num_trials} trials, {result.num_errors} failed. Ray results: {result.storage_dir}")
+    stopped = f", {result.num_non_finite} stopped on a non-finite loss" if result.num_non_finite else ""
+    print(f"{result.num_trials} trials, {result.num_errors} failed{stopped}. Ray results: {result.storage_dir}")
+    if not result.tracking_ok:
+        print(f"warning: MLflow was unreachable; when it is back, backfill it with:  raysweep sync {result.storage_dir}")
     print(f"MLflow: experiment {result.experiment!r}, parent run {result.parent_run_id}, store {result.tracking_uri}")
     print(f"Open the UI with:  raysweep ui --tracking-uri {result.tracking_uri}")
     print(f"Rebuild the table: raysweep table --experiment {result.experiment} --tracking-uri {result.tracking_uri}")
@@ -103,10 +113,37 @@ def _print_result(result) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from raysweep.runner import run_sweep
 
-    spec, trials = _load(args.spec, args.set)
-    result = run_sweep(spec, trials)
+    spec, trials, raw = _load_raw(args.spec, args.set)
+    result = run_sweep(spec, trials, raw_spec=raw)
     _print_result(result)
     return 1 if result.num_errors else 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Finish a sweep whose driver was killed: same trials, same MLflow runs, nothing rerun."""
+    from raysweep.manifest import Manifest
+    from raysweep.runner import resume_sweep
+
+    manifest = Manifest.find(args.sweep, args.storage)
+    result = resume_sweep(manifest)
+    _print_result(result)
+    return 1 if result.num_errors else 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Backfill MLflow from Ray's storage: missing runs and epochs only, so running it twice changes nothing."""
+    from raysweep.manifest import Manifest
+    from raysweep.sync import sync_sweep
+
+    report = sync_sweep(Manifest.find(args.sweep, args.storage), tracking_uri=args.tracking_uri)
+    print(f"sweep {report.sweep_id}: {report.trials} trials in Ray's storage; created {report.runs_created} runs"
+          f"{' and the parent run' if report.parent_created else ''}, logged {report.epochs_logged} epochs, "
+          f"ended {report.runs_closed} runs; parent run {report.parent_run_id} in {report.tracking_uri}")
+    if report.waiting:
+        print(f"raysweep: error: MLflow stopped answering; {report.waiting} trials still incomplete: run sync again",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -232,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_spec(p := sub.add_parser("run", help="run a sweep"))
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("resume", help="finish a sweep whose driver died (restores Ray's state; reruns nothing)")
+    p.add_argument("sweep", metavar="SWEEP", help="the sweep folder under the storage path, or its sweep id")
+    p.add_argument("--storage", help="where to look for a sweep id (default: raysweep_results)")
+    p.set_defaults(func=cmd_resume)
+    p = sub.add_parser("sync", help="backfill MLflow from Ray's storage after a tracking outage")
+    p.add_argument("sweep", metavar="SWEEP", help="the sweep folder under the storage path, or its sweep id")
+    p.add_argument("--storage", help="where to look for a sweep id (default: raysweep_results)")
+    p.add_argument("--tracking-uri", help="default: the store the sweep logged to (from its manifest)")
+    p.set_defaults(func=cmd_sync)
     with_spec(p := sub.add_parser("plan", help="print the planned trials and their cost; runs nothing"))
     p.set_defaults(func=cmd_plan)
     with_spec(p := sub.add_parser("demo", help="run the bundled quickstart sweep (CE vs focal, mnist1d-LT)"), spec=False)

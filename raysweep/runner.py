@@ -6,8 +6,10 @@ module is called; here storage and GPU availability are checked before any MLflo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +17,11 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from raysweep.cluster import check_storage_on_nodes, start_ray
+from raysweep.manifest import Manifest
 from raysweep.plan import PlannedTrial, confirm_plan
 from raysweep.provenance import provenance
-from raysweep.tracking import MlflowTrialLogger, SweepRun, log_json_artifact, resolve_tracking_uri
+from raysweep.tracking import MlflowTrialLogger, SweepRun, limit_http_retries, resolve_tracking_uri
 from trainables.data import resolve_dataset
 from trainables.params import ConfigError
 
@@ -27,23 +31,43 @@ class SweepResult:
     sweep_id: str
     tracking_uri: str
     experiment: str
-    parent_run_id: str
+    parent_run_id: str | None
     storage_dir: Path
     num_trials: int
     num_errors: int
     table_markdown: str
+    num_non_finite: int = 0
+    tracking_ok: bool = True  # False: MLflow was unreachable at the end; `raysweep sync` backfills it
 
 
 def check_storage(path: str) -> Path:
-    """The storage folder, created if needed; an unwritable one is a ConfigError naming ``storage``."""
+    """The resolved storage folder after checking it can be written; leaves nothing behind.
+
+    An unwritable folder (a file in the way, no permission, a read-only file system) is a ConfigError
+    naming ``storage``. Folders missing on the way are created for the probe and removed again: bad input
+    elsewhere must not leave an empty results folder behind.
+    """
     root = Path(path).expanduser().resolve()
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError("storage", f"cannot write to {root}: {existing} is a file, not a folder")
+    created: list[Path] = []
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".raysweep-write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
+        for folder in reversed([root, *root.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                created.append(folder)
+        fd, probe = tempfile.mkstemp(prefix=".raysweep-write-test-", dir=root)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as err:
         raise ConfigError("storage", f"cannot write to {root}: {err.strerror or err}") from None
+    finally:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return root
 
 
@@ -58,22 +82,6 @@ def check_datasets(configs: list[Mapping[str, Any]]) -> None:
         if key not in seen and preflight is not None:
             preflight(cfg)
         seen.add(key)
-
-
-def start_ray(address: str | None) -> bool:
-    """Join ``address`` (or RAY_ADDRESS) or start a local Ray with this machine's CPUs. True if we started it."""
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            raise ConfigError("cluster.address", f"cannot connect to Ray at {address!r}: {str(err).splitlines()[0]}") from None
-        return False
-    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, dashboard_host="127.0.0.1",
-             log_to_driver=False, configure_logging=True, logging_level="WARNING")
-    return True
 
 
 def trial_resources(resources: Mapping[str, Any], cluster_gpus: float, notice: Callable[[str], None]) -> tuple[dict, float | None]:
@@ -97,47 +105,165 @@ def trial_resources(resources: Mapping[str, Any], cluster_gpus: float, notice: C
     return per_trial, (gpu or None)
 
 
-def run_sweep(spec: Mapping[str, Any], trials: list[PlannedTrial], *, echo: Callable[[str], None] = print) -> SweepResult:
-    """Run a validated spec: its planned ``trials`` (or Optuna's draws), then phase 2 if ``two_phase``."""
+@dataclass
+class Session:
+    """What both a new sweep and a resumed one need once Ray is up and the MLflow parent is known."""
+
+    spec: Mapping[str, Any]
+    manifest: Manifest
+    sweep: SweepRun
+    phase: "Phase"
+    echo: Callable[[str], None]
+
+
+def _connect(spec: Mapping[str, Any], storage: Path, echo: Callable[[str], None]) -> tuple[bool, dict, float | None, int]:
+    """Start or join Ray and run the cluster preflights; (started here, per-trial resources, gpu fraction, slots)."""
     import ray
 
-    from analysis.tables import to_frame, to_markdown
-    from raysweep.report import sweep_table
+    started = start_ray(spec["cluster"]["address"], spec["cluster"]["connect_timeout_s"])
+    try:
+        per_trial, gpu_fraction = trial_resources(spec["resources"], ray.cluster_resources().get("GPU", 0), echo)
+        if not started and spec["cluster"]["storage_check"]:
+            created = not storage.exists()
+            storage.mkdir(parents=True, exist_ok=True)
+            try:
+                check_storage_on_nodes(storage)
+            except ConfigError:
+                if created:
+                    with contextlib.suppress(OSError):
+                        storage.rmdir()
+                raise
+    except BaseException:
+        ray.shutdown()  # stops a Ray started here; only disconnects from a cluster joined
+        raise
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial["cpu"]))
+    return started, per_trial, gpu_fraction, slots
+
+
+def run_sweep(spec: Mapping[str, Any], trials: list[PlannedTrial], *, echo: Callable[[str], None] = print,
+              raw_spec: Mapping[str, Any] | None = None) -> SweepResult:
+    """Run a validated spec: its planned ``trials`` (or Optuna's draws), then phase 2 if ``two_phase``.
+
+    ``raw_spec`` (the spec as written, after overrides) goes into the manifest for ``raysweep resume``;
+    by default the validated spec is stored, which validates to the same sweep.
+    """
+    import ray
 
     storage = check_storage(spec["storage"])
     check_datasets([t.config["dataset"] for t in trials] or [resolve_dataset(spec["dataset"])])
-    started = start_ray(spec["cluster"]["address"])
+    started, per_trial, gpu_fraction, slots = _connect(spec, storage, echo)
     try:
-        per_trial, gpu_fraction = trial_resources(spec["resources"], ray.cluster_resources().get("GPU", 0), echo)
-        slots = max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial["cpu"]))
+        limit_http_retries()
         sweep_id = f"{spec['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
         tracking_uri = resolve_tracking_uri(spec["tracking"]["uri"])
         experiment = spec["tracking"]["experiment"] or spec["name"]
-        sweep = SweepRun.create(tracking_uri, experiment, sweep_id, {
+        sweep_dir = storage / sweep_id
+        tags = {
             **provenance(), "raysweep.spec_name": spec["name"], "raysweep.axes": json.dumps(list(spec["axes"])),
             "raysweep.metric": spec["search"]["metric"], "raysweep.direction": spec["search"]["direction"],
-            "raysweep.table": json.dumps(spec["table"]), "raysweep.storage": str(storage / sweep_id),
+            "raysweep.table": json.dumps(spec["table"]), "raysweep.storage": str(sweep_dir),
             "raysweep.mode": spec["search"]["mode"], "raysweep.two_phase": str(spec["search"]["two_phase"]),
-        })
-        sweep_dir = storage / sweep_id
+        }
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        sweep.client.log_text(sweep.run_id, yaml.safe_dump(_jsonable(spec), sort_keys=False), "spec.yaml")
-        _record_plan(sweep, sweep_dir, trials, "search")
-        phase = Phase(spec, sweep, per_trial, gpu_fraction, slots, storage)
-        results = phase.run(sweep_id, trials, "search")
-        num_errors, num_trials = results.num_errors, len(results)
-        if spec["search"]["two_phase"]:
-            best = top_configs(results, spec["search"]["metric"], spec["search"]["direction"], spec["search"]["top_k"])
+        manifest = Manifest.new(sweep_dir, sweep_id=sweep_id, spec=_jsonable(_manifest_spec(spec, raw_spec)),
+                                tracking_uri=tracking_uri, experiment=experiment,
+                                parent_tags={k: str(v) for k, v in tags.items()})
+        manifest.save()
+        sweep = SweepRun.open(tracking_uri, experiment, sweep_id, tags)
+        manifest.update(parent_run_id=sweep.run_id)
+        sweep.log_text(yaml.safe_dump(_jsonable(spec), sort_keys=False), "spec.yaml")
+        session = Session(spec, manifest, sweep, Phase(spec, sweep, per_trial, gpu_fraction, slots, storage), echo)
+        num_trials, num_errors, num_non_finite = _drive(session, trials, restore=False)
+    finally:
+        ray.shutdown()
+    return _finish(session, num_trials, num_errors, num_non_finite)
+
+
+def resume_sweep(manifest: Manifest, *, echo: Callable[[str], None] = print) -> SweepResult:
+    """Finish a sweep whose driver died: restore each unfinished phase from Ray's state, then go on.
+
+    Finished trials are not rerun; interrupted ones continue from their last checkpoint; MLflow keeps the
+    same parent run and the same child runs (found by trial key), and epochs already logged are skipped.
+    """
+    import ray
+
+    from raysweep.plan import plan
+    from raysweep.spec import validate_spec
+
+    data = manifest.data
+    spec = validate_spec(data["spec"])
+    if data["status"] != "running":
+        echo(f"sweep {data['sweep_id']} already {data['status']}; nothing to resume")
+    trials = plan(spec)
+    search = manifest.phase("search")
+    if search and search["trial_keys"] is not None and [t.key for t in trials] != search["trial_keys"]:
+        raise ConfigError("spec", "the plan from the manifest's spec differs from the planned trials (a changed "
+                                  "plugin or registry?); cannot resume this sweep")
+    storage = manifest.storage_root
+    check_datasets([t.config["dataset"] for t in trials] or [resolve_dataset(spec["dataset"])])
+    started, per_trial, gpu_fraction, slots = _connect(spec, storage, echo)
+    try:
+        limit_http_retries()
+        sweep = SweepRun.open(data["tracking_uri"], data["experiment"], data["sweep_id"], data["parent_tags"],
+                              run_id=data["parent_run_id"])
+        if sweep.run_id and sweep.run_id != data["parent_run_id"]:
+            manifest.update(parent_run_id=sweep.run_id)
+        session = Session(spec, manifest, sweep, Phase(spec, sweep, per_trial, gpu_fraction, slots, storage), echo)
+        num_trials, num_errors, num_non_finite = _drive(session, trials, restore=True)
+    finally:
+        ray.shutdown()
+    return _finish(session, num_trials, num_errors, num_non_finite)
+
+
+def _drive(session: Session, trials: list[PlannedTrial], restore: bool) -> tuple[int, int, int]:
+    """Run (or restore) every phase the manifest has not finished; totals over both phases."""
+    spec, manifest, phase, echo = session.spec, session.manifest, session.phase, session.echo
+    sweep_id = manifest.data["sweep_id"]
+    optuna_mode = spec["search"]["mode"] == "optuna"
+    stages = [("search", sweep_id, trials)]
+    if spec["search"]["two_phase"]:
+        stages.append(("confirm", f"{sweep_id}-confirm", None))
+    for name, experiment, planned in stages:
+        record = manifest.phase(name)
+        if record and record["status"] == "finished":
+            continue
+        if planned is None:  # phase 2: the top-k of phase 1, kept in the manifest
+            best = [PlannedTrial.from_tune_config(c) for c in manifest.data["top_k"]]
             echo(f"phase 2: confirming the top {len(best)} configurations with {len(spec['seeds'])} seeds: "
                  + "; ".join(t.label for t in best))
-            confirm = confirm_plan(spec, best)
-            _record_plan(sweep, sweep_dir, confirm, "confirm")
-            results = phase.run(f"{sweep_id}-confirm", confirm, "confirm")
-            num_errors, num_trials = num_errors + results.num_errors, num_trials + len(results)
-        sweep.finish("FINISHED" if not num_errors else "FAILED")
-    finally:
-        if started:
-            ray.shutdown()
+            planned = confirm_plan(spec, best)
+        if record is None:
+            manifest.start_phase(name, experiment, None if (optuna_mode and name == "search") else [t.key for t in planned])
+            _record_plan(session.sweep, manifest.sweep_dir, planned, name)
+        results = phase.run(experiment, planned, name, restore=restore and record is not None)
+        non_finite = sum(1 for r in results if (r.metrics or {}).get("non_finite_loss"))
+        if name == "search" and spec["search"]["two_phase"]:
+            best = top_configs(results, spec["search"]["metric"], spec["search"]["direction"], spec["search"]["top_k"])
+            manifest.update(top_k=[_jsonable(t.as_tune_config()) for t in best])
+        manifest.finish_phase(name, len(results), results.num_errors, non_finite)
+    phases = manifest.data["phases"].values()
+    totals = tuple(sum(p[k] or 0 for p in phases) for k in ("num_trials", "num_errors", "num_non_finite"))
+    manifest.update(status="finished" if not totals[1] else "failed")
+    return totals
+
+
+def _finish(session: Session, num_trials: int, num_errors: int, num_non_finite: int) -> SweepResult:
+    """End the parent run and build the summary table (from MLflow), unless MLflow is unreachable."""
+    from analysis.tables import to_frame, to_markdown
+    from raysweep.report import sweep_table
+
+    spec, sweep, manifest = session.spec, session.sweep, session.manifest
+    session.phase.logger_flush()
+    finished = sweep.finish("FINISHED" if not num_errors else "FAILED")
+    tracking_uri, experiment = sweep.tracking_uri, sweep.experiment
+    sweep_id, sweep_dir = manifest.data["sweep_id"], manifest.sweep_dir
+    if sweep.run_id and manifest.data["parent_run_id"] != sweep.run_id:
+        manifest.update(parent_run_id=sweep.run_id)
+    if not finished or session.phase.waiting:
+        md = (f"(no table: MLflow at {tracking_uri} was unreachable; every result is in {sweep_dir}. "
+              f"When it is back: raysweep sync {sweep_dir})")
+        return SweepResult(sweep_id, tracking_uri, experiment, sweep.run_id, sweep_dir, num_trials, num_errors, md,
+                           num_non_finite, tracking_ok=False)
     table = spec["table"]
     md = ""
     try:
@@ -148,7 +274,8 @@ def run_sweep(spec: Mapping[str, Any], trials: list[PlannedTrial], *, echo: Call
         sweep.client.log_text(sweep.run_id, to_frame(tab).to_csv(index=False), "tables/summary.csv")
     except KeyError as err:
         md = f"(no table: {err})"
-    return SweepResult(sweep_id, tracking_uri, experiment, sweep.run_id, sweep_dir, num_trials, num_errors, md)
+    return SweepResult(sweep_id, tracking_uri, experiment, sweep.run_id, sweep_dir, num_trials, num_errors, md,
+                       num_non_finite)
 
 
 def _record_plan(sweep: SweepRun, sweep_dir: Path, trials: list[PlannedTrial], phase: str) -> None:
@@ -156,7 +283,7 @@ def _record_plan(sweep: SweepRun, sweep_dir: Path, trials: list[PlannedTrial], p
     record = [{"trial_key": t.key, "config_id": t.config_id, "seed": t.seed, "label": t.label,
                "config": t.config} for t in trials]
     (sweep_dir / f"plan-{phase}.json").write_text(json.dumps(record, indent=1, default=str))
-    log_json_artifact(sweep.client, sweep.run_id, record, f"plan-{phase}.json")
+    sweep.log_text(json.dumps(record, indent=2, sort_keys=True, default=str), f"plan-{phase}.json")
 
 
 def top_configs(results, metric: str, direction: str, k: int) -> list[PlannedTrial]:
@@ -180,25 +307,58 @@ def top_configs(results, metric: str, direction: str, k: int) -> list[PlannedTri
 
 
 class Phase:
-    """Builds and fits one Tuner: planned trials as a grid of configs, or Optuna's define-by-run draws."""
+    """Builds and fits one Tuner: planned trials as a grid of configs, or Optuna's define-by-run draws.
+
+    ``run(..., restore=True)`` restores the phase's Ray experiment instead (after a driver crash), with
+    the same trainable and resources, resuming unfinished and errored trials from their checkpoints.
+    """
 
     def __init__(self, spec: Mapping[str, Any], sweep: SweepRun, per_trial: dict, gpu_fraction: float | None,
                  slots: int, storage: Path) -> None:
         self.spec, self.sweep, self.per_trial = spec, sweep, per_trial
         self.gpu_fraction, self.slots, self.storage = gpu_fraction, slots, storage
+        self.loggers: list[MlflowTrialLogger] = []
+
+    @property
+    def waiting(self) -> int:
+        """Trials whose MLflow logging is still incomplete (the store was unreachable)."""
+        return sum(logger.flush_all() for logger in self.loggers) if self.loggers else 0
+
+    def logger_flush(self) -> None:
+        for logger in self.loggers:
+            logger.flush_all()
 
     def _tune_config(self, trial: PlannedTrial) -> dict[str, Any]:
         extra = {"gpu_fraction": self.gpu_fraction} if self.gpu_fraction else {}
         return {**trial.as_tune_config(), **extra}
 
-    def run(self, name: str, trials: list[PlannedTrial], phase: str):
+    def _trainable(self):
+        from ray import tune
+
+        from trainables.tune import run_trial
+
+        return tune.with_resources(run_trial, self.per_trial)
+
+    def run(self, name: str, trials: list[PlannedTrial], phase: str, restore: bool = False):
         # Tune's legacy reporter lets us show the trial label instead of the whole nested config.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         from ray import tune
+
+        path = self.storage / name
+        if restore and tune.Tuner.can_restore(str(path)):
+            tuner = tune.Tuner.restore(str(path), trainable=self._trainable(), resume_errored=True)
+            # Tune unpickles its callbacks with the experiment; log through this session's store connection.
+            for callback in tuner._local_tuner.get_run_config().callbacks or []:
+                if isinstance(callback, MlflowTrialLogger):
+                    callback.sweep = self.sweep
+                    self.loggers.append(callback)
+            return tuner.fit()
+        return self._tuner(name, trials, phase).fit()
+
+    def _tuner(self, name: str, trials: list[PlannedTrial], phase: str):
+        from ray import tune
         from ray.tune import CLIReporter
         from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-        from trainables.tune import run_trial
 
         spec, search = self.spec, self.spec["search"]
         optuna_mode = phase == "search" and search["mode"] == "optuna"
@@ -208,14 +368,17 @@ class Phase:
             scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=spec["scheduler"]["grace_period"],
                                       reduction_factor=spec["scheduler"]["reduction_factor"])
         if optuna_mode:
-            param_space, search_alg, num_samples = {}, self._optuna_searcher(), search["num_samples"]
+            param_space, search_alg, num_samples = {}, self._optuna_searcher(name), search["num_samples"]
         else:
-            param_space = {"trial": tune.grid_search([self._tune_config(t) for t in trials])}
+            param_space = {"trial": tune.grid_search([self._tune_config(t) for t in trials]),
+                           "plugins": list(spec.get("plugins") or []), "experiment_dir": str(self.storage / name)}
             search_alg, num_samples = None, 1
         # A searcher alone keeps one trial pending at a time: cap concurrency at the free slots instead.
         concurrent = self.spec["resources"]["max_concurrent"] or (self.slots if optuna_mode else None)
-        tuner = tune.Tuner(
-            tune.with_resources(run_trial, self.per_trial),
+        logger = MlflowTrialLogger(self.sweep)
+        self.loggers.append(logger)
+        return tune.Tuner(
+            self._trainable(),
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=search["metric"], mode=search["direction"], scheduler=scheduler, search_alg=search_alg,
@@ -228,7 +391,7 @@ class Phase:
                 failure_config=tune.FailureConfig(max_failures=spec["failure"]["max_failures"]),
                 # num_to_keep=None: keeping k checkpoints forces an experiment snapshot every k epochs.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=spec["failure"]["keep_checkpoints"]),
-                callbacks=[MlflowTrialLogger(self.sweep)],
+                callbacks=[logger],
                 progress_reporter=CLIReporter(
                     parameter_columns={"trial/label": "config", "trial/seed": "seed"},
                     metric_columns={"epoch": "epoch", search["metric"]: search["metric"], "train_loss": "train_loss"},
@@ -236,14 +399,14 @@ class Phase:
                 verbose=1,
             ),
         )
-        return tuner.fit()
 
-    def _optuna_searcher(self):
+    def _optuna_searcher(self, name: str):
         """OptunaSearch (TPE) over a define-by-run space: the method first, then its own sub-space."""
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        space = OptunaSpace(dict(self.spec), self.spec["seeds"][0], self.gpu_fraction)
+        space = OptunaSpace(dict(self.spec), self.spec["seeds"][0], self.gpu_fraction, list(self.spec.get("plugins") or []),
+                            str(self.storage / name))
         return OptunaSearch(space=space, metric=self.spec["search"]["metric"], mode=self.spec["search"]["direction"],
                             sampler=optuna.samplers.TPESampler(seed=self.spec["search"]["seed"]))
 
@@ -254,8 +417,10 @@ class OptunaSpace:
     A module-level class (not a closure) because Tune pickles the searcher with its experiment state.
     """
 
-    def __init__(self, spec: Mapping[str, Any], seed: int, gpu_fraction: float | None) -> None:
-        self.spec, self.seed, self.gpu_fraction = spec, seed, gpu_fraction
+    def __init__(self, spec: Mapping[str, Any], seed: int, gpu_fraction: float | None,
+                 plugins: list[str] | None = None, experiment_dir: str | None = None) -> None:
+        self.spec, self.seed, self.gpu_fraction, self.plugins = spec, seed, gpu_fraction, plugins or []
+        self.experiment_dir = experiment_dir
 
     def __call__(self, ot: Any) -> dict[str, Any]:
         from raysweep.plan import sampled_trial
@@ -263,13 +428,23 @@ class OptunaSpace:
 
         draw = sample(ot, self.spec["methods_raw"], self.spec["search"]["tune_train"])
         trial = sampled_trial(self.spec, draw, self.seed, ot.number).as_tune_config()
-        return {"trial": {**trial, **({"gpu_fraction": self.gpu_fraction} if self.gpu_fraction else {})}}
+        return {"trial": {**trial, **({"gpu_fraction": self.gpu_fraction} if self.gpu_fraction else {})},
+                "plugins": self.plugins, "experiment_dir": self.experiment_dir}
 
 
 def _spec_epochs(spec: Mapping[str, Any]) -> int:
     from trainables.config import resolve_train
 
     return resolve_train(spec["train"])["epochs"]
+
+
+def _manifest_spec(spec: Mapping[str, Any], raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The spec to re-validate on resume: as written if given, else the validated one in input form."""
+    if raw is not None:
+        return dict(raw)
+    keep = ("name", "description", "dataset", "model", "train", "axes", "seeds", "search", "scheduler",
+            "resources", "tracking", "storage", "failure", "table", "cluster", "plugins")
+    return {**{k: spec[k] for k in keep if k in spec}, "methods": spec["methods_raw"]}
 
 
 def _jsonable(obj: Any) -> Any:

@@ -9,6 +9,8 @@ before Ray starts or an MLflow run exists.
 from __future__ import annotations
 
 import copy
+import importlib
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,7 +28,7 @@ SEARCH_MODES = ("grid", "ofat", "random", "optuna")
 SEARCH_METRICS = {"val_balanced_acc": "max", "train_loss": "min"}  # never a test metric: no test-set selection
 
 TOP_LEVEL = ("name", "description", "dataset", "model", "train", "methods", "axes", "seeds", "search",
-             "scheduler", "resources", "tracking", "storage", "failure", "table", "cluster")
+             "scheduler", "resources", "tracking", "storage", "failure", "table", "cluster", "plugins")
 
 SEARCH_PARAMS = {
     "mode": Param("grid", (str,), choices=SEARCH_MODES),
@@ -65,7 +67,14 @@ TABLE_PARAMS = {
     "cols": Param(None, (str,), nullable=True, help="a dotted config key such as dataset.imbalance"),
     "metric": Param("test_acc", (str,)),
 }
-CLUSTER_PARAMS = {"address": Param(None, (str,), nullable=True, help="an existing Ray cluster; null = start one")}
+CLUSTER_PARAMS = {
+    "address": Param(None, (str,), nullable=True, help="an existing Ray cluster (host:port or auto); null = "
+                                                       "RAY_ADDRESS, else start one on this machine"),
+    "connect_timeout_s": Param(10.0, (float,), low=0.0, low_open=True,
+                               help="give up on an unreachable cluster.address after this many seconds"),
+    "storage_check": Param(True, (bool,), help="before any trial, check every node can read the storage folder"),
+}
+MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 AXIS_ROOTS = ("dataset", "model", "train")
 
 
@@ -110,6 +119,25 @@ def apply_overrides(spec: Mapping[str, Any], overrides: list[str]) -> dict[str, 
     return out
 
 
+def import_plugins(raw: Any) -> list[str]:
+    """Import the spec's ``plugins`` (module names) so the methods, datasets and models they register exist.
+
+    The driver imports them before validating the rest of the spec, and every trial imports them again in
+    its worker before training (``trainables.tune``), so a plugin must be importable on every node.
+    """
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(m, str) and MODULE_NAME.match(m) for m in raw):
+        raise ConfigError("plugins", f"must be a list of importable module names (e.g. [my_methods]), got {raw!r}")
+    for name in raw:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # a plugin's own bug is still bad input for this spec
+            first = (str(err).splitlines() or [""])[0]
+            raise ConfigError("plugins", f"cannot import {name!r}: {type(err).__name__}: {first}") from None
+    return list(raw)
+
+
 def _section(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = raw.get(key) or {}
     if not isinstance(value, dict):
@@ -133,6 +161,7 @@ def validate_spec(raw: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(raw) - set(TOP_LEVEL))
     if unknown:
         raise ConfigError(unknown[0], f"unknown key; allowed keys: {', '.join(TOP_LEVEL)}")
+    plugins = import_plugins(raw.get("plugins"))
     name = raw.get("name")
     if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
         raise ConfigError("name", f"must be a non-empty string of letters, digits, '-', '_', '.', got {name!r}")
@@ -170,6 +199,7 @@ def validate_spec(raw: Mapping[str, Any]) -> dict[str, Any]:
         "failure": resolve(FAILURE_PARAMS, _section(raw, "failure"), "failure"),
         "table": resolve(TABLE_PARAMS, _section(raw, "table"), "table"),
         "cluster": resolve(CLUSTER_PARAMS, _section(raw, "cluster"), "cluster"),
+        "plugins": plugins,
     }
 
 

@@ -25,10 +25,6 @@ Reporter = Callable[[dict[str, float], dict[str, Any]], None]
 PER_CLASS_METRICS_MAX = 20  # above this many classes, per-class accuracy is not sent as separate metrics
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; the message says at which epoch."""
-
-
 def lr_factor(epoch: int, cfg: Mapping[str, Any]) -> float:
     """Multiplier of the base lr during 0-based ``epoch``: linear warm-up, then the schedule."""
     warm = cfg["warmup_epochs"]
@@ -128,7 +124,11 @@ class Trial:
 
     # ---- one epoch ------------------------------------------------------------------------------
     def run_epoch(self) -> dict[str, float]:
-        """Train one epoch, evaluate, and return the epoch's metrics (``epoch`` counts from 1)."""
+        """Train one epoch, evaluate, and return the epoch's metrics (``epoch`` counts from 1).
+
+        A NaN or infinite mean training loss adds ``non_finite_loss = 1.0`` to the metrics (the method's
+        ``on_epoch_end`` is skipped); :func:`train` stops after reporting such an epoch.
+        """
         started = time.perf_counter()
         e, tcfg = self.epoch, self.config["train"]
         self.method.on_epoch_start(e)
@@ -145,11 +145,15 @@ class Trial:
             total += loss.float() * len(idx)
             count += len(idx)
         train_loss = float(total) / max(count, 1)
-        if not math.isfinite(train_loss):
-            raise NonFiniteLossError(f"non-finite loss at epoch {e + 1}")
         self.scheduler.step()
         self.epoch += 1
         metrics = self.evaluate()
+        if not math.isfinite(train_loss):
+            # Retrying cannot help (the same seed diverges again): the trial stops here. The model is still
+            # evaluated so the search metric exists; train_loss reads +inf (the worst value for a min search).
+            metrics.update(epoch=float(self.epoch), train_loss=math.inf, lr=lr, non_finite_loss=1.0,
+                           epoch_seconds=time.perf_counter() - started)
+            return metrics
         metrics.update(epoch=float(self.epoch), train_loss=train_loss, lr=lr)
         evaluation = EpochEvaluation(self._val_class_acc, self._test_class_acc, dict(metrics))
         metrics.update(self.method.on_epoch_end(e, evaluation))
@@ -175,7 +179,10 @@ class Trial:
 
 def train(config: Mapping[str, Any], *, report: Reporter | None = None,
           resume_state: Mapping[str, Any] | None = None) -> dict[str, float]:
-    """Run one trial to ``train.epochs`` (continuing from ``resume_state`` if given); return the last metrics."""
+    """Run one trial to ``train.epochs`` (continuing from ``resume_state`` if given); return the last metrics.
+
+    Stops early, after reporting it, at the first epoch whose loss is not finite (``non_finite_loss`` set).
+    """
     trial = Trial(config)
     if resume_state is not None:
         trial.load_state_dict(resume_state)
@@ -184,4 +191,6 @@ def train(config: Mapping[str, Any], *, report: Reporter | None = None,
         metrics = trial.run_epoch()
         if report is not None:
             report(metrics, trial.state_dict())
+        if metrics.get("non_finite_loss"):
+            break
     return metrics

@@ -2,24 +2,60 @@
 
 Reports every epoch with a checkpoint through Ray 2.60's ``tune.report`` / ``tune.get_checkpoint``
 (``ray.train.report`` makes a Tune trial error in 2.60). Resumes from the trial's latest checkpoint, so
-retries after a failure and restored sweeps continue the same trajectory.
+retries after a failure, a lost node and restored sweeps continue the same trajectory with the epoch
+counter continuing. Each result also names the Ray node that produced it (``node_id``).
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import tempfile
+from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
 from trainables.checkpoint import load_state, save_state
 from trainables.loop import train
 
+LAST_METRICS = "last_metrics"  # the reported metrics saved beside the training state in each checkpoint
+
+
+def import_plugins(names: list[str] | None) -> None:
+    """Import the spec's plugin modules in this worker, so what they register exists here too."""
+    for name in names or []:
+        importlib.import_module(name)
+
+
+def newest_saved_state(trial_dir: Path) -> dict[str, Any] | None:
+    """The most recently written readable checkpoint in a trial's storage folder, if any.
+
+    Ray restores a trial from the checkpoint its last experiment snapshot recorded, which can be several
+    epochs old after a driver crash; the checkpoint folders themselves are written at once. Newest by
+    modification time (Ray may reuse a folder name after a restore); an unreadable one (a copy cut short
+    by the crash) falls back to the next.
+    """
+    try:
+        folders = sorted(trial_dir.glob("checkpoint_*/state.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return None
+    for path in folders:
+        try:
+            return load_state(path.parent)
+        except Exception:  # truncated or half-copied: try the one before
+            continue
+    return None
+
 
 def run_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable. ``config["trial"]`` is a planned trial (see ``raysweep.plan``)."""
+    """Ray Tune function trainable. ``config["trial"]`` is a planned trial (see ``raysweep.plan``);
+    ``config["plugins"]`` the modules to import first; ``config["experiment_dir"]`` the phase's folder in
+    the storage path (its checkpoints let a restored trial continue from its newest epoch)."""
+    import_plugins(config.get("plugins"))
+    experiment_dir = config.get("experiment_dir")
     config = config["trial"]
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, math.floor(cpus)))
@@ -27,18 +63,29 @@ def run_trial(config: dict[str, Any]) -> None:
     if gpu_fraction and torch.cuda.is_available():
         # Fractional GPUs are bookkeeping in Ray; cap this process's share of the card for real.
         torch.cuda.set_per_process_memory_fraction(float(gpu_fraction))
+    node_id = ray.get_runtime_context().get_node_id()
 
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             resume = load_state(directory)
+    if experiment_dir:
+        saved = newest_saved_state(Path(experiment_dir) / config["trial_key"])
+        if saved is not None and (resume is None or saved["epoch"] > resume["epoch"]):
+            resume = saved
 
     def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
-            save_state(state, directory)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+            save_state({**state, LAST_METRICS: dict(metrics)}, directory)
+            tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(directory))
 
+    last = (resume or {}).get(LAST_METRICS) or {}
+    if resume is not None and (resume["epoch"] >= config["train"]["epochs"] or last.get("non_finite_loss")):
+        # Restored after its last epoch (a driver crash before Ray saved the trial as finished): report the
+        # final result again, so Tune and the scheduler see it; the MLflow logger skips the logged epoch.
+        tune.report({**last, "node_id": node_id})
+        return
     trial_config = {k: v for k, v in config.items() if k not in ("gpu_fraction",)}
     try:
         train(trial_config, report=report, resume_state=resume)
