@@ -163,6 +163,17 @@ class Tracked:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
 
+    def kill_tree(self, proc: subprocess.Popen) -> None:
+        """SIGKILL one started process group and every descendant it had (and nothing else)."""
+        tree = descendants(proc.pid)
+        self.kill_group(proc)
+        for pid, start in tree.items():
+            if _start_time(pid) == start:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
     def kill_leftovers(self) -> None:
         """SIGKILL recorded descendants still alive (same pid and start time), e.g. Ray's agents."""
         for pid, start in list(self.seen.items()):

@@ -16,8 +16,6 @@ import pytest
 from mlflow import MlflowClient
 
 from _faults import GAUSSIAN, MLP, Tracked, epoch_log, free_port, raysweep_cmd, setup_workdir, wait_for
-from raysweep.plan import plan
-from raysweep.spec import validate_spec
 
 pytestmark = pytest.mark.slow
 
@@ -52,8 +50,13 @@ def steps(client, run, metric="val_balanced_acc"):
     return [m.step for m in sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: m.step)]
 
 
-def planned(spec_dict):
-    return plan(validate_spec(spec_dict))
+def planned(root: Path, env: dict) -> dict[str, str]:
+    """trial key -> label, from `raysweep plan` (a subprocess: the plugin stays out of this process)."""
+    proc = subprocess.run(raysweep_cmd("plan", "spec.yaml"), cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [ln.split("  ") for ln in proc.stdout.splitlines() if ln.startswith("  ") and "seed=" in ln]
+    return {r[1].strip(): r[2].strip() for r in rows}
 
 
 def test_a_failing_trial_is_retried_from_its_checkpoint_and_a_nan_loss_stops_only_its_trial(tmp_path, ray_tmp):
@@ -114,12 +117,12 @@ def test_resume_after_the_driver_is_killed_finishes_exactly_the_planned_trials(t
     resumed = subprocess.run(raysweep_cmd("resume", str(sweep_dir)), cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    plan_keys = {t.key for t in planned(RESUME_SPEC)}
+    plan = planned(tmp_path, env)
     assert "5 trials, 0 failed" in resumed.stdout
 
     client, parents, children = trial_runs(uri, "crash")
     assert len(parents) == 1 and parents[0].info.run_id == manifest["parent_run_id"]
-    assert sorted(c.data.tags["raysweep.trial_key"] for c in children) == sorted(plan_keys), "each trial once"
+    assert sorted(c.data.tags["raysweep.trial_key"] for c in children) == sorted(plan), "each trial once"
     for child in children:
         assert child.info.status == "FINISHED" and child.data.tags["raysweep.stop_reason"] == "completed"
         assert steps(client, child) == list(range(1, EPOCHS + 1)), "epochs 1..E, no duplicates"
@@ -131,7 +134,7 @@ def test_resume_after_the_driver_is_killed_finishes_exactly_the_planned_trials(t
         again = [e for t, e in after if t == run.data.params["method.tag"]]
         assert again and again[0] > 1 and again == list(range(again[0], EPOCHS + 1)), again
     lines = [ln for ln in resumed.stdout.splitlines() if ln.startswith("| slow")]
-    assert sorted(ln.split(" | ")[0][2:] for ln in lines) == sorted(t.label for t in planned(RESUME_SPEC))
+    assert sorted(ln.split(" | ")[0][2:] for ln in lines) == sorted(plan.values())
 
 
 def _server(procs, root: Path, port: int, log: Path):
@@ -184,7 +187,7 @@ def test_mlflow_outage_mid_sweep_loses_nothing_and_sync_backfills_without_duplic
     assert first.returncode == 0, first.stdout + first.stderr
     client, parents, children = trial_runs(url, "outage")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(c.data.tags["raysweep.trial_key"] for c in children) == sorted(t.key for t in planned(spec))
+    assert sorted(c.data.tags["raysweep.trial_key"] for c in children) == sorted(planned(tmp_path, env))
     for child in children:
         assert child.info.status == "FINISHED" and child.data.tags["raysweep.stop_reason"] == "completed"
         assert steps(client, child) == list(range(1, EPOCHS + 1))

@@ -75,7 +75,12 @@ def run_trial(config: dict[str, Any]) -> None:
         if saved is not None and (resume is None or saved["epoch"] > resume["epoch"]):
             resume = saved
 
+    capped = bool(gpu_fraction and torch.cuda.is_available())
+
     def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
+        if capped:  # evidence of the cap and of the share this trial used
+            metrics = {**metrics, "gpu_memory_fraction": float(gpu_fraction),
+                       "gpu_max_memory_mb": torch.cuda.max_memory_allocated() / 2**20}
         with tempfile.TemporaryDirectory() as directory:
             save_state({**state, LAST_METRICS: dict(metrics)}, directory)
             tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -1,0 +1,159 @@
+"""A real two-node Ray cluster on this machine (`ray start --head` and `ray start --address`), a sweep
+through the CLI with `cluster.address`, and the second node killed while a trial runs on it.
+
+Every command gets the same RAY_AUTH_MODE (Ray 2.60 token authentication) and a private RAY_TMPDIR. The
+test stops exactly the process groups it started (never `ray stop`, which would end other users' Ray).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from _faults import GAUSSIAN, MLP, Tracked, free_port, raysweep_cmd, setup_workdir, wait_for
+from raysweep.cluster import parse_address, storage_problems
+from trainables.params import ConfigError
+
+EPOCHS = 4
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """(address, environment, tracker, head process, node-2 process) of a fresh two-node cluster."""
+    tracked = Tracked()
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))
+    env = {**setup_workdir(tmp_path, {}), "RAY_AUTH_MODE": "token", "RAY_TMPDIR": str(ray_tmp),
+           "RAY_USAGE_STATS_ENABLED": "0",
+           # Notice a dead node within seconds instead of Ray's default of about half a minute.
+           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+    port = free_port()
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    try:
+        head = tracked.start([ray_bin, "start", "--head", "--port", str(port), "--num-cpus", "1", "--resources",
+                              '{"head": 1}', "--include-dashboard", "false", "--disable-usage-stats", "--block"],
+                             env, tmp_path, tmp_path / "head.log")
+        node2 = tracked.start([ray_bin, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--resources",
+                               '{"node2": 1}', "--disable-usage-stats", "--block"], env, tmp_path, tmp_path / "node2.log")
+        wait = textwrap.dedent(f"""
+            import time, ray
+            ray.init(address="127.0.0.1:{port}", logging_level="ERROR")
+            deadline = time.time() + 120
+            while sum(n["Alive"] for n in ray.nodes()) < 2 and time.time() < deadline:
+                time.sleep(0.5)
+            print(sum(n["Alive"] for n in ray.nodes()))
+        """)
+        out = subprocess.run([sys.executable, "-c", wait], env=env, capture_output=True, text=True, timeout=180)
+        assert out.stdout.strip().endswith("2"), out.stdout + out.stderr + (tmp_path / "head.log").read_text()[-2000:]
+        yield f"127.0.0.1:{port}", env, tracked, head, node2
+    finally:
+        tracked.stop()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_sweep_spreads_over_two_nodes_and_survives_losing_one(tmp_path, cluster):
+    address, env, tracked, head, node2 = cluster
+    spec = {"name": "twonode", "plugins": ["fault_plugin"], "dataset": GAUSSIAN, "model": MLP,
+            "train": {"epochs": EPOCHS, "batch_size": 64}, "methods": {"slow": {"tag": [1, 2, 3, 4], "sleep": 1.5}},
+            "seeds": 1, "resources": {"cpu": 1}, "failure": {"max_failures": 2},
+            "cluster": {"address": address}, "storage": str(tmp_path / "shared")}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log = tmp_path / "run.log"
+    driver = tracked.start(raysweep_cmd("run", "spec.yaml"), env, tmp_path, log)
+
+    def trials():
+        try:
+            client = MlflowClient(uri)
+            exp = client.get_experiment_by_name("twonode")
+            runs = client.search_runs([exp.experiment_id], "tags.`raysweep.role` = 'trial'") if exp else []
+        except Exception:
+            return []
+        return runs
+
+    def both_nodes_busy():
+        runs = trials()
+        nodes = {r.data.tags.get("raysweep.node_id") for r in runs} - {None}
+        running = [r for r in runs if r.info.status == "RUNNING" and r.data.tags.get("raysweep.node_id")]
+        return (nodes, running) if len(nodes) == 2 and running else None
+
+    nodes, running = wait_for(both_nodes_busy, "trials on both nodes", 300, driver, log)
+    # Node 2 is the one that is not the driver's head: the trial resources tell us which id is whose.
+    head_id = _head_node_id(env, address)
+    victim = next((r for r in running if r.data.tags["raysweep.node_id"] != head_id), None)
+    if victim is None:  # the running one is on the head: wait for one on node 2
+        victim = wait_for(lambda: next((r for r in trials() if r.info.status == "RUNNING"
+                                        and r.data.tags.get("raysweep.node_id", head_id) != head_id), None),
+                          "a trial running on node 2", 300, driver, log)
+    tracked.kill_tree(node2)  # node loss, mid-trial
+
+    assert driver.wait(timeout=600) == 0, log.read_text()[-5000:]
+    out = log.read_text()
+    assert "4 trials, 0 failed" in out
+    client = MlflowClient(uri)
+    runs = trials()
+    assert len(runs) == 4 and len({r.data.tags["raysweep.trial_key"] for r in runs}) == 4
+    ran_on = set().union(*(r.data.tags["raysweep.node_ids"].split(",") for r in runs))
+    assert ran_on == nodes and head_id in nodes, "trials ran on both nodes"
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags["raysweep.stop_reason"] == "completed"
+        history = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_balanced_acc"))
+        assert history == list(range(1, EPOCHS + 1)), "the rescheduled trial continued without duplicate epochs"
+    moved = next(r for r in runs if r.info.run_id == victim.info.run_id)
+    assert moved.data.tags["raysweep.node_id"] == head_id, "the lost node's trial finished on the head"
+    assert len(moved.data.tags["raysweep.node_ids"].split(",")) == 2
+    assert not list((tmp_path / "shared").glob(".raysweep-storage-check-*")), "the preflight cleans up"
+
+
+def _head_node_id(env, address) -> str:
+    code = ("import ray; ray.init(address=%r, logging_level='ERROR'); "
+            "print(next(n['NodeID'] for n in ray.nodes() if n['Alive'] and 'head' in n['Resources']))" % address)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_storage_problems_name_each_node_that_cannot_read_the_sentinel():
+    nodes = [{"NodeID": "a" * 56, "NodeManagerAddress": "10.0.0.1"}, {"NodeID": "b" * 56, "NodeManagerAddress": "10.0.0.2"},
+             {"NodeID": "c" * 56, "NodeManagerAddress": "10.0.0.3"}, {"NodeID": "d" * 56, "NodeManagerAddress": "10.0.0.4"}]
+    answers = {"a" * 56: {"content": "tok"}, "b" * 56: {"content": "ERROR No such file or directory"},
+               "c" * 56: {"content": "other"}}
+    assert storage_problems("tok", nodes, answers) == [
+        "node 10.0.0.2 (bbbbbbbbbbbb): No such file or directory",
+        "node 10.0.0.3 (cccccccccccc): it holds a different file",
+        "node 10.0.0.4 (dddddddddddd): no answer in time",
+    ]
+
+
+def test_addresses_parse_or_fail_naming_cluster_address():
+    assert parse_address("127.0.0.1:6379") == ("127.0.0.1", 6379)
+    assert parse_address("ray://head:10001") == ("head", 10001)
+    assert parse_address("auto") is None
+    for bad in ("head", "head:port", "head:0", ":6379"):
+        with pytest.raises(ConfigError) as err:
+            parse_address(bad)
+        assert err.value.path == "cluster.address"
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+def test_fractional_gpu_trials_cap_their_memory(tmp_path):
+    spec = {"name": "gpu", "dataset": GAUSSIAN, "model": MLP, "train": {"epochs": 2, "batch_size": 64, "device": "cuda"},
+            "methods": {"ce": {}}, "seeds": 2, "resources": {"cpu": 1, "trials_per_gpu": 2}}
+    env = setup_workdir(tmp_path, spec)
+    proc = subprocess.run(raysweep_cmd("run", "spec.yaml"), cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("gpu")
+    runs = client.search_runs([exp.experiment_id], "tags.`raysweep.role` = 'trial'")
+    assert len(runs) == 2
+    for run in runs:
+        assert run.data.metrics["gpu_memory_fraction"] == 0.5
+        assert 0 < run.data.metrics["gpu_max_memory_mb"]
