@@ -68,9 +68,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
               f"{trial_epochs(trials)} trial-epochs, cost about {relative_cost(trials):.0f} CE-epochs")
     if search["two_phase"]:
         epochs = _spec_epochs(spec)
+        confirmed = search["top_k"] + (1 if search["baseline"] else 0)
+        baseline = f" (plus the best {search['baseline']} if not among them)" if search["baseline"] else ""
         print(f"two-phase: phase 1 searches with seed {spec['seeds'][0]}; phase 2 reruns the top {search['top_k']} "
-              f"configurations (by {search['metric']}) with seeds {spec['seeds']} to full length without early "
-              f"stopping: {search['top_k'] * len(spec['seeds'])} more trials, {search['top_k'] * len(spec['seeds']) * epochs} trial-epochs")
+              f"configurations (by {search['metric']}){baseline} with seeds {spec['seeds']} to full length without "
+              f"early stopping: at most {confirmed * len(spec['seeds'])} more trials, "
+              f"{confirmed * len(spec['seeds']) * epochs} trial-epochs")
     if sched["name"] == "asha":
         epochs = max([t.config["train"]["epochs"] for t in trials] or [_spec_epochs(spec)])
         rungs, r = [], sched["grace_period"]
@@ -108,6 +111,7 @@ def _print_result(result) -> None:
     print(f"MLflow: experiment {result.experiment!r}, parent run {result.parent_run_id}, store {result.tracking_uri}")
     print(f"Open the UI with:  raysweep ui --tracking-uri {result.tracking_uri}")
     print(f"Rebuild the table: raysweep table --experiment {result.experiment} --tracking-uri {result.tracking_uri}")
+    print(f"Full report (tables, plots, importance): raysweep report {result.experiment} --tracking-uri {result.tracking_uri}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -207,16 +211,12 @@ def _free_port(host: str, start: int) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import json
-
+    from raysweep.manifest import Manifest
     from raysweep.tracking import resolve_tracking_uri
 
     uri = args.tracking_uri
-    if args.sweep:  # a sweep folder of the Ray results: its plan file names the store
-        plan_file = Path(args.sweep) / "raysweep_plan.json"
-        if not plan_file.is_file():
-            raise UsageError(f"ui: {args.sweep} is not a sweep folder (no raysweep_plan.json)")
-        uri = json.loads(plan_file.read_text())["tracking_uri"]
+    if args.sweep:  # a sweep folder (or id) of the Ray results: its manifest names the store
+        uri = Manifest.find(args.sweep).data["tracking_uri"]
     uri = resolve_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         print(f"{uri} is an MLflow server: its UI is already there, open {uri}")
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sync)
     with_spec(p := sub.add_parser("plan", help="print the planned trials and their cost; runs nothing"))
     p.set_defaults(func=cmd_plan)
-    with_spec(p := sub.add_parser("demo", help="run the bundled quickstart sweep (CE vs focal, mnist1d-LT)"), spec=False)
+    with_spec(p := sub.add_parser("demo", help="run the bundled quickstart sweep (every method vs CE, mnist1d-LT)"), spec=False)
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("table", help="rebuild a seed-averaged table from MLflow alone")
     p.add_argument("--experiment", help="MLflow experiment (the newest sweep in it)")

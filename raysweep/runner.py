@@ -229,7 +229,7 @@ def _drive(session: Session, trials: list[PlannedTrial], restore: bool) -> tuple
             continue
         if planned is None:  # phase 2: the top-k of phase 1, kept in the manifest
             best = [PlannedTrial.from_tune_config(c) for c in manifest.data["top_k"]]
-            echo(f"phase 2: confirming the top {len(best)} configurations with {len(spec['seeds'])} seeds: "
+            echo(f"phase 2: confirming {len(best)} configurations with {len(spec['seeds'])} seeds: "
                  + "; ".join(t.label for t in best))
             planned = confirm_plan(spec, best)
         if record is None:
@@ -238,7 +238,8 @@ def _drive(session: Session, trials: list[PlannedTrial], restore: bool) -> tuple
         results = phase.run(experiment, planned, name, restore=restore and record is not None)
         non_finite = sum(1 for r in results if (r.metrics or {}).get("non_finite_loss"))
         if name == "search" and spec["search"]["two_phase"]:
-            best = top_configs(results, spec["search"]["metric"], spec["search"]["direction"], spec["search"]["top_k"])
+            best = top_configs(results, spec["search"]["metric"], spec["search"]["direction"], spec["search"]["top_k"],
+                               spec["search"]["baseline"])
             manifest.update(top_k=[_jsonable(t.as_tune_config()) for t in best])
         manifest.finish_phase(name, len(results), results.num_errors, non_finite)
     phases = manifest.data["phases"].values()
@@ -286,12 +287,13 @@ def _record_plan(sweep: SweepRun, sweep_dir: Path, trials: list[PlannedTrial], p
     sweep.log_text(json.dumps(record, indent=2, sort_keys=True, default=str), f"plan-{phase}.json")
 
 
-def top_configs(results, metric: str, direction: str, k: int) -> list[PlannedTrial]:
+def top_configs(results, metric: str, direction: str, k: int, baseline: str | None = None) -> list[PlannedTrial]:
     """The ``k`` best configurations of a phase, judged on the validation metric (never the test set).
 
     Trials that ran more epochs rank first (under ASHA they are the survivors), then by the metric's last
     reported value, ties going to the earlier planned trial; repeated draws of one configuration count once,
-    at their best.
+    at their best. With a ``baseline`` method, its best configuration is added when the top k lack it, so
+    phase 2 always has the reference to compare against.
     """
     sign = 1.0 if direction == "max" else -1.0
     ranked: dict[str, tuple[tuple[float, float, int], PlannedTrial]] = {}
@@ -302,8 +304,11 @@ def top_configs(results, metric: str, direction: str, k: int) -> list[PlannedTri
         score = (float(result.metrics.get("epoch", 0)), sign * float(result.metrics[metric]), -trial.index)
         if trial.config_id not in ranked or score > ranked[trial.config_id][0]:
             ranked[trial.config_id] = (score, trial)
-    best = sorted(ranked.values(), key=lambda item: item[0], reverse=True)[:k]
-    return [trial for _, trial in best]
+    ordered = [trial for _, trial in sorted(ranked.values(), key=lambda item: item[0], reverse=True)]
+    best = ordered[:k]
+    if baseline and not any(t.config["method"]["name"] == baseline for t in best):
+        best += [t for t in ordered if t.config["method"]["name"] == baseline][:1]
+    return best
 
 
 class Phase:

@@ -40,6 +40,8 @@ SEARCH_PARAMS = {
     "base": Param(None, (dict,), nullable=True, help="ofat: base value of every factor (method.knob or axis key)"),
     "two_phase": Param(False, (bool,), help="search with the first seed, then rerun the top_k with all seeds"),
     "top_k": Param(3, (int,), low=1, help="two_phase: configurations confirmed in phase 2"),
+    "baseline": Param(None, (str,), nullable=True,
+                      help="two_phase: this method's best configuration is always confirmed too (e.g. ce)"),
 }
 SCHEDULER_PARAMS = {
     "name": Param("fifo", (str,), choices=("fifo", "asha")),
@@ -181,6 +183,9 @@ def validate_spec(raw: Mapping[str, Any]) -> dict[str, Any]:
     if resources["gpu"] and resources["trials_per_gpu"]:
         raise ConfigError("resources.trials_per_gpu", "give either gpu or trials_per_gpu, not both")
     methods = _validate_methods(raw.get("methods"))
+    if search["baseline"] is not None and search["baseline"] not in methods:
+        raise ConfigError("search.baseline", f"must be one of the spec's methods: {', '.join(methods)}; "
+                                             f"got {search['baseline']!r}")
     _validate_mode(search, raw["methods"])
     axes = _validate_axes(_section(raw, "axes"), dataset, model, train)
     return {

@@ -186,4 +186,9 @@ def test_report_of_a_missing_sweep_exits_2_and_ui_points_at_a_server(tmp_path, c
     assert main(["ui", "--tracking-uri", "http://127.0.0.1:5999"]) == 0
     assert "its UI is already there, open http://127.0.0.1:5999" in capsys.readouterr().out
     assert main(["ui", str(tmp_path)]) == 2
-    assert "not a sweep folder" in capsys.readouterr().err
+    assert "no manifest.json in" in capsys.readouterr().err
+    sweep = tmp_path / "sweep-1"
+    sweep.mkdir()
+    (sweep / "manifest.json").write_text('{"version": 1, "tracking_uri": "http://127.0.0.1:5998"}')
+    assert main(["ui", str(sweep)]) == 0
+    assert "open http://127.0.0.1:5998" in capsys.readouterr().out

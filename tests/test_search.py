@@ -104,3 +104,30 @@ def test_two_phase_plans_phase_one_with_the_first_seed_only():
 def test_every_preset_plans(preset, capsys):
     assert main(["plan", str(preset)]) == 0, capsys.readouterr().err
     assert "trials" in capsys.readouterr().out
+
+
+class _Result:
+    """The part of a Ray Tune Result that top_configs reads."""
+
+    def __init__(self, trial, epoch, val):
+        self.config = {"trial": trial.as_tune_config()}
+        self.metrics = {"epoch": epoch, "val_balanced_acc": val}
+        self.error = None
+
+
+def test_top_configs_rank_survivors_then_validation_and_add_the_baseline():
+    from raysweep.runner import top_configs
+
+    spec = _spec(methods={"ce": {}, "focal": {"gamma": [0.5, 1, 2]}}, seeds=1)
+    ce, f05, f1, f2 = plan(spec)
+    results = [_Result(ce, 2, 0.9), _Result(f05, 4, 0.5), _Result(f1, 4, 0.7), _Result(f2, 2, 0.95)]
+    assert [t.label for t in top_configs(results, "val_balanced_acc", "max", 2)] == ["focal gamma=1", "focal gamma=0.5"]
+    with_ce = top_configs(results, "val_balanced_acc", "max", 2, baseline="ce")
+    assert [t.label for t in with_ce] == ["focal gamma=1", "focal gamma=0.5", "ce"]
+    assert [t.label for t in top_configs(results, "val_balanced_acc", "min", 1, baseline="focal")] == ["focal gamma=0.5"]
+
+
+def test_baseline_must_be_one_of_the_spec_methods():
+    with pytest.raises(ConfigError) as err:
+        _spec(methods={"focal": {}}, search={"two_phase": True, "baseline": "ce"})
+    assert err.value.path == "search.baseline"
