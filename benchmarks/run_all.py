@@ -1,4 +1,4 @@
-"""``make bench``: every CPU benchmark in one go (about 40 minutes on 2 cores), then docs/benchmarks.md."""
+"""``make bench``: every CPU benchmark in one go (about 45 minutes on 2 cores), then docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ STEPS = [
     ["benchmarks.method_cost", "--repeats", "15"],
     ["benchmarks.runner_efficiency", "--trials", "16", "--trial-seconds", "20"],
     ["benchmarks.runner_efficiency", "--trials", "64", "--trial-seconds", "5"],
+    ["benchmarks.trial_overhead"],
     ["benchmarks.asha_vs_grid"],
     ["benchmarks.reproduction"],
     ["benchmarks.write_report"],

@@ -49,6 +49,25 @@ def runner(r: dict) -> list[str]:
     return out + ["", _provenance(r)]
 
 
+def overhead(r: dict) -> list[str]:
+    t = r["single_trial"]
+    out = ["Command: `python -m benchmarks.trial_overhead` (one CE trial on mnist1d-LT, cnn1d, 8 epochs; then the "
+           "bundled quickstart).", "",
+           "| stage | seconds |", "|---|---|",
+           f"| `ray.init` (2 CPUs) | {t['ray_init_s']:.2f} |",
+           f"| `fit()` start -> trial started (Tune set-up, actor) | {t['fit_to_trial_start_s']:.2f} |",
+           f"| trial started -> first result (imports, data build, model, first epoch, checkpoint) | {t['trial_start_to_first_result_s']:.2f} |",
+           f"| first epoch's compute | {t['first_epoch_compute_s']:.3f} |",
+           f"| steady epoch's compute (median) | {t['steady_epoch_compute_s']:.3f} |",
+           f"| steady interval between results, seen by the driver | {t['steady_result_interval_s']:.3f} |"]
+    d = r.get("demo")
+    if d:
+        out += ["", f"Quickstart (`raysweep demo`'s sweep, {d['trials']} trials over {d['slots']} slots): wall "
+                f"{d['wall_s']:.0f} s, busy {d['busy_s']:.0f} s, so {100 * d['overhead_fraction']:.0f} % of the slot time is "
+                "overhead: its epochs are tens of milliseconds, the per-trial start-up several seconds."]
+    return out + ["", _provenance(r)]
+
+
 def asha(r: dict) -> list[str]:
     out = [f"Command: `python -m benchmarks.asha_vs_grid --epochs {r['settings']['epochs']}`: CDB-W-CE tau in "
            "{0.5, 1, 2, sigmoid} x lr in {0.02, 0.05, 0.1, 0.2}, mnist1d-LT rho 100, one seed, cnn1d.", "",
@@ -104,6 +123,7 @@ SECTIONS = [
     ("Method cost per epoch", "method_cost", method_cost),
     ("Runner efficiency, 16 trials", "runner_efficiency_16", runner),
     ("Runner efficiency, 64 trials", "runner_efficiency_64", runner),
+    ("Per-trial overhead", "trial_overhead", overhead),
     ("ASHA versus the full grid", "asha_vs_grid", asha),
     ("Reproduction on embedded data", "reproduction", reproduction),
 ]
