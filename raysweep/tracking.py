@@ -26,6 +26,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 MAX_BATCH_PARAMS = 100
 MAX_BATCH_METRICS = 1000
+PER_CLASS_ARTIFACT = "per_class_test_acc.csv"  # final per-class accuracy when there are too many classes for metrics
 MAX_PARAM_LENGTH = 500  # longer values are shortened in params; the full config is a JSON artifact
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -278,6 +279,7 @@ class TrialLog:
     stop_reason: str | None = None  # set by a non-finite loss (kept over 'completed')
     final: tuple[str, str | None] | None = None  # (run status, error reason) once the trial ended
     closed: bool = False
+    class_acc: list[float] | None = None  # last per-class test accuracy of a many-class dataset
 
 
 class MlflowTrialLogger(Callback):
@@ -349,6 +351,8 @@ class MlflowTrialLogger(Callback):
         log.seen = max(log.seen, epoch)
         if result.get("non_finite_loss"):
             log.stop_reason = f"non-finite loss at epoch {epoch}"
+        if isinstance(result.get("test_class_acc"), list):
+            log.class_acc = [float(a) for a in result["test_class_acc"]]
         node = result.get("node_id")
         if node and (not log.nodes or log.nodes[-1] != node):
             log.nodes.append(str(node))
@@ -412,6 +416,9 @@ class MlflowTrialLogger(Callback):
             reason = error or log.stop_reason or (
                 "completed" if done >= epochs else f"stopped by the scheduler at epoch {done}")
             sweep.call(log_tags, client, log.run_id, {"raysweep.stop_reason": reason, "raysweep.epochs_run": done})
+            if log.class_acc is not None:  # many classes: one artifact instead of hundreds of metric keys
+                rows = "\n".join(f"{c},{a!r}" for c, a in enumerate(log.class_acc))
+                sweep.call(client.log_text, log.run_id, f"class,test_acc\n{rows}\n", PER_CLASS_ARTIFACT)
             sweep.call(client.set_terminated, log.run_id, status)
             log.closed, log.status = True, status
             self.runs_closed += 1

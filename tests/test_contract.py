@@ -96,3 +96,13 @@ def test_model_forward_backward(model):
 def test_dataset_declares_protocol_options(dataset):
     params = dataset_params(dataset)
     assert {"imbalance", "meta_per_class", "noise_type", "noise_rate", "data_seed"} <= set(params)
+
+
+def test_many_classes_report_per_class_accuracy_as_one_list():
+    cfg = trial_config("ce")
+    cfg["dataset"] = {"name": "gaussian", "num_classes": 25, "samples_per_class": 40, "test_per_class": 5,
+                      "meta_per_class": 2}
+    metrics = Trial(cfg).run_epoch()
+    assert len(metrics["test_class_acc"]) == 25 and not any(k.startswith("test_acc_class") for k in metrics)
+    few = Trial(trial_config("ce")).run_epoch()
+    assert "test_class_acc" not in few and sum(k.startswith("test_acc_class") for k in few) == 4

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 SPEC = {
     "name": "srv",
-    # 100 classes: no per-class metric keys (too many), everything else as usual.
+    # 100 classes: no per-class metric keys (too many) but a per-class CSV artifact, everything else as usual.
     "dataset": {"name": "gaussian", "num_classes": 100, "imbalance": 1, "samples_per_class": 40,
                 "test_per_class": 10, "meta_per_class": 5},
     "model": {"name": "mlp", "width": 32},
@@ -192,7 +192,8 @@ def test_sweep_and_report_through_the_server_rest_api(swept):
     assert not any(k.startswith("test_acc_class") for k in metric_keys), "100 classes: no per-class metric keys"
     params = {p["key"]: p["value"] for p in trial["data"]["params"]}
     assert params["dataset.num_classes"] == "100"
-    assert "config.json" in _artifacts(url, trial["info"]["run_id"])
+    assert {"config.json", "per_class_test_acc.csv"} <= _artifacts(url, trial["info"]["run_id"]), \
+        "100 classes: the final per-class accuracy is one CSV artifact"
     assert {"spec.yaml", "plan-search.json", "report"} <= _artifacts(url, parent_id)
     assert {"report/tables", "report/plots", "report/report.html", "report/importance.csv"} <= _artifacts(url, parent_id, "report")
     assert {"report/tables/main.md", "report/tables/main.tex", "report/tables/main.html"} <= _artifacts(url, parent_id, "report/tables")

@@ -160,8 +160,12 @@ class Trial:
         metrics["epoch_seconds"] = time.perf_counter() - started
         return metrics
 
-    def evaluate(self) -> dict[str, float]:
-        """Balanced val/test accuracy, per-class and many/medium/few test accuracy, clean train accuracy."""
+    def evaluate(self) -> dict[str, Any]:
+        """Balanced val/test accuracy, per-class and many/medium/few test accuracy, clean train accuracy.
+
+        Numbers only, except above PER_CLASS_METRICS_MAX classes: then per-class accuracy is one list,
+        ``test_class_acc``, rather than one metric per class.
+        """
         bs, C = self.config["train"]["eval_batch_size"], self.splits.num_classes
         self._val_class_acc = class_accuracy(predict_probs(self.model, self.val.x, bs).argmax(1), self.val.y, C)
         self._test_class_acc = class_accuracy(predict_probs(self.model, self.test.x, bs).argmax(1), self.test.y, C)
@@ -171,6 +175,8 @@ class Trial:
             out[f"test_{group}_acc"] = acc
         if C <= PER_CLASS_METRICS_MAX:
             out.update({f"test_acc_class{c}": float(a) for c, a in enumerate(self._test_class_acc)})
+        else:  # one list, not C metric keys; the tracker stores it as a CSV artifact of the trial's run
+            out["test_class_acc"] = [float(a) for a in self._test_class_acc]
         if self.splits.is_noisy:
             pred = predict_probs(self.model, self.train_set.x, bs).argmax(1)
             out["train_clean_acc"] = float((pred == self.train_set.true_y).double().mean())
