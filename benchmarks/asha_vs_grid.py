@@ -18,7 +18,7 @@ import numpy as np
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from benchmarks.common import save  # noqa: E402
+from benchmarks.common import save, trial_runs  # noqa: E402
 
 TAUS = [0.5, 1.0, 2.0, "sigmoid"]
 LRS = [0.02, 0.05, 0.1, 0.2]
@@ -30,8 +30,6 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def sweep(scheduler: dict, epochs: int, workdir: Path) -> dict:
-    from mlflow import MlflowClient
-
     from raysweep.plan import plan
     from raysweep.runner import run_sweep
     from raysweep.spec import validate_spec
@@ -45,9 +43,7 @@ def sweep(scheduler: dict, epochs: int, workdir: Path) -> dict:
     start = time.perf_counter()
     result = run_sweep(spec, plan(spec), echo=lambda line: None)
     wall = time.perf_counter() - start
-    client = MlflowClient(result.tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name(result.experiment).experiment_id],
-                              "tags.`raysweep.role` = 'trial'", max_results=1000)
+    client, runs = trial_runs(result)
     curves = {r.info.run_id: sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_balanced_acc"))
               for r in runs}
     best = max(runs, key=lambda r: (int(r.data.tags["raysweep.epochs_run"]), r.data.metrics["val_balanced_acc"]))

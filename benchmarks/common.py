@@ -27,3 +27,12 @@ def save(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(record, indent=1, default=str))
     return path
+
+
+def trial_runs(result) -> tuple[Any, list]:
+    """The MLflow client and the trial runs of a finished sweep (a ``raysweep.runner.SweepResult``)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(result.tracking_uri)
+    experiment = client.get_experiment_by_name(result.experiment)
+    return client, client.search_runs([experiment.experiment_id], "tags.`raysweep.role` = 'trial'", max_results=1000)

@@ -19,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
-from benchmarks.common import save  # noqa: E402
+from benchmarks.common import save, trial_runs  # noqa: E402
 
 
 def one_trial(workdir: Path) -> dict:
@@ -65,8 +65,6 @@ def one_trial(workdir: Path) -> dict:
 def demo(workdir: Path) -> dict:
     from importlib import resources
 
-    from mlflow import MlflowClient
-
     from raysweep.plan import plan
     from raysweep.runner import run_sweep
     from raysweep.spec import apply_overrides, load_spec, validate_spec
@@ -77,9 +75,7 @@ def demo(workdir: Path) -> dict:
     start = time.perf_counter()
     result = run_sweep(spec, plan(spec), echo=lambda line: None)
     wall = time.perf_counter() - start
-    client = MlflowClient(result.tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name(result.experiment).experiment_id],
-                              "tags.`raysweep.role` = 'trial'", max_results=1000)
+    client, runs = trial_runs(result)
     busy = sum(m.value for r in runs for m in client.get_metric_history(r.info.run_id, "epoch_seconds"))
     slots = int(2 / spec["resources"]["cpu"])
     return {"wall_s": wall, "busy_s": busy, "slots": slots, "trials": len(runs),

@@ -269,13 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_spec(p := sub.add_parser("run", help="run a sweep"))
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("resume", help="finish a sweep whose driver died (restores Ray's state; reruns nothing)")
-    p.add_argument("sweep", metavar="SWEEP", help="the sweep folder under the storage path, or its sweep id")
-    p.add_argument("--storage", help="where to look for a sweep id (default: raysweep_results)")
+    def with_sweep(p: argparse.ArgumentParser) -> None:
+        p.add_argument("sweep", metavar="SWEEP", help="the sweep folder under the storage path, or its sweep id")
+        p.add_argument("--storage", help="where to look for a sweep id (default: raysweep_results)")
+
+    with_sweep(p := sub.add_parser("resume", help="finish a sweep whose driver died (restores Ray's state; reruns nothing)"))
     p.set_defaults(func=cmd_resume)
-    p = sub.add_parser("sync", help="backfill MLflow from Ray's storage after a tracking outage")
-    p.add_argument("sweep", metavar="SWEEP", help="the sweep folder under the storage path, or its sweep id")
-    p.add_argument("--storage", help="where to look for a sweep id (default: raysweep_results)")
+    with_sweep(p := sub.add_parser("sync", help="backfill MLflow from Ray's storage after a tracking outage"))
     p.add_argument("--tracking-uri", help="default: the store the sweep logged to (from its manifest)")
     p.set_defaults(func=cmd_sync)
     with_spec(p := sub.add_parser("plan", help="print the planned trials and their cost; runs nothing"))

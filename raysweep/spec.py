@@ -250,7 +250,7 @@ def _validate_mode(search: Mapping[str, Any], methods_raw: Mapping[str, Any]) ->
                 raise ConfigError(path, f"mode {mode} samples the method's space: give single values to fix knobs, "
                                         "not lists, blocks or 'paper'")
             if METHODS.get(name).params and space_for(name).suggest is None:
-                raise ConfigError(path, f"has a grid-only search space; use mode grid or ofat")
+                raise ConfigError(path, "has a grid-only search space; use mode grid or ofat")
             sampled = sampled or bool(METHODS.get(name).params)
         if mode == "optuna" and not (sampled or len(methods_raw) > 1 or search["tune_train"]):
             raise ConfigError("search.mode", "optuna has nothing to sample: add a method with knobs, a second "

@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -90,10 +89,6 @@ def epoch_log(root: Path) -> list[tuple[str, int]]:
     if not path.exists():
         return []
     return [(ln.split()[0], int(ln.split()[1])) for ln in path.read_text().splitlines() if ln.strip()]
-
-
-def raysweep_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "raysweep.cli", *args]
 
 
 def free_port() -> int:

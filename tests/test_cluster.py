@@ -5,7 +5,6 @@ Every command gets the same RAY_AUTH_MODE (Ray 2.60 token authentication) and a 
 test stops exactly the process groups it started (never `ray stop`, which would end other users' Ray).
 """
 
-import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from _faults import GAUSSIAN, MLP, Tracked, free_port, raysweep_cmd, setup_workdir, wait_for
+from _cli import raysweep_cmd
+from _faults import GAUSSIAN, MLP, Tracked, free_port, setup_workdir, wait_for
 from raysweep.cluster import parse_address, storage_problems
 from trainables.params import ConfigError
 

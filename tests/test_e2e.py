@@ -1,12 +1,12 @@
 """End to end through the CLI: a real Ray Tune sweep with ASHA on `gaussian`, logged to MLflow."""
 
 import re
-import subprocess
-import sys
 
 import pytest
 import yaml
 from mlflow import MlflowClient
+
+from _cli import raysweep
 
 pytestmark = pytest.mark.slow
 
@@ -31,10 +31,6 @@ def summary_lines(out: str) -> list[str]:
     start = max(i for i, ln in enumerate(lines) if ln.startswith("| config |"))
     return [ln for ln in lines[start:] if ln.startswith("| ")]
 
-
-def raysweep(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "raysweep.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from _faults import GAUSSIAN, MLP, Tracked, epoch_log, free_port, raysweep_cmd, setup_workdir, wait_for
+from _cli import raysweep_cmd
+from _faults import GAUSSIAN, MLP, Tracked, epoch_log, free_port, setup_workdir, wait_for
 
 pytestmark = pytest.mark.slow
 

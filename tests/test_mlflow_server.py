@@ -22,6 +22,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from _cli import raysweep
+
 pytestmark = pytest.mark.slow
 
 SPEC = {
@@ -145,10 +147,6 @@ def api(url: str, path: str, body: dict | None = None) -> dict:
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
 
-
-def raysweep(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "raysweep.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@
 import math
 import re
 import shutil
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -15,6 +13,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from analysis.importance import build_study, importances, infer_distribution
 from analysis.page import Section, render_page
 from raysweep.report import build_report
+
+from _cli import raysweep
 
 
 def test_distributions_are_inferred_from_the_values():
@@ -83,10 +83,6 @@ SPEC = {
     "table": {"rows": "config", "metric": "test_acc"},
 }
 
-
-def raysweep(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "raysweep.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

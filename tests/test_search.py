@@ -1,6 +1,5 @@
 """The search engine: conditional grids, one-factor-at-a-time ablations, Optuna draws, presets."""
 
-import json
 from pathlib import Path
 
 import optuna
@@ -8,7 +7,7 @@ import pytest
 
 from raysweep.cli import main
 from raysweep.plan import plan
-from raysweep.spec import load_spec, validate_spec
+from raysweep.spec import validate_spec
 from search_spaces import space_for
 from search_spaces.ablation import ofat
 from search_spaces.grid import expand_method

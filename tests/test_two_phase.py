@@ -1,11 +1,10 @@
 """Two-phase search end to end: ASHA with one seed, then the top-k configurations with every seed."""
 
-import subprocess
-import sys
-
 import pytest
 import yaml
 from mlflow import MlflowClient
+
+from _cli import raysweep
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +25,7 @@ SPEC = {
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("twophase")
     (root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
-    proc = subprocess.run([sys.executable, "-m", "raysweep.cli", "run", "spec.yaml"], cwd=root,
-                          capture_output=True, text=True, timeout=900)
+    proc = raysweep("run", "spec.yaml", cwd=root, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("twophase")
