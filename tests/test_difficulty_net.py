@@ -192,3 +192,25 @@ def test_preset_lays_out_supplementary_table_6():
     assert hidden_width(10) == 16  # the first row is the rule for mnist1d's 10 classes
     config = trials[0].config
     assert math.isfinite(train({**config, "train": {**config["train"], "epochs": 1, "device": "cpu"}})["train_loss"])
+
+
+def test_real_step_reusing_the_virtual_forward_equals_a_fresh_forward(monkeypatch):
+    """The real step reuses the virtual pass's logits and BatchNorm statistics: same result as model(x)."""
+    reused, fresh = Trial(_cfg(lam=0.3)), Trial(_cfg(lam=0.3))
+    original = type(fresh.method).meta_gradients
+
+    def without_reuse(self, *args, keep_forward=None, **kwargs):
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(fresh.method, "meta_gradients", without_reuse.__get__(fresh.method))
+    x, y = reused.train_set.x[:64], reused.train_set.y[:64]
+    idx = torch.arange(64)
+    for trial in (reused, fresh):
+        trial.method.class_acc = torch.tensor([0.9, 0.6, 0.3, 0.1])
+        trial.model.train()
+    loss_a = reused.method.train_step(reused.model, reused.optimizer, x, y, idx)
+    loss_b = fresh.method.train_step(fresh.model, fresh.optimizer, x, y, idx)
+    assert torch.allclose(loss_a, loss_b, atol=1e-6)
+    state_a, state_b = reused.model.state_dict(), fresh.model.state_dict()
+    for name in state_a:
+        assert torch.allclose(state_a[name].float(), state_b[name].float(), atol=1e-6), name

@@ -142,11 +142,14 @@ class DifficultyNetMethod(Method):
         return (weights[targets] * F.cross_entropy(z, targets, reduction="none")).mean()
 
     def meta_gradients(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                       x_meta: torch.Tensor, y_meta: torch.Tensor, lr: float) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+                       x_meta: torch.Tensor, y_meta: torch.Tensor, lr: float,
+                       keep_forward: dict[str, Any] | None = None) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """Gradient of the meta objective with respect to theta (one tensor per net parameter), and its terms.
 
         second_order: CE(f(x_meta; phi'(theta))) + lambda L_drv(theta), phi' the differentiable virtual step;
-        driver_only: lambda L_drv(theta) alone.
+        driver_only: lambda L_drv(theta) alone. Given ``keep_forward`` (a dict), the second-order mode leaves
+        there the virtual pass's ``logits`` (graph kept) and the BatchNorm ``buffers`` it produced, so the
+        real step can reuse that forward pass instead of running the model again.
         """
         hp = self.hparams
         difficulties = self.net(self.class_acc)
@@ -155,12 +158,21 @@ class DifficultyNetMethod(Method):
         terms = {"driver_loss": drv.detach()}
         if hp["meta_grad"] == "second_order":
             weights = difficulty_weights(difficulties)
-            theta, buffers = virtual_step(model, x, lambda logits: self.weighted_loss(logits, y, weights), lr)
+            seen: dict[str, torch.Tensor] = {}
+
+            def weighted(logits: torch.Tensor) -> torch.Tensor:
+                seen["logits"] = logits
+                return self.weighted_loss(logits, y, weights)
+
+            theta, buffers = virtual_step(model, x, weighted, lr)
+            if keep_forward is not None:  # the virtual pass ran at theta on x in train mode: a real forward's twin
+                keep_forward.update(logits=seen["logits"], buffers={n: b.clone() for n, b in buffers.items()})
             meta_ce = F.cross_entropy(forward_with(model, theta, buffers, x_meta).float(), y_meta)
             objective = objective + meta_ce
             terms["meta_ce"] = meta_ce.detach()
         params = list(self.net.parameters())
-        grads = torch.autograd.grad(objective, params, allow_unused=True)
+        grads = torch.autograd.grad(objective, params, allow_unused=True,
+                                    retain_graph=keep_forward is not None and "logits" in keep_forward)
         return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)], terms
 
     # ---- hooks ---------------------------------------------------------------------------------
@@ -173,14 +185,23 @@ class DifficultyNetMethod(Method):
             self.class_acc = self.meta_accuracy()
         # Eqs. 9-10: virtual step and meta step on a clean meta batch
         x_meta, y_meta = self.ctx.meta_batch(self.hparams["meta_batch_size"])
-        grads, terms = self.meta_gradients(model, x, y, x_meta, y_meta, current_lr(optimizer))
+        virtual: dict[str, Any] = {}
+        grads, terms = self.meta_gradients(model, x, y, x_meta, y_meta, current_lr(optimizer), keep_forward=virtual)
         self.meta_optimizer.zero_grad(set_to_none=True)
         for p, g in zip(self.net.parameters(), grads):
             p.grad = g
         self.meta_optimizer.step()
-        # Eq. 11: real step with the weights of the updated net, detached
+        # Eq. 11: real step with the weights of the updated net, detached; it reuses the virtual pass's
+        # logits (same theta, same batch) and leaves the BatchNorm statistics that pass produced.
         weights = self.class_weights()
-        loss = self.weighted_loss(model(x), y, weights)
+        if "logits" in virtual:
+            logits = virtual["logits"]
+            with torch.no_grad():
+                for name, buffer in model.named_buffers():
+                    buffer.copy_(virtual["buffers"][name])
+        else:
+            logits = model(x)
+        loss = self.weighted_loss(logits, y, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
