@@ -171,6 +171,8 @@ def run_sweep(spec: Mapping[str, Any], trials: list[PlannedTrial], *, echo: Call
         manifest.save()
         sweep = SweepRun.open(tracking_uri, experiment, sweep_id, tags)
         manifest.update(parent_run_id=sweep.run_id)
+        # The store may answer only later (an outage, a concurrent first write): record the id then.
+        sweep.on_parent = lambda run_id: manifest.update(parent_run_id=run_id)
         sweep.log_text(yaml.safe_dump(_jsonable(spec), sort_keys=False), "spec.yaml")
         session = Session(spec, manifest, sweep, Phase(spec, sweep, per_trial, gpu_fraction, slots, storage), echo)
         num_trials, num_errors, num_non_finite = _drive(session, trials, restore=False)
@@ -208,6 +210,7 @@ def resume_sweep(manifest: Manifest, *, echo: Callable[[str], None] = print) -> 
                               run_id=data["parent_run_id"])
         if sweep.run_id and sweep.run_id != data["parent_run_id"]:
             manifest.update(parent_run_id=sweep.run_id)
+        sweep.on_parent = lambda run_id: manifest.update(parent_run_id=run_id)
         session = Session(spec, manifest, sweep, Phase(spec, sweep, per_trial, gpu_fraction, slots, storage), echo)
         num_trials, num_errors, num_non_finite = _drive(session, trials, restore=True)
     finally:

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -141,6 +141,8 @@ class SweepRun:
         self.failures = 0
         self._pending_texts: list[tuple[str, str]] = []
         self._pending_status: str | None = None
+        # Called with the parent run id once it exists (the runner records it in the sweep manifest).
+        self.on_parent: Callable[[str], None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("tracking_uri", "experiment", "sweep_id", "tags", "run_id")}
@@ -233,6 +235,8 @@ class SweepRun:
                                              tags={"raysweep.role": "sweep", "raysweep.sweep_id": self.sweep_id,
                                                    **self.tags})
                 self.run_id = run.info.run_id
+            if self.on_parent is not None:
+                self.on_parent(self.run_id)
 
     def log_text(self, text: str, name: str) -> None:
         """Log a text artifact on the parent run now, or as soon as the store answers."""
