@@ -269,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_spec(p := sub.add_parser("run", help="run a sweep"))
     p.set_defaults(func=cmd_run)
+    def with_table_keys(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--rows", help="config, method, or a dotted key (default: the spec's table.rows)")
+        p.add_argument("--cols", help="a dotted key such as dataset.imbalance (default: the spec's table.cols)")
+        p.add_argument("--metric", help="e.g. test_acc, val_balanced_acc, test_few_acc (default: the spec's)")
+        p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///./mlflow.db")
+
     def with_sweep(p: argparse.ArgumentParser) -> None:
         p.add_argument("sweep", metavar="SWEEP", help="the sweep folder under the storage path, or its sweep id")
         p.add_argument("--storage", help="where to look for a sweep id (default: raysweep_results)")
@@ -285,17 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="rebuild a seed-averaged table from MLflow alone")
     p.add_argument("--experiment", help="MLflow experiment (the newest sweep in it)")
     p.add_argument("--parent", help="the sweep's parent run id (instead of --experiment)")
-    p.add_argument("--rows", help="config, method, or a dotted key (default: the spec's table.rows)")
-    p.add_argument("--cols", help="a dotted key such as dataset.imbalance (default: the spec's table.cols)")
-    p.add_argument("--metric", help="e.g. test_acc, val_balanced_acc, test_few_acc (default: the spec's)")
+    with_table_keys(p)
     p.add_argument("--format", choices=("md", "csv"), default="md")
-    p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///./mlflow.db")
     p.set_defaults(func=cmd_table)
     p = sub.add_parser("report", help="tables, plots, importance and summary runs of a sweep, from MLflow alone")
     p.add_argument("sweep", metavar="EXPERIMENT_OR_PARENT_RUN", help="experiment name (its newest sweep) or parent run id")
-    p.add_argument("--rows", help="config, method, or a dotted key (default: the spec's table.rows)")
-    p.add_argument("--cols", help="a dotted key such as dataset.imbalance (default: the spec's table.cols)")
-    p.add_argument("--metric", help="e.g. test_acc, val_balanced_acc, test_few_acc (default: the spec's)")
+    with_table_keys(p)
     p.add_argument("--format", choices=("md", "csv", "tex", "html"), default="md",
                    help="how the main table is printed; every format is written to --out")
     p.add_argument("--others", choices=("average", "best"), default="average",
@@ -303,7 +304,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--error", action="store_true", help="show error %% (100 - accuracy %%) instead of accuracy")
     p.add_argument("--out", help="output folder (default: raysweep_reports/SWEEP_ID)")
     p.add_argument("--no-log", action="store_true", help="write files only; log nothing to MLflow")
-    p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///./mlflow.db")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1")
     p.add_argument("sweep", nargs="?", help="a sweep's Ray results folder: use the store it logged to")

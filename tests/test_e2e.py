@@ -6,7 +6,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from _cli import raysweep
+from _cli import raysweep, run_spec
 
 pytestmark = pytest.mark.slow
 
@@ -36,10 +36,7 @@ def summary_lines(out: str) -> list[str]:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    (root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
-    proc = raysweep("run", "spec.yaml", cwd=root)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return root, proc.stdout
+    return root, run_spec(root, SPEC).stdout
 
 
 def test_mlflow_holds_one_parent_and_eight_nested_children_with_per_epoch_metrics(sweep):

@@ -6,7 +6,6 @@ import shutil
 
 import pandas as pd
 import pytest
-import yaml
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -14,7 +13,7 @@ from analysis.importance import build_study, importances, infer_distribution
 from analysis.page import Section, render_page
 from raysweep.report import build_report
 
-from _cli import raysweep
+from _cli import raysweep, run_spec
 
 
 def test_distributions_are_inferred_from_the_values():
@@ -89,9 +88,7 @@ SPEC = {
 def reported(tmp_path_factory):
     """One real sweep (3 configs x 2 seeds, ASHA), then `raysweep report` on it."""
     root = tmp_path_factory.mktemp("report")
-    (root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
-    run = raysweep("run", "spec.yaml", cwd=root)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run_spec(root, SPEC)
     rep = raysweep("report", "rep", "--out", "out", "--format", "md", cwd=root)
     assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
     return root, rep.stdout

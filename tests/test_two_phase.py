@@ -1,10 +1,9 @@
 """Two-phase search end to end: ASHA with one seed, then the top-k configurations with every seed."""
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 
-from _cli import raysweep
+from _cli import run_spec
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +23,7 @@ SPEC = {
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("twophase")
-    (root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
-    proc = raysweep("run", "spec.yaml", cwd=root, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_spec(root, SPEC, timeout=900)
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("twophase")
     return client, client.search_runs([exp.experiment_id], max_results=1000), proc.stdout
