@@ -172,8 +172,9 @@ class SweepRun:
     # ---- the store, guarded ----------------------------------------------------------------------
     @property
     def client(self) -> MlflowClient:
+        """The store's client; creating it can fail too (a sqlite store migrates its schema on first use)."""
         if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
+            self._client = self.call(MlflowClient, self.tracking_uri)
         return self._client
 
     @property

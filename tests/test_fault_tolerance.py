@@ -97,7 +97,10 @@ def test_resume_after_the_driver_is_killed_finishes_exactly_the_planned_trials(t
     driver = procs.start(raysweep_cmd("run", "spec.yaml"), env, tmp_path, log)
 
     def some_done_some_midway():
-        if not (tmp_path / "mlflow.db").exists():
+        # Touch the store only once the driver has created it (its parent run id is in the manifest): two
+        # processes creating a fresh sqlite store at once race on its schema migration.
+        manifests = list((tmp_path / "raysweep_results").glob("crash-*/manifest.json"))
+        if not manifests or not json.loads(manifests[0].read_text()).get("parent_run_id"):
             return None
         try:
             client, _, children = trial_runs(uri, "crash")
@@ -196,3 +199,14 @@ def test_mlflow_outage_mid_sweep_loses_nothing_and_sync_backfills_without_duplic
     again = subprocess.run(raysweep_cmd("sync", str(sweep_dir)), cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0 and "created 0 runs, logged 0 epochs, ended 0 runs" in again.stdout, again.stdout
+
+
+def test_a_store_that_fails_while_being_created_never_ends_the_sweep(tmp_path):
+    """Creating the client is guarded like every other call: the logger sees an outage, not a crash."""
+    from raysweep.tracking import SweepRun, TrackingUnavailable
+
+    (tmp_path / "a-file").write_text("not a folder")  # the store's folder cannot be created: the client fails
+    sweep = SweepRun(f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}", "e", "s-1")
+    with pytest.raises(TrackingUnavailable):
+        sweep.client
+    assert sweep.down and sweep.failures == 1
