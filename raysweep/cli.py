@@ -41,6 +41,7 @@ def _load_raw(path: str, overrides: list[str]):
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from raysweep.plan import relative_cost, trial_epochs
+    from raysweep.spec import asha_rungs, spec_epochs
     from trainables.methods import METHODS
 
     spec, trials = _load(args.spec, args.set)
@@ -53,7 +54,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"  {name}: {knobs}" + (" (fixed; the rest sampled)" if fixed else ""))
         if search["tune_train"]:
             print("  train.lr and train.weight_decay sampled (log-uniform)")
-        epochs = _spec_epochs(spec)
+        epochs = spec_epochs(spec)
         cost = max(METHODS.get(m).relative_cost for m in spec["methods_raw"])
         print(f"at most {search['num_samples'] * epochs} trial-epochs, cost at most about "
               f"{search['num_samples'] * epochs * cost:.0f} CE-epochs")
@@ -67,7 +68,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"{len(trials)} trials ({configs} configurations x {seeds} seeds), "
               f"{trial_epochs(trials)} trial-epochs, cost about {relative_cost(trials):.0f} CE-epochs")
     if search["two_phase"]:
-        epochs = _spec_epochs(spec)
+        epochs = spec_epochs(spec)
         confirmed = search["top_k"] + (1 if search["baseline"] else 0)
         baseline = f" (plus the best {search['baseline']} if not among them)" if search["baseline"] else ""
         print(f"two-phase: phase 1 searches with seed {spec['seeds'][0]}; phase 2 reruns the top {search['top_k']} "
@@ -75,11 +76,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
               f"early stopping: at most {confirmed * len(spec['seeds'])} more trials, "
               f"{confirmed * len(spec['seeds']) * epochs} trial-epochs")
     if sched["name"] == "asha":
-        epochs = max([t.config["train"]["epochs"] for t in trials] or [_spec_epochs(spec)])
-        rungs, r = [], sched["grace_period"]
-        while r < epochs:
-            rungs.append(r)
-            r = int(r * sched["reduction_factor"])
+        epochs = max([t.config["train"]["epochs"] for t in trials] or [spec_epochs(spec)])
+        rungs = asha_rungs(sched["grace_period"], sched["reduction_factor"], epochs)
         print(f"ASHA rungs at epochs {rungs or '(none)'} (max {epochs}); keeps the top 1/{sched['reduction_factor']:g} at each")
         count = len(trials) or search["num_samples"]
         if count < sched["reduction_factor"]:
@@ -92,12 +90,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 print(f"warning: {t.label} only starts acting at epoch {start + 1}, after the grace period "
                       f"({sched['grace_period']}): ASHA may stop it before its weighting matters")
     return 0
-
-
-def _spec_epochs(spec) -> int:
-    from trainables.config import resolve_train
-
-    return resolve_train(spec["train"])["epochs"]
 
 
 def _print_result(result) -> None:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-
-import os
 
 import pandas as pd
 import yaml
@@ -33,6 +32,7 @@ from analysis.mlflow_io import (Sweep, child_runs, final_phase, find_sweep, load
 from analysis.page import Section, render_page
 from analysis.tables import (GROUP_METRICS, SensitivityTable, breakdown_table, higher_is_better, one_way, row_values,
                              seed_table, to_frame, to_html, to_latex, to_markdown)
+from raysweep.spec import asha_rungs
 from raysweep.tracking import MAX_BATCH_METRICS, log_params
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -99,11 +99,7 @@ def _rungs(spec: dict, max_epoch: int) -> list[int] | None:
     sched = spec.get("scheduler") or {}
     if sched.get("name") != "asha":
         return None
-    rungs, r = [], int(sched.get("grace_period", 1))
-    while r < max_epoch:
-        rungs.append(r)
-        r = int(r * float(sched.get("reduction_factor", 4)))
-    return rungs
+    return asha_rungs(int(sched.get("grace_period", 1)), float(sched.get("reduction_factor", 4)), max_epoch)
 
 
 def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None, *, rows: str | None = None,

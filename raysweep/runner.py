@@ -20,6 +20,7 @@ import yaml
 from raysweep.cluster import check_storage_on_nodes, start_ray
 from raysweep.manifest import Manifest
 from raysweep.plan import PlannedTrial, confirm_plan
+from raysweep.spec import spec_epochs
 from raysweep.provenance import provenance
 from raysweep.tracking import MlflowTrialLogger, SweepRun, limit_http_retries, resolve_tracking_uri
 from trainables.data import resolve_dataset
@@ -370,7 +371,7 @@ class Phase:
 
         spec, search = self.spec, self.spec["search"]
         optuna_mode = phase == "search" and search["mode"] == "optuna"
-        max_epochs = max([t.config["train"]["epochs"] for t in trials] + [_spec_epochs(spec)])
+        max_epochs = max([t.config["train"]["epochs"] for t in trials] + [spec_epochs(spec)])
         scheduler = FIFOScheduler()
         if phase == "search" and spec["scheduler"]["name"] == "asha":
             scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=spec["scheduler"]["grace_period"],
@@ -438,12 +439,6 @@ class OptunaSpace:
         trial = sampled_trial(self.spec, draw, self.seed, ot.number).as_tune_config()
         return {"trial": {**trial, **({"gpu_fraction": self.gpu_fraction} if self.gpu_fraction else {})},
                 "plugins": self.plugins, "experiment_dir": self.experiment_dir}
-
-
-def _spec_epochs(spec: Mapping[str, Any]) -> int:
-    from trainables.config import resolve_train
-
-    return resolve_train(spec["train"])["epochs"]
 
 
 def _manifest_spec(spec: Mapping[str, Any], raw: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -304,3 +304,17 @@ def _validate_storage(raw: Any) -> str:
 def trial_axes(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The factorial of the spec's axes as a list of ``{dotted key: value}`` (one empty dict if none)."""
     return factorial(spec["axes"]) if spec["axes"] else [{}]
+
+
+def spec_epochs(spec: Mapping[str, Any]) -> int:
+    """The spec's ``train.epochs`` with its default filled (axes may still vary it per trial)."""
+    return resolve_train(spec["train"])["epochs"]
+
+
+def asha_rungs(grace_period: float, reduction_factor: float, max_epoch: float) -> list[float]:
+    """ASHA's milestones below ``max_epoch``: grace_period * reduction_factor^k, as Ray's scheduler places them."""
+    rungs, k = [], 0
+    while (milestone := grace_period * reduction_factor ** k) < max_epoch:
+        rungs.append(int(milestone) if float(milestone).is_integer() else milestone)
+        k += 1
+    return rungs

@@ -130,3 +130,12 @@ def test_baseline_must_be_one_of_the_spec_methods():
     with pytest.raises(ConfigError) as err:
         _spec(methods={"focal": {}}, search={"two_phase": True, "baseline": "ce"})
     assert err.value.path == "search.baseline"
+
+
+def test_asha_rungs_follow_rays_geometric_milestones():
+    from raysweep.spec import asha_rungs
+
+    assert asha_rungs(4, 2, 20) == [4, 8, 16]
+    assert asha_rungs(5, 2, 20) == [5, 10]
+    assert asha_rungs(1, 1.5, 4) == [1, 1.5, 2.25, 3.375]  # a fractional factor used to loop forever here
+    assert asha_rungs(10, 3, 10) == []
