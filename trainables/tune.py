@@ -18,7 +18,7 @@ import ray
 import torch
 from ray import tune
 
-from trainables.checkpoint import load_state, save_state
+from trainables.checkpoint import STATE_FILE, load_state, save_state
 from trainables.loop import train
 
 LAST_METRICS = "last_metrics"  # the reported metrics saved beside the training state in each checkpoint
@@ -39,7 +39,7 @@ def newest_saved_state(trial_dir: Path) -> dict[str, Any] | None:
     by the crash) falls back to the next.
     """
     try:
-        folders = sorted(trial_dir.glob("checkpoint_*/state.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        folders = sorted(trial_dir.glob(f"checkpoint_*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True)
     except OSError:
         return None
     for path in folders:
