@@ -43,8 +43,9 @@ def run(num_trials: int, epochs: int, with_mlflow: bool, workdir: Path) -> dict:
     import ray
     from ray import tune
 
-    from raysweep.tracking import MlflowTrialLogger, SweepRun
-    from trainables.tune import run_trial
+    from raysweep.mlflow_store import SweepRun
+    from raysweep.trial_logger import TrialLogger, TuneCallback
+    from trainables.tune import ENVELOPE, envelope, read_envelope, run_trial
 
     spec = validate_spec({"name": "bench", "dataset": DATASET, "model": MODEL, "train": {"epochs": epochs},
                           "methods": {"ce": {}}, "seeds": num_trials, "resources": {"cpu": 1}})
@@ -54,12 +55,12 @@ def run(num_trials: int, epochs: int, with_mlflow: bool, workdir: Path) -> dict:
         callbacks = []
         if with_mlflow:
             sweep = SweepRun.create(f"sqlite:///{workdir / 'mlflow.db'}", "bench", "bench", {})
-            callbacks = [MlflowTrialLogger(sweep)]
+            callbacks = [TuneCallback(TrialLogger(sweep))]
         tuner = tune.Tuner(
             tune.with_resources(run_trial, {"cpu": 1}),
-            param_space={"trial": tune.grid_search([t.as_tune_config() for t in trials])},
+            param_space={ENVELOPE: tune.grid_search([envelope(t.as_tune_config(), [], None, None) for t in trials])},
             tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True,
-                                        trial_dirname_creator=lambda t: t.config["trial"]["trial_key"]),
+                                        trial_dirname_creator=lambda t: read_envelope(t.config).key),
             run_config=tune.RunConfig(name=f"bench-{with_mlflow}", storage_path=str(workdir), callbacks=callbacks,
                                       verbose=0),
         )

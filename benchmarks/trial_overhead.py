@@ -28,7 +28,7 @@ def one_trial(workdir: Path) -> dict:
 
     from raysweep.plan import plan
     from raysweep.spec import validate_spec
-    from trainables.tune import run_trial
+    from trainables.tune import ENVELOPE, envelope, run_trial
 
     marks: dict[str, list[float]] = {"start": [], "results": []}
 
@@ -47,7 +47,8 @@ def one_trial(workdir: Path) -> dict:
     t_init = time.perf_counter() - t0
     try:
         tuner = tune.Tuner(tune.with_resources(run_trial, {"cpu": 1}),
-                           param_space={"trial": tune.grid_search([t.as_tune_config() for t in trials])},
+                           param_space={ENVELOPE: tune.grid_search([envelope(t.as_tune_config(), [], None, None)
+                                                                   for t in trials])},
                            run_config=tune.RunConfig(name="overhead", storage_path=str(workdir), callbacks=[Clock()],
                                                      verbose=0))
         t_fit = time.perf_counter()
@@ -77,7 +78,7 @@ def demo(workdir: Path) -> dict:
     wall = time.perf_counter() - start
     client, runs = trial_runs(result)
     busy = sum(m.value for r in runs for m in client.get_metric_history(r.info.run_id, "epoch_seconds"))
-    slots = int(2 / spec["resources"]["cpu"])
+    slots = int(2 / spec.resources.cpu)
     return {"wall_s": wall, "busy_s": busy, "slots": slots, "trials": len(runs),
             "overhead_fraction": 1 - busy / (wall * slots)}
 

@@ -25,70 +25,19 @@ class UsageError(Exception):
 
 
 def _load(path: str, overrides: list[str]):
-    spec, trials, _ = _load_raw(path, overrides)
-    return spec, trials
-
-
-def _load_raw(path: str, overrides: list[str]):
-    """(validated spec, planned trials, the spec as written after overrides) of a spec file."""
+    """(validated spec, phase 1's planned trials) of a spec file after ``--set`` overrides."""
     from raysweep.plan import plan
     from raysweep.spec import apply_overrides, load_spec, validate_spec
 
-    raw = apply_overrides(load_spec(path), overrides)
-    spec = validate_spec(raw)
-    return spec, plan(spec), raw
+    spec = validate_spec(apply_overrides(load_spec(path), overrides))
+    return spec, plan(spec)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from raysweep.plan import relative_cost, trial_epochs
-    from raysweep.spec import asha_rungs, spec_epochs
-    from trainables.methods import METHODS
+    from raysweep.plan import describe_plan
 
     spec, trials = _load(args.spec, args.set)
-    search, sched = spec["search"], spec["scheduler"]
-    print(f"sweep {spec['name']}: {spec['description']}".rstrip(": "))
-    if search["mode"] == "optuna":
-        print(f"optuna (TPE, seed {search['seed']}): {search['num_samples']} trials drawn while the sweep runs from")
-        for name, fixed in spec["methods_raw"].items():
-            knobs = ", ".join(f"{k}={v}" for k, v in fixed.items()) or ("its registered space" if METHODS.get(name).params else "no knobs")
-            print(f"  {name}: {knobs}" + (" (fixed; the rest sampled)" if fixed else ""))
-        if search["tune_train"]:
-            print("  train.lr and train.weight_decay sampled (log-uniform)")
-        epochs = spec_epochs(spec)
-        cost = max(METHODS.get(m).relative_cost for m in spec["methods_raw"])
-        print(f"at most {search['num_samples'] * epochs} trial-epochs, cost at most about "
-              f"{search['num_samples'] * epochs * cost:.0f} CE-epochs")
-    else:
-        width = max(len(t.label) for t in trials)
-        for t in trials:
-            axes = " ".join(f"{k}={v}" for k, v in t.axes.items())
-            print(f"  {t.key}  {t.label:<{width}}  seed={t.seed}  {axes}".rstrip())
-        configs = len({t.config_id for t in trials})
-        seeds = len({t.seed for t in trials})
-        print(f"{len(trials)} trials ({configs} configurations x {seeds} seeds), "
-              f"{trial_epochs(trials)} trial-epochs, cost about {relative_cost(trials):.0f} CE-epochs")
-    if search["two_phase"]:
-        epochs = spec_epochs(spec)
-        confirmed = search["top_k"] + (1 if search["baseline"] else 0)
-        baseline = f" (plus the best {search['baseline']} if not among them)" if search["baseline"] else ""
-        print(f"two-phase: phase 1 searches with seed {spec['seeds'][0]}; phase 2 reruns the top {search['top_k']} "
-              f"configurations (by {search['metric']}){baseline} with seeds {spec['seeds']} to full length without "
-              f"early stopping: at most {confirmed * len(spec['seeds'])} more trials, "
-              f"{confirmed * len(spec['seeds']) * epochs} trial-epochs")
-    if sched["name"] == "asha":
-        epochs = max([t.config["train"]["epochs"] for t in trials] or [spec_epochs(spec)])
-        rungs = asha_rungs(sched["grace_period"], sched["reduction_factor"], epochs)
-        print(f"ASHA rungs at epochs {rungs or '(none)'} (max {epochs}); keeps the top 1/{sched['reduction_factor']:g} at each")
-        count = len(trials) or search["num_samples"]
-        if count < sched["reduction_factor"]:
-            print("warning: fewer trials than the reduction factor: ASHA cannot stop anything")
-        for t in {t.config_id: t for t in trials}.values():
-            cls = METHODS.get(t.config["method"]["name"])
-            hp = {k: v for k, v in t.config["method"].items() if k != "name"}
-            start = cls.acts_from_epoch(hp, t.config["train"]["epochs"])
-            if start >= sched["grace_period"]:
-                print(f"warning: {t.label} only starts acting at epoch {start + 1}, after the grace period "
-                      f"({sched['grace_period']}): ASHA may stop it before its weighting matters")
+    print("\n".join(describe_plan(spec, trials)))
     return 0
 
 
@@ -109,8 +58,8 @@ def _print_result(result) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from raysweep.runner import run_sweep
 
-    spec, trials, raw = _load_raw(args.spec, args.set)
-    result = run_sweep(spec, trials, raw_spec=raw)
+    spec, trials = _load(args.spec, args.set)
+    result = run_sweep(spec, trials)
     _print_result(result)
     return 1 if result.num_errors else 0
 
@@ -152,7 +101,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     from analysis.mlflow_io import SweepNotFound
     from analysis.tables import to_frame, to_markdown
     from raysweep.report import sweep_table
-    from raysweep.tracking import resolve_tracking_uri
+    from raysweep.mlflow_store import resolve_tracking_uri
 
     if not args.experiment and not args.parent:
         raise UsageError("table: give --experiment NAME or --parent RUN_ID")
@@ -169,7 +118,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from analysis.mlflow_io import SweepNotFound
     from analysis.tables import to_frame, to_html, to_latex, to_markdown
     from raysweep.report import build_report
-    from raysweep.tracking import resolve_tracking_uri
+    from raysweep.mlflow_store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     try:
@@ -204,7 +153,7 @@ def _free_port(host: str, start: int) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from raysweep.manifest import Manifest
-    from raysweep.tracking import resolve_tracking_uri
+    from raysweep.mlflow_store import resolve_tracking_uri
 
     uri = args.tracking_uri
     if args.sweep:  # a sweep folder (or id) of the Ray results: its manifest names the store

@@ -32,8 +32,9 @@ from analysis.mlflow_io import (Sweep, child_runs, final_phase, find_sweep, load
 from analysis.page import Section, render_page
 from analysis.tables import (GROUP_METRICS, SensitivityTable, breakdown_table, higher_is_better, one_way, row_values,
                              seed_table, to_frame, to_html, to_latex, to_markdown)
-from raysweep.spec import asha_rungs
-from raysweep.tracking import MAX_BATCH_METRICS, log_params
+from raysweep.mlflow_store import MAX_BATCH_METRICS, log_params
+from raysweep.schedulers import resolve_scheduler
+from trainables.params import ConfigError
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 FORMATS = ("md", "csv", "tex", "html")
@@ -95,11 +96,13 @@ def _spec(client: MlflowClient, parent) -> dict:
         return {}
 
 
-def _rungs(spec: dict, max_epoch: int) -> list[int] | None:
-    sched = spec.get("scheduler") or {}
-    if sched.get("name") != "asha":
+def _rungs(spec: dict, max_epoch: int) -> list[float] | None:
+    """Where the sweep's scheduler could stop trials (the spec.yaml artifact holds it resolved); None: never."""
+    try:
+        scheduler = resolve_scheduler(spec.get("scheduler"), max_epoch)
+    except ConfigError:  # a sweep written by another version: no rung marks
         return None
-    return asha_rungs(int(sched.get("grace_period", 1)), float(sched.get("reduction_factor", 4)), max_epoch)
+    return scheduler.rungs(max_epoch) if scheduler.stops_early else None
 
 
 def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None, *, rows: str | None = None,

@@ -15,9 +15,12 @@ from typing import Any
 
 import yaml
 
+from analysis import mlflow_tags as tags
 from raysweep.manifest import Manifest
-from raysweep.tracking import MlflowTrialLogger, SweepRun, TrackingUnavailable, error_reason, limit_http_retries
+from raysweep.mlflow_store import SweepRun, TrackingUnavailable, get_or_create_experiment, limit_http_retries
+from raysweep.trial_logger import TrialLogger, error_reason
 from trainables.params import ConfigError
+from trainables.tune import ENVELOPE, read_envelope
 
 
 @dataclass
@@ -86,26 +89,26 @@ def sync_sweep(manifest: Manifest, tracking_uri: str | None = None) -> SyncRepor
     if data["parent_run_id"] != sweep.run_id and tracking_uri in (None, data["tracking_uri"]):
         manifest.update(parent_run_id=sweep.run_id)
 
-    logger = MlflowTrialLogger(sweep)
+    logger = TrialLogger(sweep)
     trials = 0
     for phase in data["phases"].values():
         experiment_dir = manifest.storage_root / phase["experiment"]
         statuses = trial_statuses(experiment_dir)
         for params in sorted(experiment_dir.glob("*/params.json")):
-            config = json.loads(params.read_text()).get("trial")
-            if not isinstance(config, dict) or "trial_key" not in config:
+            saved = json.loads(params.read_text())
+            if not isinstance(saved, dict) or ENVELOPE not in saved:
                 continue
             results = read_results(params.parent)
             ray_id = results[-1].get("trial_id", "") if results else ""
-            log = logger._track(config, ray_id)
+            log = logger.track(read_envelope(saved).member, ray_id)
             trials += 1
             for result in results:
                 logger.add_result(log, result)
             status = statuses.get(ray_id)
             if status == "TERMINATED":
-                log.final = ("FINISHED", None)
+                logger.end(log, "FINISHED")
             elif status == "ERROR":
-                log.final = ("FAILED", error_reason(params.parent / "error.txt"))
+                logger.end(log, "FAILED", error_reason(params.parent / "error.txt"))
     waiting = logger.flush_all()
     if data["status"] in ("finished", "failed"):
         sweep.finish("FINISHED" if data["status"] == "finished" else "FAILED")
@@ -129,9 +132,6 @@ def _run_exists(sweep: SweepRun) -> bool:
 
 
 def _parent_exists(sweep: SweepRun) -> bool:
-    from raysweep.tracking import get_or_create_experiment
-
     exp = sweep.call(get_or_create_experiment, sweep.client, sweep.experiment, sweep.tracking_uri)
-    found = sweep.call(sweep.client.search_runs, [exp],
-                       f"tags.`raysweep.sweep_id` = '{sweep.sweep_id}' and tags.`raysweep.role` = 'sweep'", max_results=1)
+    found = sweep.call(sweep.client.search_runs, [exp], tags.sweep_filter(sweep.sweep_id), max_results=1)
     return bool(found)

@@ -26,7 +26,7 @@ Suggest = Callable[[Any], dict[str, Any]]
 
 @dataclass(frozen=True)
 class MethodSpace:
-    """The search space of one method (its own hyperparameters only; lr and wd are in TRAIN_SPACE)."""
+    """The search space of one method (its own hyperparameters only; lr and wd are :func:`suggest_train`'s)."""
 
     grid: list[dict[str, list[Any]]] = field(default_factory=list)
     suggest: Suggest | None = None  # None: grid only (random and Optuna search cannot sample it)
@@ -45,9 +45,6 @@ def suggest_train(trial: Any) -> dict[str, Any]:
             "weight_decay": trial.suggest_float("train.weight_decay", 1e-5, 1e-2, log=True)}
 
 
-TRAIN_GRID: dict[str, list[float]] = {"lr": [0.01, 0.05, 0.1, 0.2], "weight_decay": [1e-4, 5e-4, 1e-3]}
-
-
 def space_for(method: str) -> MethodSpace:
     """The registered space of ``method``; a method without one has nothing to tune."""
     return SPACES.get(method) if method in SPACES else MethodSpace(suggest=lambda trial: {})
@@ -56,4 +53,4 @@ def space_for(method: str) -> MethodSpace:
 for _info in pkgutil.iter_modules([os.path.join(os.path.dirname(__file__), "methods")]):
     importlib.import_module(f"{__name__}.methods.{_info.name}")
 
-__all__ = ["MethodSpace", "SPACES", "TRAIN_GRID", "register_space", "space_for", "suggest_train"]
+__all__ = ["MethodSpace", "SPACES", "register_space", "space_for", "suggest_train"]

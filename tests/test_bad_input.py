@@ -1,7 +1,8 @@
-"""A corpus of invalid specs and overrides: each exits 2 with a one-line message naming the field, before
-anything starts: no Ray, no MLflow store or run, and the storage folder absent or unchanged afterwards.
+"""The one corpus of invalid specs and overrides: each exits 2 with a one-line message naming the field,
+before anything starts: no Ray, no MLflow store or run, and the storage folder absent or unchanged.
 
-Runs the CLI in-process (`raysweep.cli.main`), so the whole corpus takes seconds.
+Every case is a change to one base spec (BASE). Runs the CLI in-process (`raysweep.cli.main`), so the
+whole corpus takes seconds.
 """
 
 import copy
@@ -32,12 +33,21 @@ def _closed_port() -> str:
         return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
+DELETE = object()  # a change that removes the key from BASE
+
+
 def method(name, **knobs):
     return {"methods": {name: knobs}}
 
 
 def section(key, **values):
     return {key: {**BASE.get(key, {}), **values}}
+
+
+def changed(changes: dict) -> dict:
+    """BASE with ``changes`` merged in at the top level (a DELETE value removes the key)."""
+    spec = {**copy.deepcopy(BASE), **{k: copy.deepcopy(v) for k, v in changes.items() if v is not DELETE}}
+    return {k: v for k, v in spec.items() if changes.get(k) is not DELETE}
 
 
 # (case, changes merged into BASE, --set overrides, the field the message must start with)
@@ -86,6 +96,41 @@ CASES = [
     ("unknown method override", {}, ["methods.cdb={}"], "methods.cdb"),
     ("reduction factor of 1", {"scheduler": {"name": "asha", "reduction_factor": 1}}, [], "scheduler.reduction_factor"),
     ("negative max_failures", {"failure": {"max_failures": -1}}, [], "failure.max_failures"),
+    ("unknown failure key", {"failure": {"retries": 3}}, [], "failure.retries"),
+    ("unknown top-level key", {"colour": "red"}, [], "colour"),
+    ("missing name", {"name": DELETE}, [], "name"),
+    ("missing dataset", {"dataset": DELETE}, [], "dataset"),
+    ("missing model", {"model": DELETE}, [], "model"),
+    ("unknown method", method("nosuch"), [], "methods.nosuch"),
+    ("method gamma out of range", method("focal", gamma=[-1]), [], "methods.focal.gamma"),
+    ("unknown method knob", method("focal", alpha=[1]), [], "methods.focal.alpha"),
+    ("empty list of knob values", method("focal", gamma=[]), [], "methods.focal.gamma"),
+    ("empty methods", {"methods": {}}, [], "methods"),
+    ("methods as a list", {"methods": ["ce"]}, [], "methods"),
+    ("unknown noise type", section("dataset", noise_type="gaussian"), [], "dataset.noise_type"),
+    ("unknown dataset", {"dataset": {"name": "cifar99"}}, [], "dataset.name"),
+    ("unknown dataset option", section("dataset", colour=1), [], "dataset.colour"),
+    ("unknown model", {"model": "resnet999"}, [], "model.name"),
+    ("zero epochs", section("train", epochs=0), [], "train.epochs"),
+    ("epochs as a string", section("train", epochs="ten"), [], "train.epochs"),
+    ("epochs override not a number", {}, ["train.epochs=abc"], "train.epochs"),
+    ("unknown schedule", section("train", schedule="linear"), [], "train.schedule"),
+    ("multistep without milestones", section("train", schedule="multistep"), [], "train.milestones"),
+    ("zero seeds", {"seeds": 0}, [], "seeds"),
+    ("unknown search mode", {"search": {"mode": "bayes"}}, [], "search.mode"),
+    ("search on the test set", {"search": {"metric": "test_acc"}}, [], "search.metric"),
+    ("unknown scheduler", {"scheduler": {"name": "pbt"}}, [], "scheduler.name"),
+    ("grace period beyond epochs", {"scheduler": {"name": "asha", "grace_period": 10}}, [], "scheduler.grace_period"),
+    ("median grace period beyond epochs", {"scheduler": {"name": "median", "grace_period": 3}}, [],
+     "scheduler.grace_period"),
+    ("hyperband reduction factor of 1", {"scheduler": {"name": "hyperband", "reduction_factor": 1}}, [],
+     "scheduler.reduction_factor"),
+    ("an option fifo does not have", {"scheduler": {"name": "fifo", "grace_period": 1}}, [], "scheduler.grace_period"),
+    ("zero cpus", section("resources", cpu=0), [], "resources.cpu"),
+    ("gpu and trials_per_gpu together", section("resources", gpu=0.5, trials_per_gpu=2), [], "resources.trials_per_gpu"),
+    ("axis value out of range", {"axes": {"dataset.imbalance": [0.5, 10]}}, [], "axes.dataset.imbalance"),
+    ("axis outside dataset/model/train", {"axes": {"foo.bar": [1]}}, [], "axes.foo.bar"),
+    ("a set without a value", {}, ["novalue"], "--set"),
 ]
 
 
@@ -95,7 +140,7 @@ def test_bad_input_exits_2_naming_the_field_and_leaves_nothing(case, changes, ov
     import ray
 
     monkeypatch.chdir(tmp_path)
-    spec = {**copy.deepcopy(BASE), **copy.deepcopy(changes)}
+    spec = changed(changes)
     if spec.get("cluster", {}).get("address") == "CLOSED":
         spec["cluster"]["address"] = _closed_port()
     if str(spec.get("storage", "")).startswith("FILE/"):
@@ -109,6 +154,11 @@ def test_bad_input_exits_2_naming_the_field_and_leaves_nothing(case, changes, ov
     assert err.startswith(f"raysweep: error: {key}") and "\n" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before, "no store, results folder or file left"
     assert not ray.is_initialized(), "Ray must not start on bad input"
+
+
+def test_a_spec_file_that_does_not_exist_exits_2(tmp_path, capsys):
+    assert main(["plan", str(tmp_path / "nope.yaml")]) == 2
+    assert "file not found" in capsys.readouterr().err
 
 
 def test_storage_under_a_read_only_folder(tmp_path, monkeypatch, capsys):

@@ -217,7 +217,7 @@ def test_mlflow_outage_mid_sweep_loses_nothing_and_sync_backfills_without_duplic
 
 def test_a_store_that_fails_while_being_created_never_ends_the_sweep(tmp_path):
     """Creating the client is guarded like every other call: the logger sees an outage, not a crash."""
-    from raysweep.tracking import SweepRun, TrackingUnavailable
+    from raysweep.mlflow_store import SweepRun, TrackingUnavailable
 
     (tmp_path / "a-file").write_text("not a folder")  # the store's folder cannot be created: the client fails
     sweep = SweepRun(f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}", "e", "s-1")

@@ -204,21 +204,23 @@ def test_more_than_100_params_and_1000_metrics_per_run_are_chunked(server):
     """The trial logger against the real server: 250 params, 1500 metrics in one epoch, a 700-char value."""
     from mlflow import MlflowClient
 
-    from raysweep.plan import PlannedTrial
-    from raysweep.tracking import MlflowTrialLogger, SweepRun
+    from raysweep.mlflow_store import SweepRun
+    from raysweep.trial_logger import TrialLogger, TuneCallback
+    from raysweep.trials import PlannedTrial
+    from trainables.tune import ENVELOPE, envelope
 
     config = {"method": {"name": "focal", **{f"k{i}": i for i in range(200)}},
               "dataset": {"name": "gaussian", "note": "x" * 700, **{f"d{i}": float(i) for i in range(48)}},
               "train": {"epochs": 1}, "seed": 0}
     planned = PlannedTrial(config, "c0ffee0000", 0, "focal wide")
     sweep = SweepRun.create(server.url, "limits", "limits-1", {})
-    logger = MlflowTrialLogger(sweep)
-    trial = SimpleNamespace(config={"trial": planned.as_tune_config()}, trial_id="t0")
+    logger = TuneCallback(TrialLogger(sweep))
+    trial = SimpleNamespace(config={ENVELOPE: envelope(planned.as_tune_config(), [], None, None)}, trial_id="t0")
     logger.on_trial_start(0, [], trial)
     result = {"epoch": 1, "timestamp": int(time.time()), **{f"m{i}": i / 1500 for i in range(1500)}}
     logger.on_trial_result(0, [], trial, result)
     logger.on_trial_complete(0, [], trial)
-    MlflowTrialLogger(sweep).on_trial_start(0, [], trial)  # a resume: same run
+    TuneCallback(TrialLogger(sweep)).on_trial_start(0, [], trial)  # a resume: same run
     runs = _runs(server.url, "limits")
     children = [r for r in runs if _tags(r).get("raysweep.role") == "trial"]
     assert len(children) == 1

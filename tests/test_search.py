@@ -8,6 +8,7 @@ import pytest
 from raysweep.cli import main
 from raysweep.plan import plan
 from raysweep.spec import validate_spec
+from trainables.tune import ENVELOPE, envelope
 from search_spaces import space_for
 from search_spaces.ablation import ofat
 from search_spaces.grid import expand_method
@@ -109,13 +110,13 @@ class _Result:
     """The part of a Ray Tune Result that top_configs reads."""
 
     def __init__(self, trial, epoch, val):
-        self.config = {"trial": trial.as_tune_config()}
+        self.config = {ENVELOPE: envelope(trial.as_tune_config(), [], None, None)}
         self.metrics = {"epoch": epoch, "val_balanced_acc": val}
         self.error = None
 
 
 def test_top_configs_rank_survivors_then_validation_and_add_the_baseline():
-    from raysweep.runner import top_configs
+    from raysweep.plan import top_configs
 
     spec = _spec(methods={"ce": {}, "focal": {"gamma": [0.5, 1, 2]}}, seeds=1)
     ce, f05, f1, f2 = plan(spec)
@@ -133,7 +134,7 @@ def test_baseline_must_be_one_of_the_spec_methods():
 
 
 def test_asha_rungs_follow_rays_geometric_milestones():
-    from raysweep.spec import asha_rungs
+    from raysweep.schedulers import asha_rungs
 
     assert asha_rungs(4, 2, 20) == [4, 8, 16]
     assert asha_rungs(5, 2, 20) == [5, 10]

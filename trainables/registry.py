@@ -6,6 +6,8 @@ of unknown names fail with a message that lists every valid option.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -25,6 +27,13 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, T] = {}
         self._descriptions: dict[str, str] = {}
+
+    def add(self, entry: T) -> T:
+        """Register ``entry`` under its own ``name`` with its ``description``; returns it (a class decorator)."""
+        name, description = getattr(entry, "name", ""), getattr(entry, "description", "")
+        if not name or not description:
+            raise ValueError(f"a {self.kind} needs a name and a description to register, got {entry!r}")
+        return self.register(name, description)(entry)
 
     def register(self, name: str, description: str) -> Callable[[T], T]:
         """Decorator: register the decorated object under ``name``."""
@@ -61,3 +70,10 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def discover(package: str, path: list[str]) -> None:
+    """Import every module of ``package`` (its ``__path__``) except ``_private`` ones, so each registers itself."""
+    for info in pkgutil.iter_modules(path):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")

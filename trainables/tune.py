@@ -1,9 +1,11 @@
 """The one module of ``trainables`` that knows Ray: a function trainable around :func:`trainables.loop.train`.
 
-Reports every epoch with a checkpoint through Ray 2.60's ``tune.report`` / ``tune.get_checkpoint``
-(``ray.train.report`` makes a Tune trial error in 2.60). Resumes from the trial's latest checkpoint, so
-retries after a failure, a lost node and restored sweeps continue the same trajectory with the epoch
-counter continuing. Each result also names the Ray node that produced it (``node_id``).
+The driver hands every Tune trial one :class:`Envelope` (built by :func:`envelope`, read back by
+:func:`read_envelope`, nowhere else): the planned trial, the plugins to import, the phase's storage folder
+and the GPU share. Reports every epoch with a checkpoint through Ray 2.60's ``tune.report`` /
+``tune.get_checkpoint`` (``ray.train.report`` makes a Tune trial error in 2.60). Resumes from the trial's
+latest checkpoint, so retries after a failure, a lost node and restored sweeps continue the same
+trajectory with the epoch counter continuing. Each result also names the Ray node that produced it.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import importlib
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import ray
 import torch
@@ -22,6 +25,38 @@ from trainables.checkpoint import STATE_FILE, load_state, save_state
 from trainables.loop import train
 
 LAST_METRICS = "last_metrics"  # the reported metrics saved beside the training state in each checkpoint
+ENVELOPE = "envelope"  # the one key of a Tune trial's config
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the driver hands one Tune trial.
+
+    ``member`` is a planned trial as ``raysweep.plan.PlannedTrial.as_tune_config`` writes it (the
+    resolved trial config plus its ids); ``key`` names the Tune trial and its folder; ``experiment_dir``
+    is the phase's folder in the storage path (its checkpoints let a restored trial continue from its
+    newest epoch); ``gpu_fraction`` is the share of a GPU to cap this process's CUDA memory at.
+    """
+
+    key: str
+    member: dict[str, Any]
+    plugins: tuple[str, ...] = ()
+    experiment_dir: str | None = None
+    gpu_fraction: float | None = None
+
+
+def envelope(member: Mapping[str, Any], plugins: list[str] | tuple[str, ...], experiment_dir: str | None,
+             gpu_fraction: float | None) -> dict[str, Any]:
+    """One trial's envelope as plain data (Tune stores and pickles it): its Tune config is ``{ENVELOPE: ...}``."""
+    return {"key": member["trial_key"], "member": dict(member), "plugins": list(plugins),
+            "experiment_dir": experiment_dir, "gpu_fraction": gpu_fraction}
+
+
+def read_envelope(config: Mapping[str, Any]) -> Envelope:
+    """The :class:`Envelope` in a Tune trial's config ``{ENVELOPE: ...}`` (or in its saved ``params.json``)."""
+    data = config[ENVELOPE]
+    return Envelope(data["key"], data["member"], tuple(data.get("plugins") or ()), data.get("experiment_dir"),
+                    data.get("gpu_fraction"))
 
 
 def import_plugins(names: list[str] | None) -> None:
@@ -50,16 +85,13 @@ def newest_saved_state(trial_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable. ``config["trial"]`` is a planned trial (see ``raysweep.plan``);
-    ``config["plugins"]`` the modules to import first; ``config["experiment_dir"]`` the phase's folder in
-    the storage path (its checkpoints let a restored trial continue from its newest epoch)."""
-    import_plugins(config.get("plugins"))
-    experiment_dir = config.get("experiment_dir")
-    config = config["trial"]
+def run_trial(tune_config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: train the envelope's planned trial (see :class:`Envelope`)."""
+    env = read_envelope(tune_config)
+    import_plugins(list(env.plugins))
+    config, gpu_fraction = env.member, env.gpu_fraction
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, math.floor(cpus)))
-    gpu_fraction = config.get("gpu_fraction")
     if gpu_fraction and torch.cuda.is_available():
         # Fractional GPUs are bookkeeping in Ray; cap this process's share of the card for real.
         torch.cuda.set_per_process_memory_fraction(float(gpu_fraction))
@@ -70,8 +102,8 @@ def run_trial(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             resume = load_state(directory)
-    if experiment_dir:
-        saved = newest_saved_state(Path(experiment_dir) / config["trial_key"])
+    if env.experiment_dir:
+        saved = newest_saved_state(Path(env.experiment_dir) / env.key)
         if saved is not None and (resume is None or saved["epoch"] > resume["epoch"]):
             resume = saved
 
@@ -91,9 +123,8 @@ def run_trial(config: dict[str, Any]) -> None:
         # final result again, so Tune and the scheduler see it; the MLflow logger skips the logged epoch.
         tune.report({**last, "node_id": node_id})
         return
-    trial_config = {k: v for k, v in config.items() if k not in ("gpu_fraction",)}
     try:
-        train(trial_config, report=report, resume_state=resume)
+        train(config, report=report, resume_state=resume)
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -1,0 +1,127 @@
+"""Checks that run before anything of a sweep exists, and the Ray connection they lead to.
+
+Order matters for the promise "bad input starts nothing": the spec is validated and planned first; here
+the storage folder and the datasets are checked before Ray starts, and the cluster (its GPUs, every
+node's view of the storage) right after it starts, before any MLflow run or sweep folder is created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from raysweep.cluster import check_storage_on_nodes, start_ray
+from raysweep.spec import Resources, Spec
+from raysweep.trials import PlannedTrial
+from trainables.data import DATASETS, resolve_dataset
+from trainables.params import ConfigError
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """What each Tune trial gets: Ray resources, the GPU memory share to cap, and how many run at once."""
+
+    per_trial: dict[str, float]
+    gpu_fraction: float | None
+    slots: int
+
+
+def check_storage(path: str) -> Path:
+    """The resolved storage folder after checking it can be written; leaves nothing behind.
+
+    An unwritable folder (a file in the way, no permission, a read-only file system) is a ConfigError
+    naming ``storage``. Folders missing on the way are created for the probe and removed again: bad input
+    elsewhere must not leave an empty results folder behind.
+    """
+    root = Path(path).expanduser().resolve()
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError("storage", f"cannot write to {root}: {existing} is a file, not a folder")
+    created: list[Path] = []
+    try:
+        for folder in reversed([root, *root.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                created.append(folder)
+        fd, probe = tempfile.mkstemp(prefix=".raysweep-write-test-", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError("storage", f"cannot write to {root}: {err.strerror or err}") from None
+    finally:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    return root
+
+
+def check_datasets(spec: Spec, trials: list[PlannedTrial]) -> None:
+    """Run each dataset source's preflight (e.g. files present under ``root``) once per distinct config."""
+    configs = [t.config["dataset"] for t in trials] or [resolve_dataset(spec.dataset)]
+    seen = set()
+    for cfg in configs:
+        key = json.dumps(cfg, sort_keys=True, default=str)
+        preflight = DATASETS.get(cfg["name"]).preflight
+        if key not in seen and preflight is not None:
+            preflight(cfg)
+        seen.add(key)
+
+
+def trial_resources(resources: Resources, cluster_gpus: float,
+                    notice: Callable[[str], None]) -> tuple[dict, float | None]:
+    """Ray resources per trial and the GPU memory fraction to cap, after checking the cluster has GPUs.
+
+    An explicit ``gpu`` fraction is a demand: no GPU in the cluster is a ConfigError (Ray would leave the
+    trials pending forever without a word). ``trials_per_gpu`` falls back to CPUs with a notice, unless
+    ``require_gpu`` is set.
+    """
+    per_trial = {"cpu": resources.cpu}
+    gpu = resources.gpu or (1.0 / resources.trials_per_gpu if resources.trials_per_gpu else 0.0)
+    if gpu and cluster_gpus <= 0:
+        if resources.gpu or resources.require_gpu:
+            key = "resources.gpu" if resources.gpu else "resources.require_gpu"
+            raise ConfigError(key, "the Ray cluster has no GPU; set resources.gpu: 0 (or use trials_per_gpu "
+                                   "without require_gpu to fall back to CPUs)")
+        notice("notice: no GPU in the Ray cluster; running trials_per_gpu trials on CPUs instead")
+        return per_trial, None
+    if gpu:
+        per_trial["gpu"] = gpu
+    return per_trial, (gpu or None)
+
+
+@contextlib.contextmanager
+def connected(spec: Spec, storage: Path, echo: Callable[[str], None]) -> Iterator[TrialResources]:
+    """Start or join Ray, run the cluster preflights, and yield each trial's resources; Ray is shut down
+    (a Ray started here is stopped; a cluster joined is only left) when the block ends, whatever happens."""
+    import ray
+
+    started = start_ray(spec.cluster.address, spec.cluster.connect_timeout_s)
+    try:
+        per_trial, gpu_fraction = trial_resources(spec.resources, ray.cluster_resources().get("GPU", 0), echo)
+        if not started and spec.cluster.storage_check:
+            _check_shared_storage(storage)
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial["cpu"]))
+        yield TrialResources(per_trial, gpu_fraction, slots)
+    finally:
+        ray.shutdown()
+
+
+def _check_shared_storage(storage: Path) -> None:
+    """Every node of a joined cluster reads the storage folder (created for the check, removed if it fails)."""
+    created = not storage.exists()
+    storage.mkdir(parents=True, exist_ok=True)
+    try:
+        check_storage_on_nodes(storage)
+    except ConfigError:
+        if created:
+            with contextlib.suppress(OSError):
+                storage.rmdir()
+        raise
+

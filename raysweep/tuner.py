@@ -1,0 +1,101 @@
+"""The Tuner factory: one phase of a sweep as a Ray Tune experiment, built new or restored after a crash.
+
+A phase's planned trials run as a grid of envelopes (one per trial, see :mod:`trainables.tune`); a
+sampling mode's searcher draws them instead. The scheduler comes from the spec's scheduler entry (only
+phase 1 stops early), the MLflow logging from the session's :class:`~raysweep.trial_logger.TuneCallback`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raysweep.plan import Phase
+from raysweep.preflight import TrialResources
+from raysweep.schedulers import SCHEDULERS
+from raysweep.spec import Spec
+from raysweep.trial_logger import TuneCallback
+from raysweep.trials import PlannedTrial
+from trainables.tune import ENVELOPE, envelope, read_envelope, run_trial
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Turns a planned trial into its Tune config ``{ENVELOPE: ...}``. Picklable: Optuna's space holds one."""
+
+    plugins: tuple[str, ...]
+    experiment_dir: str
+    gpu_fraction: float | None
+
+    def __call__(self, trial: PlannedTrial) -> dict[str, Any]:
+        return {ENVELOPE: envelope(trial.as_tune_config(), self.plugins, self.experiment_dir, self.gpu_fraction)}
+
+
+def _trainable(resources: TrialResources):
+    from ray import tune
+
+    return tune.with_resources(run_trial, resources.per_trial)
+
+
+def _trial_key(trial) -> str:
+    return read_envelope(trial.config).key
+
+
+def build_tuner(spec: Spec, phase: Phase, trials: list[PlannedTrial], storage: Path, resources: TrialResources,
+                callback: TuneCallback):
+    """A new Tuner for ``phase``: its planned ``trials``, or the mode's searcher when it samples."""
+    # Tune's legacy reporter lets us show the trial label instead of the whole nested config.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from ray import tune
+    from ray.tune import CLIReporter
+
+    search = spec.search
+    to_config = TrialConfig(spec.plugins, str(storage / phase.experiment), resources.gpu_fraction)
+    sampling = phase.early_stopping and spec.mode.samples_while_running
+    max_epochs = max([t.config["train"]["epochs"] for t in trials] + [spec.epochs])
+    scheduler = spec.scheduler if phase.early_stopping else SCHEDULERS.get("fifo")({})
+    if sampling:
+        param_space, search_alg, num_samples = {}, spec.mode.searcher(spec, to_config), search.num_samples
+    else:
+        param_space = {ENVELOPE: tune.grid_search([to_config(t)[ENVELOPE] for t in trials])}
+        search_alg, num_samples = None, 1
+    # A searcher alone keeps one trial pending at a time: cap concurrency at the free slots instead.
+    concurrent = spec.resources.max_concurrent or (resources.slots if sampling else None)
+    return tune.Tuner(
+        _trainable(resources),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=search.metric, mode=search.direction, scheduler=scheduler.build(search.metric, search.direction,
+                                                                                   max_epochs),
+            search_alg=search_alg, num_samples=num_samples, reuse_actors=True, max_concurrent_trials=concurrent,
+            trial_name_creator=_trial_key, trial_dirname_creator=_trial_key,
+        ),
+        run_config=tune.RunConfig(
+            name=phase.experiment, storage_path=str(storage),
+            failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
+            # num_to_keep=None: keeping k checkpoints forces an experiment snapshot every k epochs.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.failure.keep_checkpoints),
+            callbacks=[callback],
+            progress_reporter=CLIReporter(
+                parameter_columns={"envelope/member/label": "config", "envelope/member/seed": "seed"},
+                metric_columns={"epoch": "epoch", search.metric: search.metric, "train_loss": "train_loss"},
+                max_report_frequency=15, sort_by_metric=False),
+            verbose=1,
+        ),
+    )
+
+
+def restore_tuner(phase: Phase, storage: Path, resources: TrialResources):
+    """The phase's Tuner restored from Ray's saved experiment state, or None when there is none to restore.
+
+    Unfinished and errored trials resume from their checkpoints with the same trainable and resources;
+    the restored callbacks log through the session's logger (see TuneCallback).
+    """
+    from ray import tune
+
+    path = str((storage / phase.experiment).resolve())  # Ray's restore needs an absolute path or a URI
+    if not tune.Tuner.can_restore(path):
+        return None
+    return tune.Tuner.restore(path, trainable=_trainable(resources), resume_errored=True)
