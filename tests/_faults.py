@@ -1,13 +1,9 @@
-"""Helpers for the fault-tolerance and cluster tests: a fault-injecting plugin, and process bookkeeping
-that ends only what a test started (by pid, with the start time checked so a reused pid is never hit)."""
+"""Fault injection for the fault-tolerance and cluster tests: a spec plugin of methods that misbehave on
+purpose, the work folder it runs in, and the log of epochs it executed. Processes and servers: _procs.py."""
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import yaml
@@ -89,117 +85,3 @@ def epoch_log(root: Path) -> list[tuple[str, int]]:
     if not path.exists():
         return []
     return [(ln.split()[0], int(ln.split()[1])) for ln in path.read_text().splitlines() if ln.strip()]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-# ---- processes ---------------------------------------------------------------------------------------
-def _start_time(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def descendants(pid: int) -> dict[int, int]:
-    """pid -> start time of every living descendant of ``pid`` (read from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = {}, [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            start = _start_time(child)
-            if start is not None and child not in out:
-                out[child] = start
-                todo.append(child)
-    return out
-
-
-class Tracked:
-    """Processes a test started: their groups and every descendant seen, all ended by :meth:`stop`."""
-
-    def __init__(self) -> None:
-        self.groups: list[subprocess.Popen] = []
-        self.seen: dict[int, int] = {}
-
-    def start(self, cmd: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
-        out = open(log, "ab")
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        out.close()
-        self.groups.append(proc)
-        return proc
-
-    def remember(self) -> None:
-        """Record the current descendants of every started process (call before a kill)."""
-        for proc in self.groups:
-            self.seen.update(descendants(proc.pid))
-
-    def kill_group(self, proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-        self.remember()
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-
-    def kill_tree(self, proc: subprocess.Popen) -> None:
-        """SIGKILL one started process group and every descendant it had (and nothing else)."""
-        tree = descendants(proc.pid)
-        self.kill_group(proc)
-        for pid, start in tree.items():
-            if _start_time(pid) == start:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-    def kill_leftovers(self) -> None:
-        """SIGKILL recorded descendants still alive (same pid and start time), e.g. Ray's agents."""
-        for pid, start in list(self.seen.items()):
-            if _start_time(pid) == start:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        deadline = time.time() + 10
-        while time.time() < deadline and any(_start_time(p) == s for p, s in self.seen.items()):
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.remember()
-        for proc in self.groups:
-            self.kill_group(proc, signal.SIGTERM)
-        self.kill_leftovers()
-
-
-def wait_for(check, what: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None):
-    """Poll ``check()`` until it returns something truthy; fail with the log's tail on timeout or exit."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) before {what}:\n{_tail(log)}")
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}:\n{_tail(log)}")
-
-
-def _tail(log: Path | None) -> str:
-    return log.read_text(errors="replace")[-4000:] if log and log.exists() else ""

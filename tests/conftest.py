@@ -16,3 +16,45 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# ---- processes and servers (the kit is tests/_procs.py) -------------------------------------------------
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from _procs import Tracked, postgres_bin, start_postgres  # noqa: E402
+
+
+@pytest.fixture
+def procs():
+    """Processes this test starts (`procs.start`), every one and its descendants ended afterwards."""
+    tracked = Tracked()
+    yield tracked
+    tracked.stop()
+
+
+@pytest.fixture
+def ray_tmp(monkeypatch):
+    """A short private RAY_TMPDIR (Ray's socket paths must stay under 107 characters), removed after."""
+    path = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
+    monkeypatch.setenv("RAY_TMPDIR", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres_uri():
+    """A PostgreSQL server of our own on 127.0.0.1, stopped at the end of the module. Fails in CI without
+    PostgreSQL (`.ci/run` installs it); elsewhere a machine without it skips."""
+    bindir = postgres_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed in CI: .ci/run must apt-get install postgresql")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql); CI runs this case")
+    tracked, data = Tracked(), Path(tempfile.mkdtemp(prefix="raysweep-pg-"))
+    try:
+        yield start_postgres(tracked, bindir, data)
+    finally:
+        tracked.stop()
+        shutil.rmtree(data, ignore_errors=True)

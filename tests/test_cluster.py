@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _procs import Tracked, free_port, wait_for
 from mlflow import MlflowClient
 
-from _cli import raysweep_cmd
-from _faults import GAUSSIAN, MLP, Tracked, free_port, setup_workdir, wait_for
 from raysweep.cluster import parse_address, storage_problems
 from trainables.params import ConfigError
+
+from _cli import raysweep_cmd
+from _faults import GAUSSIAN, MLP, setup_workdir
 
 EPOCHS = 4
 

@@ -5,15 +5,7 @@ PostgreSQL comes from the Debian packages (`.ci/run` installs them); the test st
 temporary folder. Outside CI (env CI unset) a machine without PostgreSQL skips that case.
 """
 
-import glob
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -21,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from _procs import Tracked, start_mlflow_server
 
 from _cli import raysweep
 
@@ -41,102 +34,17 @@ SPEC = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop a server started here (its own process group) by its pid; kill it if it lingers."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-
-
-def wait_until(check, what: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        if check():
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"{what} not ready after {timeout:.0f}s: {log.read_text()[-2000:]}")
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
-def postgres_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
-@pytest.fixture(scope="module")
-def postgres_uri():
-    """A PostgreSQL server of our own on 127.0.0.1 (as user postgres when we are root), stopped at the end."""
-    bindir = postgres_bin()
-    if bindir is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed in CI: .ci/run must apt-get install postgresql")
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql); CI runs this case")
-    as_root = os.geteuid() == 0
-    user = {"user": "postgres", "group": "postgres"} if as_root else {}
-    data = Path(tempfile.mkdtemp(prefix="raysweep-pg-"))
-    if as_root:
-        shutil.chown(data, "postgres", "postgres")
-    log = data / "server.log"
-    subprocess.run([bindir / "initdb", "-D", data / "db", "-A", "trust", "-U", "raysweep", "--no-sync"],
-                   check=True, capture_output=True, **user)
-    port = free_port()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([bindir / "postgres", "-D", data / "db", "-h", "127.0.0.1", "-p", str(port),
-                                 "-k", str(data), "-c", "fsync=off"], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, **user)
-    try:
-        ready = bindir / "pg_isready"
-        wait_until(lambda: subprocess.run([ready, "-h", "127.0.0.1", "-p", str(port)], capture_output=True).returncode == 0,
-                   "postgres", proc, log, 60)
-        subprocess.run([bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "raysweep", "mlflow"],
-                       check=True, capture_output=True)
-        yield f"postgresql://raysweep@127.0.0.1:{port}/mlflow"
-    finally:
-        stop(proc)
-        shutil.rmtree(data, ignore_errors=True)
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def server(request, tmp_path_factory):
     """`mlflow server` on a free loopback port with the backend of the param; artifacts proxied by it."""
     root = tmp_path_factory.mktemp(f"server-{request.param}")
     backend = f"sqlite:///{root / 'mlflow.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_uri")
-    port = free_port()
-    log = root / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-                                 "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-                                 "--port", str(port), "--workers", "1"],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
-    url = f"http://127.0.0.1:{port}"
+    tracked = Tracked()
     try:
-        wait_until(lambda: http_ok(f"{url}/health"), "mlflow server", proc, log)
+        url, _ = start_mlflow_server(tracked, root, backend, root / "server.log")
         yield SimpleNamespace(url=url, root=root, backend=request.param)
     finally:
-        stop(proc)
+        tracked.stop()
 
 
 def api(url: str, path: str, body: dict | None = None) -> dict:

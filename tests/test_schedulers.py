@@ -1,0 +1,78 @@
+"""Schedulers by name: each entry's options, rungs and plan text (unit), and HyperBand and median stopping
+running a real sweep through the CLI (slow): every trial logged once, stopped ones tagged as such."""
+
+import pytest
+from mlflow import MlflowClient
+
+from _cli import run_spec
+from raysweep.schedulers import SCHEDULERS, resolve_scheduler
+from trainables.params import ConfigError
+
+
+def test_every_scheduler_builds_a_ray_scheduler_on_the_reported_epoch():
+    for name in SCHEDULERS.names():
+        scheduler = resolve_scheduler({"name": name}, 8)
+        built = scheduler.build("val_balanced_acc", "max", 8)
+        assert type(built).__module__.startswith("ray.tune.schedulers")
+        if scheduler.stops_early:
+            assert built._time_attr == "epoch"
+
+
+def test_rungs_and_survival_of_each_scheduler():
+    assert resolve_scheduler({"name": "fifo"}, 20).rungs(20) == []
+    asha = resolve_scheduler({"name": "asha", "grace_period": 5, "reduction_factor": 2}, 20)
+    assert asha.rungs(20) == [5, 10] and asha.survival(20) == [(5, 0.5), (10, 0.25)]
+    hyperband = resolve_scheduler({"name": "hyperband", "reduction_factor": 3}, 27)
+    assert hyperband.rungs(27) == [1, 3, 9] and hyperband.first_stop(27) == 1
+    median = resolve_scheduler({"name": "median", "grace_period": 2}, 6)
+    assert median.rungs(6) == [2, 3, 4, 5] and median.survival(6) == [(2, 0.5)]
+    assert "ASHA rungs at epochs [5, 10] (max 20)" in asha.describe(20)
+    assert "milestones at epochs [1, 3, 9]" in hyperband.describe(27)
+
+
+def test_options_belong_to_their_scheduler():
+    with pytest.raises(ConfigError) as err:
+        resolve_scheduler({"name": "hyperband", "grace_period": 2}, 8)
+    assert err.value.path == "scheduler.grace_period" and "reduction_factor" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        resolve_scheduler({"name": "median", "grace_period": 9}, 8)
+    assert err.value.path == "scheduler.grace_period"
+
+
+SPEC = {
+    "dataset": {"name": "gaussian", "imbalance": 10, "samples_per_class": 80},
+    "model": {"name": "mlp", "width": 16},
+    "train": {"epochs": 4, "batch_size": 64},
+    "methods": {"focal": {"gamma": [0.0, 0.5, 1.0, 2.0]}},
+    "seeds": 1,
+    "resources": {"cpu": 0.5},
+}
+
+
+def _children(root, name):
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    return client, [r for r in runs if r.data.tags.get("raysweep.role") == "trial"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", [{"name": "hyperband", "reduction_factor": 2},
+                                       {"name": "median", "grace_period": 1, "min_samples_required": 2}],
+                         ids=["hyperband", "median"])
+def test_a_sweep_runs_under_the_scheduler(scheduler, tmp_path):
+    name = f"sched-{scheduler['name']}"
+    out = run_spec(tmp_path, {**SPEC, "name": name, "scheduler": scheduler}).stdout
+    assert "4 trials, 0 failed" in out
+    client, children = _children(tmp_path, name)
+    assert len(children) == 4 and len({c.data.tags["raysweep.trial_key"] for c in children}) == 4
+    stopped = 0
+    for child in children:
+        epochs_run = int(child.data.tags["raysweep.epochs_run"])
+        steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_balanced_acc"))
+        assert steps == list(range(1, epochs_run + 1)), "each epoch once, even after HyperBand pauses a trial"
+        reason = child.data.tags["raysweep.stop_reason"]
+        assert reason == ("completed" if epochs_run == 4 else f"stopped by the scheduler at epoch {epochs_run}")
+        stopped += epochs_run < 4
+    if scheduler["name"] == "hyperband":  # 4 trials in one bracket from 1 epoch, halved at epochs 1 and 2
+        assert stopped == 3
