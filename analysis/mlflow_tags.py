@@ -45,6 +45,7 @@ NODE_ID = "raysweep.node_id"
 NODE_IDS = "raysweep.node_ids"
 NODE_IP = "raysweep.node_ip"
 HOSTNAME = "raysweep.hostname"
+GROUP = "raysweep.group"  # the Ray trial a grouped member trained in
 
 # A summary run
 SUMMARY_OF = "raysweep.summary_of"

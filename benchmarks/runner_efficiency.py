@@ -58,7 +58,7 @@ def run(num_trials: int, epochs: int, with_mlflow: bool, workdir: Path) -> dict:
             callbacks = [TuneCallback(TrialLogger(sweep))]
         tuner = tune.Tuner(
             tune.with_resources(run_trial, {"cpu": 1}),
-            param_space={ENVELOPE: tune.grid_search([envelope(t.as_tune_config(), [], None, None) for t in trials])},
+            param_space={ENVELOPE: tune.grid_search([envelope([t.as_tune_config()], [], None, None) for t in trials])},
             tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True,
                                         trial_dirname_creator=lambda t: read_envelope(t.config).key),
             run_config=tune.RunConfig(name=f"bench-{with_mlflow}", storage_path=str(workdir), callbacks=callbacks,

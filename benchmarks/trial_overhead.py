@@ -47,7 +47,7 @@ def one_trial(workdir: Path) -> dict:
     t_init = time.perf_counter() - t0
     try:
         tuner = tune.Tuner(tune.with_resources(run_trial, {"cpu": 1}),
-                           param_space={ENVELOPE: tune.grid_search([envelope(t.as_tune_config(), [], None, None)
+                           param_space={ENVELOPE: tune.grid_search([envelope([t.as_tune_config()], [], None, None)
                                                                    for t in trials])},
                            run_config=tune.RunConfig(name="overhead", storage_path=str(workdir), callbacks=[Clock()],
                                                      verbose=0))

@@ -9,7 +9,7 @@ Two-phase search composes with any mode (see :mod:`raysweep.plan`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 from raysweep.trials import PlannedTrial, fmt, relative_cost, sampled_trial, trial_epochs
 from search_spaces import space_for
@@ -22,6 +22,7 @@ from trainables.registry import Registry
 
 if TYPE_CHECKING:
     from raysweep.spec import Search, Spec
+    from raysweep.tuner import TrialConfig
 
 Point = tuple[str, dict[str, Any], dict[str, Any]]  # (method, its hyperparameters, axis values)
 
@@ -41,8 +42,9 @@ class SearchMode:
         return [(method, hp, axes) for method, configs in spec.methods_expanded.items()
                 for hp in configs for axes in spec.axis_points()]
 
-    def searcher(self, spec: Spec, trial_config: Callable[[PlannedTrial], dict[str, Any]]):
-        """The Ray searcher of a sampling mode (None: the planned trials run as a grid)."""
+    def searcher(self, spec: Spec, trial_config: TrialConfig, seeds: Sequence[int]):
+        """The Ray searcher of a sampling mode (None: the planned trials run as a grid); each draw runs
+        with every one of ``seeds`` in one Tune trial."""
         return None
 
     def describe(self, spec: Spec, trials: list[PlannedTrial]) -> list[str]:
@@ -152,11 +154,11 @@ class Optuna(_Sampled):
     def points(self, spec: Spec) -> list[Point]:
         return []
 
-    def searcher(self, spec: Spec, trial_config: Callable[[PlannedTrial], dict[str, Any]]):
+    def searcher(self, spec: Spec, trial_config: TrialConfig, seeds: Sequence[int]):
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        space = OptunaSpace(spec.sections(), dict(spec.methods_written), spec.search.tune_train, spec.seeds[0],
+        space = OptunaSpace(spec.sections(), dict(spec.methods_written), spec.search.tune_train, tuple(seeds),
                             trial_config)
         return OptunaSearch(space=space, metric=spec.search.metric, mode=spec.search.direction,
                             sampler=optuna.samplers.TPESampler(seed=spec.search.seed))
@@ -183,11 +185,11 @@ class OptunaSpace:
     A module-level class (not a closure) because Tune pickles the searcher with its experiment state.
     """
 
-    def __init__(self, sections: Mapping[str, Any], methods: Mapping[str, Any], tune_train: bool, seed: int,
-                 trial_config: Callable[[PlannedTrial], dict[str, Any]]) -> None:
-        self.sections, self.methods, self.tune_train, self.seed = sections, methods, tune_train, seed
+    def __init__(self, sections: Mapping[str, Any], methods: Mapping[str, Any], tune_train: bool,
+                 seeds: tuple[int, ...], trial_config: TrialConfig) -> None:
+        self.sections, self.methods, self.tune_train, self.seeds = sections, methods, tune_train, seeds
         self.trial_config = trial_config
 
     def __call__(self, ot: Any) -> dict[str, Any]:
         draw = sample(ot, self.methods, self.tune_train)
-        return self.trial_config(sampled_trial(self.sections, draw, self.seed, ot.number))
+        return self.trial_config([sampled_trial(self.sections, draw, seed, ot.number) for seed in self.seeds])

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from raysweep.spec import Spec
 from raysweep.trials import PlannedTrial, config_id, fmt, resolve_point
 from trainables.methods import METHODS
 from trainables.params import ConfigError
-from trainables.tune import read_envelope
+from trainables.tune import MEMBERS, read_envelope
 
 SEARCH, CONFIRM = "search", "confirm"
 
@@ -35,6 +35,48 @@ class Phase:
         return self.name == SEARCH
 
 
+@dataclass(frozen=True)
+class TrialGroup:
+    """Planned trials trained in one Ray Tune trial (one process); a single trial is a group of one."""
+
+    members: tuple[PlannedTrial, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+
+def grouping(spec: Spec, phase: Phase) -> str:
+    """How ``phase`` groups its trials: ``none``, ``seeds`` or ``configs``.
+
+    A scheduler that stops trials early stops a whole Ray trial, so a phase that can stop early groups
+    only the seeds of one configuration (ASHA then decides per configuration, on the seed mean).
+    """
+    group = spec.execution.group
+    if group == "configs" and phase.early_stopping and (spec.scheduler.stops_early or spec.mode.samples_while_running):
+        return "seeds"
+    return group
+
+
+def shared_setup(trial: PlannedTrial) -> str:
+    """What the members of a ``configs`` group must share: data, model, batch size, epochs and device."""
+    cfg = trial.config
+    train = {k: cfg["train"][k] for k in ("batch_size", "epochs", "eval_batch_size", "device")}
+    return json.dumps([cfg["dataset"], cfg["model"], train], sort_keys=True, default=str)
+
+
+def group_trials(spec: Spec, phase: Phase, trials: list[PlannedTrial]) -> list[TrialGroup]:
+    """The phase's trials in groups of at most ``execution.max_members``, in plan order."""
+    how = grouping(spec, phase)
+    if how == "none":
+        return [TrialGroup((t,)) for t in trials]
+    by: dict[str, list[PlannedTrial]] = {}
+    for t in trials:
+        by.setdefault(t.config_id if how == "seeds" else shared_setup(t), []).append(t)
+    size = spec.execution.max_members
+    return [TrialGroup(tuple(members[i : i + size])) for members in by.values() for i in range(0, len(members), size)]
+
+
 def phases(spec: Spec, sweep_id: str) -> list[Phase]:
     """The phases of the sweep ``sweep_id``, in order."""
     out = [Phase(SEARCH, sweep_id)]
@@ -49,7 +91,7 @@ def plan(spec: Spec, seeds: Iterable[int] | None = None) -> list[PlannedTrial]:
     ``seeds`` defaults to the spec's; a two-phase search plans phase 1 with the first seed only.
     """
     if seeds is None:
-        seeds = spec.seeds[:1] if spec.search.two_phase else spec.seeds
+        seeds = spec.phase_seeds(SEARCH)
     points = spec.mode.points(spec)
     methods = dict.fromkeys(m for m, _, _ in points)
     varying = {m: _varying([hp for mm, hp, _ in points if mm == m]) for m in methods}
@@ -84,11 +126,10 @@ def top_configs(results, metric: str, direction: str, k: int, baseline: str | No
     """
     sign = 1.0 if direction == "max" else -1.0
     ranked: dict[str, tuple[tuple[float, float, int], PlannedTrial]] = {}
-    for result in results:
-        if result.error is not None or not result.metrics or metric not in result.metrics:
+    for trial, metrics, errored in member_results(results):
+        if errored or metric not in metrics:
             continue
-        trial = PlannedTrial.from_tune_config(read_envelope(result.config).member)
-        score = (float(result.metrics.get("epoch", 0)), sign * float(result.metrics[metric]), -trial.index)
+        score = (float(metrics.get("epoch", 0)), sign * float(metrics[metric]), -trial.index)
         if trial.config_id not in ranked or score > ranked[trial.config_id][0]:
             ranked[trial.config_id] = (score, trial)
     ordered = [trial for _, trial in sorted(ranked.values(), key=lambda item: item[0], reverse=True)]
@@ -96,6 +137,17 @@ def top_configs(results, metric: str, direction: str, k: int, baseline: str | No
     if baseline and not any(t.config["method"]["name"] == baseline for t in best):
         best += [t for t in ordered if t.config["method"]["name"] == baseline][:1]
     return best
+
+
+def member_results(results) -> Iterator[tuple[PlannedTrial, dict[str, Any], bool]]:
+    """(planned trial, its last reported metrics, whether its Ray trial errored) of every member of a
+    phase's Ray results: a group reports each member's latest metrics under ``members``."""
+    for result in results:
+        env = read_envelope(result.config)
+        metrics = result.metrics or {}
+        for member in env.members:
+            mine = (metrics.get(MEMBERS) or {}).get(member["trial_key"], {}) if env.grouped else metrics
+            yield PlannedTrial.from_tune_config(member), mine, result.error is not None
 
 
 def describe_plan(spec: Spec, trials: list[PlannedTrial]) -> list[str]:

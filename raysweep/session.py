@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from raysweep.manifest import Manifest
 from raysweep.mlflow_store import SweepRun
-from raysweep.plan import Phase, confirm_plan, phases, top_configs
+from raysweep.plan import Phase, confirm_plan, member_results, phases, top_configs
 from raysweep.preflight import TrialResources
 from raysweep.spec import Spec
 from raysweep.trial_logger import TrialLogger, TuneCallback
@@ -98,12 +98,14 @@ class SweepSession:
         return tuner or build_tuner(self.spec, phase, planned, self.storage, self.resources, self.callback)
 
     def _phase_done(self, phase: Phase, results) -> None:
-        non_finite = sum(1 for r in results if (r.metrics or {}).get("non_finite_loss"))
+        members = list(member_results(results))
+        non_finite = sum(1 for _, metrics, _ in members if metrics.get("non_finite_loss"))
+        errors = sum(1 for _, _, errored in members if errored)
         if phase.name == "search" and self.spec.search.two_phase:
             search = self.spec.search
             best = top_configs(results, search.metric, search.direction, search.top_k, search.baseline)
             self.manifest.update(top_k=[jsonable(t.as_tune_config()) for t in best])
-        self.manifest.finish_phase(phase.name, len(results), results.num_errors, non_finite)
+        self.manifest.finish_phase(phase.name, len(members), errors, non_finite)
 
     def _record_plan(self, phase: Phase, trials: list[PlannedTrial]) -> None:
         """The phase's planned trials, beside Ray's experiment state and as a parent-run artifact."""

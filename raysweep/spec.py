@@ -115,6 +115,17 @@ class Cluster(Section):
 
 
 @dataclass(frozen=True)
+class Execution(Section):
+    group: str = knob("none", (str,), choices=("none", "seeds", "configs"),
+                      help="train several planned trials in one Ray trial: the seeds of a configuration, or "
+                           "configurations that share dataset, model, batch size and epochs (FIFO phases)")
+    max_members: int = knob(16, (int,), low=1, high=1024, help="members of one group at most")
+    engine: str = knob("auto", (str,), choices=("auto", "fused", "loop"),
+                       help="loop: members one after another; fused: one stacked forward/backward; auto: the "
+                            "faster for the device")
+
+
+@dataclass(frozen=True)
 class Spec:
     """A validated sweep spec (see the module docstring). Sections as written are plain read-only dicts."""
 
@@ -135,6 +146,7 @@ class Spec:
     failure: Failure
     table: Table
     cluster: Cluster
+    execution: Execution
     plugins: tuple[str, ...]
     written: dict[str, Any]  # the spec as written, after --set overrides
 
@@ -150,6 +162,10 @@ class Spec:
     def sections(self) -> dict[str, dict[str, Any]]:
         """The ``dataset``, ``model`` and ``train`` sections a trial is resolved from."""
         return {"dataset": self.dataset, "model": self.model, "train": self.train}
+
+    def phase_seeds(self, phase: str) -> tuple[int, ...]:
+        """The seeds a phase runs: two-phase searches with the first seed and confirms with all of them."""
+        return self.seeds[:1] if self.search.two_phase and phase == "search" else self.seeds
 
     def axis_points(self) -> list[dict[str, Any]]:
         """The factorial of the spec's axes as a list of ``{dotted key: value}`` (one empty dict if none)."""
@@ -346,6 +362,7 @@ SECTIONS: tuple[tuple[str, Callable[[Any, dict[str, Any]], dict[str, Any]]], ...
     ("failure", _section("failure", Failure)),
     ("table", _section("table", Table)),
     ("cluster", _section("cluster", Cluster)),
+    ("execution", _section("execution", Execution)),
 )
 TOP_LEVEL = tuple(key for key, _ in SECTIONS)
 

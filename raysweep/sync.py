@@ -100,15 +100,16 @@ def sync_sweep(manifest: Manifest, tracking_uri: str | None = None) -> SyncRepor
                 continue
             results = read_results(params.parent)
             ray_id = results[-1].get("trial_id", "") if results else ""
-            log = logger.track(read_envelope(saved).member, ray_id)
-            trials += 1
+            logs = logger.track_envelope(read_envelope(saved), ray_id)
+            trials += len(logs)
             for result in results:
-                logger.add_result(log, result)
+                logger.add_trial_result(logs, result)
             status = statuses.get(ray_id)
-            if status == "TERMINATED":
-                logger.end(log, "FINISHED")
-            elif status == "ERROR":
-                logger.end(log, "FAILED", error_reason(params.parent / "error.txt"))
+            for log in logs:
+                if status == "TERMINATED":
+                    logger.end(log, "FINISHED")
+                elif status == "ERROR":
+                    logger.end(log, "FAILED", error_reason(params.parent / "error.txt"))
     waiting = logger.flush_all()
     if data["status"] in ("finished", "failed"):
         sweep.finish("FINISHED" if data["status"] == "finished" else "FAILED")

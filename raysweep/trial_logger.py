@@ -19,7 +19,7 @@ from ray.tune import Callback
 from analysis import mlflow_tags as tags
 from raysweep.mlflow_store import SweepRun, TrackingUnavailable, flatten, log_metrics, log_params, log_tags
 from raysweep.trials import PlannedTrial
-from trainables.tune import read_envelope
+from trainables.tune import MEMBERS, Envelope, read_envelope
 
 PER_CLASS_ARTIFACT = "per_class_test_acc.csv"  # final per-class accuracy when there are too many classes for metrics
 # Keys Ray adds to every result; everything else numeric that a trial reports is a metric.
@@ -53,6 +53,7 @@ class TrialLog:
 
     config: dict[str, Any]  # the planned trial (PlannedTrial.as_tune_config)
     ray_trial_id: str = ""
+    group: str | None = None  # the key of the group (Ray trial) it trains in, if it has company
     run_id: str | None = None
     status: str = "RUNNING"  # the run's status in MLflow
     logged: set[int] | None = None  # epochs already in MLflow; None until looked up
@@ -81,14 +82,31 @@ class TrialLogger:
         self._children: dict[str, tuple[str, str]] | None = None
         self.runs_created = self.epochs_logged = self.runs_closed = 0
 
-    def track(self, config: Mapping[str, Any], ray_trial_id: str = "") -> TrialLog:
+    def track(self, config: Mapping[str, Any], ray_trial_id: str = "", group: str | None = None) -> TrialLog:
         """The log of the planned trial ``config`` (created on first sight)."""
         key = config["trial_key"]
         if key not in self.trials:
-            self.trials[key] = TrialLog(dict(config), ray_trial_id)
+            self.trials[key] = TrialLog(dict(config), ray_trial_id, group)
         elif ray_trial_id:
             self.trials[key].ray_trial_id = ray_trial_id
         return self.trials[key]
+
+    def track_envelope(self, env: Envelope, ray_trial_id: str = "") -> list[TrialLog]:
+        """The logs of every member of one Tune trial."""
+        group = env.key if env.grouped else None
+        return [self.track(member, ray_trial_id, group) for member in env.members]
+
+    def add_trial_result(self, logs: list[TrialLog], result: Mapping[str, Any]) -> None:
+        """Queue one result of a Tune trial: a group reports each member's metrics under ``members``."""
+        if len(logs) == 1:
+            self.add_result(logs[0], result)
+            return
+        shared = {k: v for k, v in result.items() if k in RAY_RESULT_KEYS}
+        members = result.get(MEMBERS) or {}
+        for log in logs:
+            metrics = members.get(log.config["trial_key"])
+            if metrics is not None:
+                self.add_result(log, {**shared, **metrics})
 
     def add_result(self, log: TrialLog, result: Mapping[str, Any]) -> None:
         """Queue one reported result (a repeated epoch is dropped when sent)."""
@@ -187,7 +205,7 @@ class TrialLogger:
             tags.PARENT: parent, tags.ROLE: tags.TRIAL, tags.PHASE: planned.phase, tags.TRIAL_KEY: key,
             tags.CONFIG_ID: planned.config_id, tags.SEED: planned.seed, tags.METHOD: cfg["method"]["name"],
             tags.DATASET: cfg["dataset"]["name"], tags.LABEL: planned.label, tags.RAY_TRIAL_ID: log.ray_trial_id,
-            tags.PLAN_INDEX: planned.index,
+            tags.PLAN_INDEX: planned.index, **({tags.GROUP: log.group} if log.group else {}),
         }
         sweep, client = self.sweep, self.sweep.client
         run = sweep.call(client.create_run, sweep.experiment_id, run_name=f"{planned.label} s{planned.seed}",
@@ -236,26 +254,33 @@ class TuneCallback(Callback):
         except KeyError:
             raise RuntimeError(f"no trial logger attached for sweep {self.sweep_id} in this process") from None
 
-    def _log(self, trial) -> TrialLog:
-        return self.logger.track(read_envelope(trial.config).member, trial.trial_id)
+    def _logs(self, trial) -> list[TrialLog]:
+        return self.logger.track_envelope(read_envelope(trial.config), trial.trial_id)
+
+    def _flush(self, logs: list[TrialLog]) -> None:
+        for log in logs:
+            self.logger.flush(log)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.logger.flush(self._log(trial))
+        self._flush(self._logs(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        log = self._log(trial)
-        self.logger.add_result(log, result)
-        self.logger.flush(log)
+        logs = self._logs(trial)
+        self.logger.add_trial_result(logs, result)
+        self._flush(logs)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        log = self._log(trial)
-        self.logger.end(log, "FINISHED")
-        self.logger.flush(log)
+        logs = self._logs(trial)
+        for log in logs:
+            self.logger.end(log, "FINISHED")
+        self._flush(logs)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        log = self._log(trial)
-        self.logger.end(log, "FAILED", error_reason(getattr(trial, "error_file", None)))
-        self.logger.flush(log)
+        logs = self._logs(trial)
+        reason = error_reason(getattr(trial, "error_file", None))
+        for log in logs:
+            self.logger.end(log, "FAILED", reason)
+        self._flush(logs)
 
     def on_step_end(self, iteration, trials, **info) -> None:
         if not self.logger.sweep.down and self.logger.waiting():

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from raysweep.plan import Phase
+from raysweep.plan import Phase, group_trials, grouping
 from raysweep.preflight import TrialResources
 from raysweep.schedulers import SCHEDULERS
 from raysweep.spec import Spec
@@ -23,14 +23,19 @@ from trainables.tune import ENVELOPE, envelope, read_envelope, run_trial
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """Turns a planned trial into its Tune config ``{ENVELOPE: ...}``. Picklable: Optuna's space holds one."""
+    """Turns planned trials (one, or a group) into one Tune config ``{ENVELOPE: ...}``.
+
+    Picklable: Optuna's space holds one.
+    """
 
     plugins: tuple[str, ...]
     experiment_dir: str
     gpu_fraction: float | None
+    engine: str
 
-    def __call__(self, trial: PlannedTrial) -> dict[str, Any]:
-        return {ENVELOPE: envelope(trial.as_tune_config(), self.plugins, self.experiment_dir, self.gpu_fraction)}
+    def __call__(self, members: Sequence[PlannedTrial]) -> dict[str, Any]:
+        configs = [t.as_tune_config() for t in members]
+        return {ENVELOPE: envelope(configs, self.plugins, self.experiment_dir, self.gpu_fraction, self.engine)}
 
 
 def _trainable(resources: TrialResources):
@@ -45,21 +50,25 @@ def _trial_key(trial) -> str:
 
 def build_tuner(spec: Spec, phase: Phase, trials: list[PlannedTrial], storage: Path, resources: TrialResources,
                 callback: TuneCallback):
-    """A new Tuner for ``phase``: its planned ``trials``, or the mode's searcher when it samples."""
+    """A new Tuner for ``phase``: its planned ``trials`` (in groups, see plan.group_trials), or the mode's
+    searcher when it samples."""
     # Tune's legacy reporter lets us show the trial label instead of the whole nested config.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
     from ray.tune import CLIReporter
 
     search = spec.search
-    to_config = TrialConfig(spec.plugins, str(storage / phase.experiment), resources.gpu_fraction)
+    to_config = TrialConfig(spec.plugins, str(storage / phase.experiment), resources.gpu_fraction, spec.execution.engine)
     sampling = phase.early_stopping and spec.mode.samples_while_running
     max_epochs = max([t.config["train"]["epochs"] for t in trials] + [spec.epochs])
     scheduler = spec.scheduler if phase.early_stopping else SCHEDULERS.get("fifo")({})
     if sampling:
-        param_space, search_alg, num_samples = {}, spec.mode.searcher(spec, to_config), search.num_samples
+        seeds = spec.phase_seeds(phase.name) if grouping(spec, phase) == "seeds" else spec.seeds[:1]
+        param_space, search_alg = {}, spec.mode.searcher(spec, to_config, seeds)
+        num_samples = search.num_samples
     else:
-        param_space = {ENVELOPE: tune.grid_search([to_config(t)[ENVELOPE] for t in trials])}
+        groups = group_trials(spec, phase, trials)
+        param_space = {ENVELOPE: tune.grid_search([to_config(g.members)[ENVELOPE] for g in groups])}
         search_alg, num_samples = None, 1
     # A searcher alone keeps one trial pending at a time: cap concurrency at the free slots instead.
     concurrent = spec.resources.max_concurrent or (resources.slots if sampling else None)
@@ -79,7 +88,7 @@ def build_tuner(spec: Spec, phase: Phase, trials: list[PlannedTrial], storage: P
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.failure.keep_checkpoints),
             callbacks=[callback],
             progress_reporter=CLIReporter(
-                parameter_columns={"envelope/member/label": "config", "envelope/member/seed": "seed"},
+                parameter_columns={"envelope/label": "config"},
                 metric_columns={"epoch": "epoch", search.metric: search.metric, "train_loss": "train_loss"},
                 max_report_frequency=15, sort_by_metric=False),
             verbose=1,

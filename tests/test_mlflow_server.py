@@ -123,7 +123,7 @@ def test_more_than_100_params_and_1000_metrics_per_run_are_chunked(server):
     planned = PlannedTrial(config, "c0ffee0000", 0, "focal wide")
     sweep = SweepRun.create(server.url, "limits", "limits-1", {})
     logger = TuneCallback(TrialLogger(sweep))
-    trial = SimpleNamespace(config={ENVELOPE: envelope(planned.as_tune_config(), [], None, None)}, trial_id="t0")
+    trial = SimpleNamespace(config={ENVELOPE: envelope([planned.as_tune_config()], [], None, None)}, trial_id="t0")
     logger.on_trial_start(0, [], trial)
     result = {"epoch": 1, "timestamp": int(time.time()), **{f"m{i}": i / 1500 for i in range(1500)}}
     logger.on_trial_result(0, [], trial, result)

@@ -110,7 +110,7 @@ class _Result:
     """The part of a Ray Tune Result that top_configs reads."""
 
     def __init__(self, trial, epoch, val):
-        self.config = {ENVELOPE: envelope(trial.as_tune_config(), [], None, None)}
+        self.config = {ENVELOPE: envelope([trial.as_tune_config()], [], None, None)}
         self.metrics = {"epoch": epoch, "val_balanced_acc": val}
         self.error = None
 

@@ -15,7 +15,7 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import ray
 import torch
@@ -26,37 +26,51 @@ from trainables.loop import train
 
 LAST_METRICS = "last_metrics"  # the reported metrics saved beside the training state in each checkpoint
 ENVELOPE = "envelope"  # the one key of a Tune trial's config
+MEMBERS = "members"  # a group's result: each member's metrics of the epoch, by trial key
 
 
 @dataclass(frozen=True)
 class Envelope:
     """What the driver hands one Tune trial.
 
-    ``member`` is a planned trial as ``raysweep.plan.PlannedTrial.as_tune_config`` writes it (the
-    resolved trial config plus its ids); ``key`` names the Tune trial and its folder; ``experiment_dir``
-    is the phase's folder in the storage path (its checkpoints let a restored trial continue from its
-    newest epoch); ``gpu_fraction`` is the share of a GPU to cap this process's CUDA memory at.
+    ``members`` are planned trials as ``raysweep.trials.PlannedTrial.as_tune_config`` writes them (each a
+    resolved trial config plus its ids): one, or a group trained in this one process; ``key`` names the
+    Tune trial and its folder; ``experiment_dir`` is the phase's folder in the storage path (its
+    checkpoints let a restored trial continue from its newest epoch); ``gpu_fraction`` is the share of a
+    GPU to cap this process's CUDA memory at; ``engine`` how a group trains (loop, fused or auto).
     """
 
     key: str
-    member: dict[str, Any]
+    label: str  # what progress displays show
+    members: tuple[dict[str, Any], ...]
     plugins: tuple[str, ...] = ()
     experiment_dir: str | None = None
     gpu_fraction: float | None = None
+    engine: str = "auto"
+
+    @property
+    def grouped(self) -> bool:
+        return len(self.members) > 1
 
 
-def envelope(member: Mapping[str, Any], plugins: list[str] | tuple[str, ...], experiment_dir: str | None,
-             gpu_fraction: float | None) -> dict[str, Any]:
-    """One trial's envelope as plain data (Tune stores and pickles it): its Tune config is ``{ENVELOPE: ...}``."""
-    return {"key": member["trial_key"], "member": dict(member), "plugins": list(plugins),
-            "experiment_dir": experiment_dir, "gpu_fraction": gpu_fraction}
+def envelope(members: Sequence[Mapping[str, Any]], plugins: Sequence[str], experiment_dir: str | None,
+             gpu_fraction: float | None, engine: str = "auto") -> dict[str, Any]:
+    """One Tune trial's envelope as plain data (Tune stores and pickles it); its Tune config is
+    ``{ENVELOPE: ...}``. Its key is the member's trial key, or for a group the first member's plus a count."""
+    first = members[0]["trial_key"]
+    key = first if len(members) == 1 else f"{first}+{len(members) - 1}"
+    labels = list(dict.fromkeys(m["label"] for m in members))
+    seeds = ",".join(str(m["seed"]) for m in members)
+    label = f"{labels[0]} s{seeds}" if len(labels) == 1 else f"{len(labels)} configurations, {len(members)} members"
+    return {"key": key, "label": label, "members": [dict(m) for m in members], "plugins": list(plugins),
+            "experiment_dir": experiment_dir, "gpu_fraction": gpu_fraction, "engine": engine}
 
 
 def read_envelope(config: Mapping[str, Any]) -> Envelope:
     """The :class:`Envelope` in a Tune trial's config ``{ENVELOPE: ...}`` (or in its saved ``params.json``)."""
     data = config[ENVELOPE]
-    return Envelope(data["key"], data["member"], tuple(data.get("plugins") or ()), data.get("experiment_dir"),
-                    data.get("gpu_fraction"))
+    return Envelope(data["key"], data["label"], tuple(data["members"]), tuple(data.get("plugins") or ()),
+                    data.get("experiment_dir"), data.get("gpu_fraction"), data.get("engine", "auto"))
 
 
 def import_plugins(names: list[str] | None) -> None:
@@ -89,7 +103,7 @@ def run_trial(tune_config: dict[str, Any]) -> None:
     """Ray Tune function trainable: train the envelope's planned trial (see :class:`Envelope`)."""
     env = read_envelope(tune_config)
     import_plugins(list(env.plugins))
-    config, gpu_fraction = env.member, env.gpu_fraction
+    config, gpu_fraction = env.members[0], env.gpu_fraction
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, math.floor(cpus)))
     if gpu_fraction and torch.cuda.is_available():
