@@ -42,8 +42,11 @@ from trainables.methods import METHODS, Method
 from trainables.params import ConfigError
 
 ENGINES = ("auto", "loop", "fused")
-# engine "auto" per device type, from benchmarks/results/fused_vs_loop.json (CPU); CUDA is unmeasured so
-# far (benchmarks/gpu_groups.py measures it) and stays on the engine that is exact to the bit.
+# engine "auto" per device type. CPU: benchmarks/results/fused_vs_loop.json (mnist1d-LT, 1 thread, k 1-16)
+# measured the hand-fused engine at 0.85-1.6x the loop's samples/s for cnn1d and mlp, varying from run to run
+# (grouped convolutions and BatchNorm over k x C channels are slower per element on CPU); that is too little
+# to give up the loop's bit-exact trajectories. CUDA: not measured yet (benchmarks/gpu_groups.py measures
+# it); set it to "fused" when a fused group there beats one member per process as HFTA reports.
 AUTO_ENGINE = {"cpu": "loop", "cuda": "loop"}
 COMPLETED, NON_FINITE, STOPPED = "completed", "non_finite_loss", "stopped"
 
