@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from trainables.config import resolve_trial
-from trainables.data import Splits, load_splits
+from trainables.data import Split, Splits, load_splits
 from trainables.methods import METHODS, EpochEvaluation, Method, MethodContext
 from trainables.metrics import balanced_accuracy, class_accuracy, group_accuracy, predict_probs
 from trainables.models import build_model
@@ -59,20 +60,37 @@ def epoch_batches(n: int, batch_size: int, weights: torch.Tensor | None, generat
     return batches
 
 
+@dataclass(frozen=True)
+class DeviceSplits:
+    """The splits a trial trains and evaluates on, moved to its device (members of a trial group share one)."""
+
+    train: Split
+    meta: Split
+    val: Split
+    test: Split
+
+
+def splits_on(splits: Splits, device: torch.device) -> DeviceSplits:
+    return DeviceSplits(splits.train.to(device), splits.meta.to(device), splits.val.to(device), splits.test.to(device))
+
+
 class Trial:
     """Everything one trial holds: splits, model, optimizer, scheduler, method and RNG.
 
-    Kept as an object so tests and benchmarks can step it; :func:`train` is the way to run one.
+    Kept as an object so tests, benchmarks and trial groups (:mod:`trainables.group`) can step it;
+    :func:`train` is the way to run one. ``data``: the dataset already on the device (a group passes the
+    one copy its members share); by default the trial moves its own.
     """
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
+    def __init__(self, config: Mapping[str, Any], *, data: DeviceSplits | None = None) -> None:
         self.config = resolve_trial(config)
         cfg, tcfg = self.config, self.config["train"]
         self.device = pick_device(tcfg["device"])
         torch.manual_seed(cfg["seed"])
         self.generator = torch.Generator().manual_seed(cfg["seed"])
         self.splits: Splits = load_splits(cfg["dataset"])
-        self.train_set = self.splits.train.to(self.device)
+        data = data if data is not None else splits_on(self.splits, self.device)
+        self.train_set = data.train
         method_cls = METHODS.get(cfg["method"]["name"])
         hparams = {k: v for k, v in cfg["method"].items() if k != "name"}
         # input_norm: the dataset's per-channel (mean, std) that image models apply to its uint8 inputs.
@@ -86,7 +104,7 @@ class Trial:
         counts = torch.bincount(self.splits.train.y, minlength=self.splits.num_classes).float().to(self.device)
         self.ctx = MethodContext(
             num_classes=self.splits.num_classes, class_counts=counts, train=self.train_set,
-            meta=self.splits.meta.to(self.device), device=self.device, epochs=tcfg["epochs"],
+            meta=data.meta, device=self.device, epochs=tcfg["epochs"],
             batch_size=tcfg["batch_size"], generator=self.generator,
             predict=lambda x: predict_probs(self.model, x, tcfg["eval_batch_size"]),
             groups=self.splits.groups,
@@ -94,8 +112,8 @@ class Trial:
         self.method: Method = method_cls(hparams, self.ctx)
         self.method.setup(self.model, self.optimizer)
         self.epoch = 0  # epochs completed
-        self.val = self.splits.val.to(self.device)
-        self.test = self.splits.test.to(self.device)
+        self.val = data.val
+        self.test = data.test
 
     # ---- checkpoint state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -130,21 +148,35 @@ class Trial:
         ``on_epoch_end`` is skipped); :func:`train` stops after reporting such an epoch.
         """
         started = time.perf_counter()
-        e, tcfg = self.epoch, self.config["train"]
+        lr, batches = self.begin_epoch()
+        total, count = torch.zeros((), device=self.device), 0
+        for idx in batches:
+            x, y, idx = self.batch(idx)
+            loss = self.method.train_step(self.model, self.optimizer, x, y, idx)
+            total += loss.float() * len(idx)
+            count += len(idx)
+        return self.end_epoch(float(total) / max(count, 1), lr, started)
+
+    # The three parts of an epoch, public so a trial group can run the batches of several trials fused.
+    def begin_epoch(self) -> tuple[float, list[torch.Tensor]]:
+        """The method's epoch-start hooks; returns the epoch's lr and its index batches (model in train mode)."""
+        e = self.epoch
         self.method.on_epoch_start(e)
         weights = self.method.sample_weights(e)
         lr = self.optimizer.param_groups[0]["lr"]
         self.model.train()
-        total, count = torch.zeros((), device=self.device), 0
-        for idx in epoch_batches(len(self.train_set), tcfg["batch_size"], weights, self.generator):
-            idx = idx.to(self.device)
-            x = self.train_set.x[idx]
-            if self.splits.augment is not None:
-                x = self.splits.augment(x, self.generator)
-            loss = self.method.train_step(self.model, self.optimizer, x, self.train_set.y[idx], idx)
-            total += loss.float() * len(idx)
-            count += len(idx)
-        train_loss = float(total) / max(count, 1)
+        return lr, epoch_batches(len(self.train_set), self.config["train"]["batch_size"], weights, self.generator)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs, labels, indices) of one index batch on the device, augmented with the trial's generator."""
+        idx = idx.to(self.device)
+        x = self.train_set.x[idx]
+        if self.splits.augment is not None:
+            x = self.splits.augment(x, self.generator)
+        return x, self.train_set.y[idx], idx
+
+    def end_epoch(self, train_loss: float, lr: float, started: float) -> dict[str, float]:
+        """After the batches: step the schedule, evaluate, run the method's epoch-end hook; the metrics."""
         self.scheduler.step()
         self.epoch += 1
         metrics = self.evaluate()
@@ -156,7 +188,7 @@ class Trial:
             return metrics
         metrics.update(epoch=float(self.epoch), train_loss=train_loss, lr=lr)
         evaluation = EpochEvaluation(self._val_class_acc, self._test_class_acc, dict(metrics))
-        metrics.update(self.method.on_epoch_end(e, evaluation))
+        metrics.update(self.method.on_epoch_end(self.epoch - 1, evaluation))
         metrics["epoch_seconds"] = time.perf_counter() - started
         return metrics
 

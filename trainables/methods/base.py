@@ -72,6 +72,11 @@ class Method:
     params: ClassVar[dict[str, Param]] = {}
     needs_meta: ClassVar[bool] = False  # True: consumes the meta set for optimisation (meta_per_class > 0)
     relative_cost: ClassVar[float] = 1.0  # epoch cost relative to CE, for `raysweep plan` estimates
+    # The fused trial-group engine (trainables.fused) may train members of this method in one stacked
+    # forward/backward: it calls only ``loss`` per member per batch (never ``train_step``), so a method
+    # is fusable when it keeps the default ``train_step`` and its ``loss`` draws from no global RNG.
+    # Non-fusable methods run in a group one member after another (the loop engine).
+    fusable: ClassVar[bool] = True
 
     def __init__(self, hparams: Mapping[str, Any], ctx: MethodContext) -> None:
         self.hparams = dict(hparams)

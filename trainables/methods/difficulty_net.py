@@ -104,6 +104,7 @@ class DifficultyNetMethod(Method):
                                  help="recompute A on the meta set after every epoch (official code) or every iteration"),
     }
     needs_meta = True
+    fusable = False  # bi-level train_step: in a trial group its members run one after another
     relative_cost = 3.5
 
     @classmethod

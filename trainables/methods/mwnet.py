@@ -96,6 +96,7 @@ class MWNet(Method):
         "norm": Param("mean", (str,), choices=NORMS, help="divide the weighted loss by the batch size or the weights' sum"),
     }
     needs_meta = True
+    fusable = False  # bi-level train_step: in a trial group its members run one after another
     relative_cost = 3.0  # measured 2.7-3.1x CE per epoch (docs/methods/meta_weighting.md)
 
     def __init__(self, hparams: Mapping[str, Any], ctx: MethodContext) -> None:
