@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from raysweep.spec import Spec
-from raysweep.trials import PlannedTrial, config_id, fmt, resolve_point
+from raysweep.trials import PlannedTrial, config_id, fmt, relative_cost, resolve_point
 from trainables.methods import METHODS
 from trainables.params import ConfigError
 from trainables.tune import MEMBERS, read_envelope
@@ -162,6 +162,7 @@ def describe_plan(spec: Spec, trials: list[PlannedTrial]) -> list[str]:
                      f"configurations (by {search.metric}){baseline} with seeds {list(spec.seeds)} to full length "
                      f"without early stopping: at most {confirmed * len(spec.seeds)} more trials, "
                      f"{confirmed * len(spec.seeds) * spec.epochs} trial-epochs")
+    lines += _describe_groups(spec, trials)
     if scheduler.stops_early:
         epochs = max([t.config["train"]["epochs"] for t in trials] or [spec.epochs])
         lines.append(scheduler.describe(epochs))
@@ -177,6 +178,34 @@ def describe_plan(spec: Spec, trials: list[PlannedTrial]) -> list[str]:
                 lines.append(f"warning: {t.label} only starts acting at epoch {start + 1}, after "
                              f"{scheduler.first_stop_name} ({first_stop}): {scheduler.name} may stop it before "
                              "its weighting matters")
+    return lines
+
+
+def _describe_groups(spec: Spec, trials: list[PlannedTrial]) -> list[str]:
+    """``raysweep plan``'s lines about trial groups (none when the spec does not group)."""
+    execution = spec.execution
+    if execution.group == "none":
+        return []
+    search = phases(spec, spec.name)[0]
+    lines = []
+    how = grouping(spec, search)
+    if how != execution.group:
+        lines.append(f"groups: a scheduler stops whole Ray trials, so phase 1 ({spec.scheduler.name}"
+                     f"{', ' + spec.search.mode if spec.mode.samples_while_running else ''}) groups only seeds")
+    if trials:
+        groups = group_trials(spec, search, trials)
+        sizes = sorted({g.size for g in groups})
+        shape = f"of {sizes[0]}" if len(sizes) == 1 else f"of {sizes[0]} to {sizes[-1]}"
+        costs = sorted({relative_cost(list(g.members)) for g in groups})
+        cost = f"{costs[0]:.0f}" if len(costs) == 1 else f"{costs[0]:.0f}-{costs[-1]:.0f}"
+        lines.append(f"{len(trials)} trials in {len(groups)} groups {shape} (by {how}), engine {execution.engine}; "
+                     f"cost per group about {cost} CE-epochs")
+    elif how == "seeds":
+        seeds = spec.phase_seeds(SEARCH)
+        lines.append(f"each draw trains its {len(seeds)} seeds in one group; the search metric is their mean")
+    if spec.search.two_phase and execution.group == "configs":
+        lines.append("phase 2 (no early stopping) groups configurations that share dataset, model, batch size and "
+                     f"epochs, up to {execution.max_members} members")
     return lines
 
 

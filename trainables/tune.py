@@ -99,15 +99,34 @@ def newest_saved_state(trial_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+def progress(state: Mapping[str, Any]) -> int:
+    """Epochs a checkpoint state holds: a trial's epoch, or the sum of a group's members' epochs."""
+    return int(state["epoch"]) if "epoch" in state else sum(int(m["epoch"]) for m in state["members"])
+
+
+def group_result(configs: Sequence[Mapping[str, Any]], latest: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """What a group reports to Tune: every member's latest metrics under ``members`` (by trial key), and
+    the mean over members of every metric all of them report, so the search metric (and the schedulers'
+    decisions) is the members' mean: the seed mean for a group of seeds. ``epoch`` is the furthest member's."""
+    members = {c["trial_key"]: dict(latest[c["trial_key"]]) for c in configs if c["trial_key"] in latest}
+    shared = set.intersection(*(set(m) for m in members.values())) if members else set()
+    out: dict[str, Any] = {k: sum(float(m[k]) for m in members.values()) / len(members) for k in shared
+                           if k != "non_finite_loss" and all(isinstance(m[k], (int, float)) for m in members.values())}
+    out["epoch"] = max(float(m.get("epoch", 0)) for m in members.values()) if members else 0.0
+    out[MEMBERS] = members
+    return out
+
+
 def run_trial(tune_config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: train the envelope's planned trial (see :class:`Envelope`)."""
+    """Ray Tune function trainable: train the envelope's planned trial, or its group (see :class:`Envelope`)."""
     env = read_envelope(tune_config)
     import_plugins(list(env.plugins))
-    config, gpu_fraction = env.members[0], env.gpu_fraction
+    gpu_fraction = env.gpu_fraction
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, math.floor(cpus)))
     if gpu_fraction and torch.cuda.is_available():
-        # Fractional GPUs are bookkeeping in Ray; cap this process's share of the card for real.
+        # Fractional GPUs are bookkeeping in Ray; cap this process's share of the card for real (once per
+        # process, so a group's members share it).
         torch.cuda.set_per_process_memory_fraction(float(gpu_fraction))
     node_id = ray.get_runtime_context().get_node_id()
 
@@ -118,12 +137,12 @@ def run_trial(tune_config: dict[str, Any]) -> None:
             resume = load_state(directory)
     if env.experiment_dir:
         saved = newest_saved_state(Path(env.experiment_dir) / env.key)
-        if saved is not None and (resume is None or saved["epoch"] > resume["epoch"]):
+        if saved is not None and (resume is None or progress(saved) > progress(resume)):
             resume = saved
 
     capped = bool(gpu_fraction and torch.cuda.is_available())
 
-    def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
+    def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
         if capped:  # evidence of the cap and of the share this trial used
             metrics = {**metrics, "gpu_memory_fraction": float(gpu_fraction),
                        "gpu_max_memory_mb": torch.cuda.max_memory_allocated() / 2**20}
@@ -132,13 +151,36 @@ def run_trial(tune_config: dict[str, Any]) -> None:
             tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(directory))
 
     last = (resume or {}).get(LAST_METRICS) or {}
-    if resume is not None and (resume["epoch"] >= config["train"]["epochs"] or last.get("non_finite_loss")):
-        # Restored after its last epoch (a driver crash before Ray saved the trial as finished): report the
-        # final result again, so Tune and the scheduler see it; the MLflow logger skips the logged epoch.
-        tune.report({**last, "node_id": node_id})
-        return
     try:
+        if env.grouped:
+            _run_group(env, resume, last, report, node_id)
+            return
+        config = env.members[0]
+        if resume is not None and (resume["epoch"] >= config["train"]["epochs"] or last.get("non_finite_loss")):
+            # Restored after its last epoch (a driver crash before Ray saved the trial as finished): report
+            # the final result again, so Tune and the scheduler see it; the MLflow logger skips the logged epoch.
+            tune.report({**last, "node_id": node_id})
+            return
         train(config, report=report, resume_state=resume)
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _run_group(env: Envelope, resume: Mapping[str, Any] | None, last: Mapping[str, Any], report, node_id: str) -> None:
+    """Train a group with :func:`trainables.group.train_group`; one Tune result per round (see group_result)."""
+    from trainables.group import train_group
+
+    configs = list(env.members)
+    latest: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (last.get(MEMBERS) or {}).items()}
+    if resume is not None and all(resume["ended"]):
+        # Restored after every member ended: report the final result again (see run_trial).
+        tune.report({**group_result(configs, latest), "node_id": node_id})
+        return
+
+    def report_round(epoch, state: dict[str, Any]) -> None:
+        for index, metrics in epoch.metrics.items():
+            latest[configs[index]["trial_key"]] = metrics
+        report(group_result(configs, latest), state)
+
+    train_group(configs, engine=env.engine, report=report_round, resume_state=resume)
