@@ -49,9 +49,10 @@ def test_importance_ranks_the_factor_that_decides_the_metric_first():
     assert set(study.trials[0].distributions) == {"method.beta", "method.gamma", "train.schedule"}
     frame = importances(df, "test_acc")
     assert set(frame["method"]) == {"dm"}, "ce has one trial: too few for importance"
+    assert set(frame["param"]) == {"dm.beta", "dm.gamma", "train.schedule"}, "knobs are named after their method"
     for evaluator in ("fanova", "ped_anova"):
         part = frame[frame["evaluator"] == evaluator].set_index("param")["importance"]
-        assert part.idxmax() == "method.beta" and part["method.beta"] > 0.8
+        assert part.idxmax() == "dm.beta" and part["dm.beta"] > 0.8
         assert math.isclose(part.sum(), 1.0, rel_tol=1e-6)
 
 
