@@ -323,6 +323,7 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
     tables["main"] = seed_table(final, metric, rows, cols, axes, direction, error=error)
     if f"best.{metric}" in df:
         tables["main_best_epoch"] = seed_table(final, metric, rows, cols, axes, direction, kind="best", error=error)
+        tables["main_best_epoch"].title += " (best epoch of each trial)"
     if any(f"metric.{m}" in df for m in GROUP_METRICS):
         tables["many_medium_few"] = breakdown_table(final, rows if rows != cols else "config", axes=axes, error=error)
     tables.update(knob_tables(search, metric, axes=axes, others=others, direction=direction, error=error,

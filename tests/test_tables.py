@@ -4,11 +4,31 @@ import math
 
 import pandas as pd
 import pytest
+from _multi import BASE, tidy_frame
+from _multi import acc as _acc
 
-from analysis.aggregate import (aggregate_configs, cell_stats, ci95_halfwidth, key_values, knob_scope, rank_configs,
-                                scope_knobs, swept_factors)
-from analysis.tables import (FORMATS, breakdown_table, knob_tables, one_way, render, seed_table, to_frame, to_html,
-                             to_latex, to_markdown)
+from analysis.aggregate import (
+    aggregate_configs,
+    cell_stats,
+    ci95_halfwidth,
+    key_values,
+    knob_scope,
+    rank_configs,
+    scope_knobs,
+    swept_factors,
+)
+from analysis.tables import (
+    FORMATS,
+    breakdown_table,
+    knob_tables,
+    one_way,
+    render,
+    seed_table,
+    to_frame,
+    to_html,
+    to_latex,
+    to_markdown,
+)
 
 T_0975_DF1 = 12.706204736174698  # Student t quantile, from statistical tables
 T_0975_DF2 = 4.302652729749464
@@ -51,7 +71,8 @@ def test_cell_stats_three_values_by_hand():
 
 
 def test_markdown_marks_best_in_bold_and_shows_n():
-    md = to_markdown(seed_table(_frame(), "test_acc", rows="config", cols="dataset.imbalance", axes=["dataset.imbalance"]))
+    md = to_markdown(seed_table(_frame(), "test_acc", rows="config", cols="dataset.imbalance",
+                                axes=["dataset.imbalance"]))
     lines = md.splitlines()
     assert lines[0] == "| config | dataset.imbalance=10 | dataset.imbalance=100 |"
     assert lines[2] == "| ce | 62.00 ± 2.83 (n=2) | **32.00 ± 2.83 (n=2)** |"
@@ -59,7 +80,8 @@ def test_markdown_marks_best_in_bold_and_shows_n():
 
 
 def test_error_percent_shifts_means_scales_stds_and_keeps_the_best():
-    t = seed_table(_frame(), "test_acc", rows="config", cols="dataset.imbalance", axes=["dataset.imbalance"], error=True)
+    t = seed_table(_frame(), "test_acc", rows="config", cols="dataset.imbalance", axes=["dataset.imbalance"],
+                   error=True)
     lines = to_markdown(t).splitlines()
     assert lines[2] == "| ce | 38.00 ± 2.83 (n=2) | **68.00 ± 2.83 (n=2)** |"
     assert "error %" in lines[-1]
@@ -154,42 +176,12 @@ def test_unknown_keys_name_the_allowed_ones():
 
 # ---- method-scoped knobs ------------------------------------------------------------------------------------------
 
-BASE = {"ce": 0.50, "focal": 0.60, "cb": 0.70, "dm": 0.40, "ids": 0.30}
-CONFIGS = ([("ce", {})] + [("focal", {"gamma": g}) for g in (0.5, 2.0)]
-           + [("cb", {"gamma": g, "beta": b}) for g in (0.5, 2.0) for b in (0.9, 0.99)]
-           + [("dm", {"beta": b}) for b in (0.5, 2.0)] + [("ids", {"gamma": g}) for g in (0.1, 0.2)])
-
-
-def _acc(method, knobs, imbalance, seed):
-    """Each method in its own band (0.1 apart), so a cell that pooled two methods would show it."""
-    knob_effect = 0.01 * knobs.get("gamma", 0) + 0.02 * knobs.get("beta", 0)
-    return BASE[method] + knob_effect - 0.0001 * imbalance + 0.001 * seed
-
-
-def several_methods_frame():
-    """Five methods, gamma shared by name by focal, cb and ids, beta by cb and dm; an imbalance axis; 2 seeds.
-    IDS with gamma=0.2 errored before its first epoch (no metrics): its one-way table would have one cell."""
-    rows = []
-    for method, knobs in CONFIGS:
-        for imbalance in (10, 100):
-            for seed in (0, 1):
-                label = " ".join([method] + [f"{k}={v}" for k, v in knobs.items()])
-                acc = _acc(method, knobs, imbalance, seed)
-                if method == "ids" and knobs["gamma"] == 0.2:
-                    acc = math.nan
-                rows.append({"method": method, "label": label, "seed": seed, "config_id": f"{label} {imbalance}",
-                             "stop_reason": "completed", "method.name": method, "dataset.imbalance": imbalance,
-                             "train.epochs": 4, **{f"method.{k}": v for k, v in knobs.items()},
-                             "metric.test_acc": acc, "metric.val_balanced_acc": acc + 0.01})
-    return pd.DataFrame(rows)
-
-
 def _labels(table):
     return [str(x) for x in table.rows + table.cols]
 
 
 def test_scope_knobs_names_each_knob_after_its_method():
-    df = several_methods_frame()
+    df = tidy_frame()
     scoped = scope_knobs(df)
     assert {c for c in scoped.columns if c.endswith((".gamma", ".beta"))} == {
         "focal.gamma", "cb.gamma", "ids.gamma", "cb.beta", "dm.beta"}
@@ -210,7 +202,7 @@ def test_scope_knobs_names_each_knob_after_its_method():
 
 
 def test_knob_tables_never_mix_methods_nor_label_anything_nan():
-    df = several_methods_frame()
+    df = tidy_frame()
     tables = knob_tables(df, "test_acc", axes=["dataset.imbalance"])
     assert set(tables) == {"oneway_dataset.imbalance", "oneway_focal.gamma", "twoway_focal.gamma_x_dataset.imbalance",
                            "oneway_cb.beta", "oneway_cb.gamma", "twoway_cb.beta_x_cb.gamma", "oneway_dm.beta",
@@ -245,7 +237,7 @@ def test_knob_tables_never_mix_methods_nor_label_anything_nan():
 
 
 def test_config_keys_and_method_scoped_keys_both_work_as_rows_and_cols():
-    df = several_methods_frame()
+    df = tidy_frame()
     # The old failure: method.beta x method.gamma was a grid of nan rows and columns.
     t = seed_table(df, "test_acc", rows="method.beta", cols="method.gamma")
     assert "nan" not in _labels(t)
