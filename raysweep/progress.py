@@ -137,12 +137,15 @@ def _ended(t: Tally) -> str:
 
 
 def _states(t: Tally) -> str:
-    return (f"{t.finished} finished, {t.stopped} stopped early, {t.errored} errored), {t.running} running, "
-            f"{t.waiting} waiting")
+    return f"{t.finished} finished, {t.stopped} stopped early, {t.errored} errored"
+
+
+def _activity(t: Tally) -> str:
+    return f"{t.running} running, {t.waiting} waiting"
 
 
 def _counts(t: Tally) -> str:
-    return f"{_ended(t)} ({_states(t)}"
+    return f"{_ended(t)} ({_states(t)}), {_activity(t)}"
 
 
 def _best(t: Tally, metric: str | None) -> str:
@@ -244,20 +247,21 @@ class SweepProgress(ProgressReporter):
 
     # ---- the live display ------------------------------------------------------------------------------------
     def _draw(self, t: Tally, elapsed_s: float, done: bool) -> None:
-        from rich.console import Console
+        from rich.console import Console, Group
         from rich.live import Live
         from rich.progress_bar import ProgressBar
         from rich.table import Table
+        from rich.text import Text
 
-        grid = Table.grid(padding=(0, 1))  # three short lines, so that an 80-column terminal does not wrap them
-        grid.add_row(ProgressBar(total=max(t.total, 1), completed=t.ended, width=24),
+        # Three short lines, so that an 80-column terminal does not wrap them.
+        head = Table.grid(padding=(0, 1))
+        head.add_row(ProgressBar(total=max(t.total, 1), completed=t.ended, width=24),
                      f"{_ended(t)}; {_times(t, elapsed_s, done)}")
-        grid.add_row("", "(" + _states(t))
-        grid.add_row("", _best(t, self.metric))
+        frame = Group(head, Text(f"{_states(t)}; {_activity(t)}"), Text(_best(t, self.metric)))
         if self._live_display is None:
-            self._live_display = Live(grid, console=Console(file=self.stream), auto_refresh=False)
+            self._live_display = Live(frame, console=Console(file=self.stream), auto_refresh=False)
             self._live_display.start()
-        self._live_display.update(grid, refresh=True)
+        self._live_display.update(frame, refresh=True)
         if done:
             self._live_display.stop()
             self._live_display = None

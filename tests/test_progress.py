@@ -99,7 +99,7 @@ def test_constructor_settings_win_over_tunes_and_pickling_keeps_only_settings():
 
 
 def test_live_display_draws_the_counts_and_the_best_and_stops_when_done(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("COLUMNS", "80")
     out, clock = io.StringIO(), Clock()
     reporter = SweepProgress(refresh_s=1, live=True, file=out, clock=clock)
     reporter.setup(total_samples=9, metric="val_balanced_acc", mode="max")
@@ -112,5 +112,5 @@ def test_live_display_draws_the_counts_and_the_best_and_stops_when_done(monkeypa
     reporter.report(_trials(), True)
     text = out.getvalue()
     assert "3/9 trials ended; elapsed 2s" in text
-    assert "(1 finished, 1 stopped early, 1 errored), 1 running, 2 waiting" in text
+    assert "1 finished, 1 stopped early, 1 errored; 1 running, 2 waiting" in text
     assert "best: dm beta=1 val_balanced_acc=0.9000 (epoch 1)" in text and reporter._live_display is None
