@@ -1,0 +1,132 @@
+"""`raysweep plan --calibrate`'s arithmetic on hand-made timings, exactly; and a real calibration of a tiny spec."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from raysweep.calibrate import (
+    AshaRungs,
+    Calibration,
+    Overhead,
+    Rung,
+    StepTiming,
+    calibrate,
+    dataset_key,
+    estimate_wall_time,
+    makespan,
+    parse_estimates,
+    schedule_from_spec,
+    stop_epochs,
+    trial_slots,
+)
+
+DATASET = {"name": "gaussian", "imbalance": 10}
+
+
+def _config(method, epochs=4):
+    return {"method": {"name": method}, "dataset": DATASET, "model": {"name": "mlp"}, "train": {"epochs": epochs}}
+
+
+# An epoch over 500 examples: 500 * step / 50 + eval 0.1 + checkpoint 0.05 -> CE 0.35 s, focal 0.55 s.
+# Set-up 0.5 s per trial; building the dataset 1.0 s, once per slot.
+CAL = Calibration("cpu", 1, 3, {
+    ("ce", "gaussian", "mlp"): StepTiming(0.5, 0.02, 50, 0.1, 0.0, 0.05),
+    ("focal", "gaussian", "mlp"): StepTiming(0.5, 0.04, 50, 0.1, 0.0, 0.05),
+}, {dataset_key(_config("ce")): 500}, {dataset_key(_config("ce")): 1.0})
+OVERHEAD = Overhead(sweep_s=10.0, trial_s=2.0, epoch_s=0.01, source="test")
+TRIALS = [SimpleNamespace(config=_config(m)) for m in ("ce", "ce", "focal", "focal", "focal", "focal")]
+
+
+def test_slots_and_makespan():
+    assert trial_slots(2, 1) == 2 and trial_slots(2, 0.5) == 4 and trial_slots(2, 0.3) == 6
+    assert trial_slots(16, 1, gpus=1, gpu_per_trial=0.25) == 4 and trial_slots(16, 1, max_concurrent=3) == 3
+    with pytest.raises(ValueError, match="a trial needs 4 CPU and 0 GPU; the machine has 2 CPUs"):
+        trial_slots(2, 4)
+    assert makespan([5, 3, 3, 1], 2) == 6  # 5 | 3 then 3 (frees at 3) then 1 (frees at 5): max(5 + 1, 6)
+    assert makespan([], 3) == 0 and makespan([2, 2, 2], 1) == 6
+    # A slot pays for what a unit needs once: slot 0 builds a (1) then b (4); slot 1 builds a.
+    needs = [frozenset("a"), frozenset("a"), frozenset("ab"), frozenset("a")]
+    assert makespan([2, 3, 1, 1], 2, needs, {"a": 1, "b": 4}) == 8  # 0: 1+2, 1: 1+3, 0: 3+4+1, 1: 4+1
+
+
+def test_asha_keeps_the_first_ceil_n_over_rf_at_each_rung():
+    asha = AshaRungs(grace_period=1, reduction_factor=2)
+    assert asha.rungs(4) == [Rung(1.0, 0.5), Rung(2.0, 0.5)]
+    assert stop_epochs([4] * 6, asha, 4) == [4, 4, 2, 1, 1, 1]
+    assert stop_epochs([4, 1, 4, 4], asha, 4) == [4, 1, 2, 1], "a 1-epoch trial is not judged at epoch 1"
+    assert stop_epochs([4], asha, 4) == [4], "one trial always goes on"
+    assert stop_epochs([3, 3], None, 3) == [3, 3]
+    assert schedule_from_spec({"name": "asha", "grace_period": 2, "reduction_factor": 3.0}) == AshaRungs(2, 3)
+    assert schedule_from_spec({"name": "fifo"}) is None
+
+
+def test_estimate_by_hand():
+    est = estimate_wall_time(TRIALS, CAL, cpus=2, cpu_per_trial=1, overhead=OVERHEAD,
+                             schedule=AshaRungs(1, 2), group_size=2)
+    assert est.slots == 2 and est.waves == 2 and est.contention == 1.0  # 3 groups of 2 on 2 slots
+    # Per trial: contention x (set-up 0.5 + epochs x epoch) + epochs x 0.01; per unit + 2.0; per slot data 1.0.
+    ce, focal = 0.5 + 4 * 0.35 + 0.04, 0.5 + 4 * 0.55 + 0.04  # 1.94, 2.74
+    # slot A: 1 + 3.94, then 4.74, 4.74; slot B the same
+    assert est.full_s == pytest.approx(10 + 1 + (2 + ce) + 2 * (2 + focal)) and est.full_s == pytest.approx(24.42)
+    # ASHA: epochs [4, 4, 2, 1, 1, 1]
+    focal2, focal1 = 0.5 + 2 * 0.55 + 0.02, 0.5 + 0.55 + 0.01  # 1.62, 1.06
+    assert est.early_epochs == 13 and est.full_epochs == 24
+    # A: 4.94, +3.62 -> 8.56, +3.06 -> 11.62; B: 4.94, +3.06 -> 8.00, +3.06 -> 11.06
+    assert est.early_stop_s == pytest.approx(10 + 1 + (2 + ce) + (2 + focal2) + (2 + focal1))
+    assert est.early_stop_s == pytest.approx(21.62)
+    # groups of two: [ce ce] 5.88 on A (6.88), [focal focal] 7.48 on B (8.48), the last on A: 6.88 + 7.48
+    assert est.grouped_full_s == pytest.approx(10 + 1 + (2 + 2 * ce) + (2 + 2 * focal))
+    # [ce ce] on A: 6.88; [focal2 focal1] on B: 5.68; [focal1 focal1] on B: 5.68 + 4.12
+    assert est.grouped_early_stop_s == pytest.approx(10 + 1 + (2 + focal2 + focal1) + (2 + 2 * focal1))
+    assert est.grouped_early_stop_s == pytest.approx(19.80)
+    assert est.busy_s == pytest.approx(2 * 1.9 + 4 * 2.7)
+
+
+def test_contention_two_phase_and_the_printed_estimate():
+    est = estimate_wall_time(TRIALS, CAL, cpus=2, cpu_per_trial=0.5, overhead=OVERHEAD, confirm_trials=2)
+    assert est.slots == 4 and est.contention == 2.0 and est.early_stop_s is None and est.grouped_full_s is None
+    ce, focal = 2 * 1.9 + 0.04, 2 * 2.7 + 0.04  # compute twice as slow; the data build too (2.0)
+    # ce, ce, focal, focal start at once, each slot building the data; the last two focal follow the CE trials
+    phase1 = 10 + 2 + (2 + ce) + (2 + focal)
+    confirm = (2 * ce + 4 * focal) / 6
+    assert est.full_s == pytest.approx(phase1 + 10 + 2 + (2 + confirm))  # phase 2: fresh workers build it again
+    assert est.full_s == pytest.approx(25.28 + 18.906667)
+    text = est.describe()
+    assert "6 trials + 2 in phase 2 on 4 slots (2 CPUs, 0.5 CPU per trial), 2 waves" in text
+    assert "compute runs 2.00x slower while every slot is busy" in text
+    assert "Ray overhead: 10.0 s per phase, 2.0 s per trial, 10 ms per epoch (test)" in text
+    assert parse_estimates(text) == {"without early stopping": pytest.approx(est.full_s, abs=0.05)}
+    early = estimate_wall_time(TRIALS, CAL, cpus=2, overhead=OVERHEAD, schedule=AshaRungs(1, 2), group_size=3)
+    assert set(parse_estimates(early.describe())) == {"without early stopping", "with early stopping", "grouped",
+                                                      "grouped with early stopping"}
+    assert "(ASHA, grace period 1, keeps 1/2 at each rung: 13 of 24 trial-epochs)" in early.describe()
+    with pytest.raises(ValueError, match="no planned trials"):
+        estimate_wall_time([], CAL, cpus=2)
+
+
+def test_calibrate_times_each_method_dataset_model_of_a_tiny_spec():
+    from raysweep.plan import plan
+    from raysweep.spec import validate_spec
+    from trainables.data import load_splits
+
+    spec = validate_spec({"name": "cal", "dataset": {"name": "gaussian", "imbalance": 10, "samples_per_class": 200},
+                          "model": {"name": "mlp", "width": 16}, "train": {"epochs": 3, "batch_size": 32},
+                          "methods": {"ce": {}, "focal": {"gamma": [0.5, 2.0]}}, "seeds": 2,
+                          "axes": {"dataset.imbalance": [10, 20]}})
+    trials = plan(spec)
+    threads = torch.get_num_threads()
+    cal = calibrate(trials, steps=2, device="cpu")
+    assert torch.get_num_threads() == threads, "the caller's thread count is restored"
+    assert set(cal.timings) == {("ce", "gaussian", "mlp"), ("focal", "gaussian", "mlp")}
+    for timing in cal.timings.values():
+        assert timing.batch_size == 32 and timing.step_s > 0 and timing.eval_s > 0 and timing.checkpoint_s > 0
+        assert math.isfinite(timing.setup_s) and timing.setup_s > 0
+    assert len(cal.train_examples) == len(cal.data_s) == 2, "one training-set size per imbalance"
+    for t in trials:
+        assert cal.train_examples[dataset_key(t.config)] == len(load_splits(t.config["dataset"]).train.y)
+    est = estimate_wall_time(trials, cal, cpus=2, cpu_per_trial=1, overhead=OVERHEAD)
+    assert est.trials == 12 and est.full_s > 10 and "calibrated on cpu with 1 thread per trial" in est.describe()
+    with pytest.raises(ValueError, match="no planned trials"):
+        calibrate([], steps=1)
