@@ -4,8 +4,9 @@
 :class:`trainables.loop.Trial` (in this process, no Ray) and times its set-up, a few training steps, one
 evaluation and one checkpoint. :func:`estimate_wall_time` turns those timings into the wall time of the
 spec's resources and concurrency: trials run on ``slots`` (CPUs // CPU per trial, capped by the GPUs and
-``max_concurrent``), each taken by the next trial in plan order as it frees, every trial paying a start-up
-overhead and every phase a sweep start-up. It gives the figure without early stopping, with the scheduler's
+``max_concurrent``), each taken by the next trial in plan order as it frees, with Ray's own costs
+(:class:`Overhead`: the driver's start, each phase's Tuner, each worker's start, each trial's hand-off, each
+epoch's report) from the project's benchmarks or measured. It gives the figure without early stopping, with the scheduler's
 early stopping (any object with a ``rungs(max_epoch)`` schedule; ASHA keeps 1/reduction_factor at each
 rung) and with ``group_size`` planned trials per Ray trial sharing one start-up.
 
@@ -89,43 +90,78 @@ class Calibration:
 
 @dataclass(frozen=True)
 class Overhead:
-    """Ray Tune's own costs: per phase (Ray and the Tuner starting), per trial (before its first epoch,
-    beyond the trial's own set-up) and per epoch (reporting the result)."""
+    """What a sweep costs beyond its trials' compute, in wall seconds.
 
+    ``driver_s`` once per sweep (the driver's interpreter, imports and ``ray.init``), ``sweep_s`` once per
+    phase (a Tuner's start until its first trial runs), ``worker_s`` once per slot and phase (a new worker
+    process: imports, and the first result's round trip), ``trial_s`` per trial (Tune handing a reused
+    worker its next trial) and ``epoch_s`` per epoch (reporting a result). Not counted: the sweep's end
+    (the summary table, Ray's shutdown) and other processes competing for the machine.
+    """
+
+    driver_s: float
     sweep_s: float
+    worker_s: float
     trial_s: float
     epoch_s: float
     source: str
 
 
-def measure_worker_start(python: str = sys.executable) -> float:
-    """Seconds a fresh interpreter takes to import the trainable (what a new Ray worker pays first)."""
+def measure_import(module: str, python: str = sys.executable) -> float:
+    """Seconds a fresh interpreter takes to import ``module`` (a driver: raysweep.runner; a worker: the trainable)."""
     start = time.perf_counter()
-    subprocess.run([python, "-c", "import trainables.tune"], check=True, capture_output=True, timeout=300)
+    subprocess.run([python, "-c", f"import {module}"], check=True, capture_output=True, timeout=300)
     return time.perf_counter() - start
 
 
-def overhead_from_benchmark(path: str | Path = BENCHMARK_FILE) -> Overhead:
-    """The overheads ``benchmarks/trial_overhead.py`` measured: Ray start plus Tuner start per phase, a cold
-    trial's time before its first epoch (imports, data, model: it errs long by that trial's own small
-    set-up) and a steady epoch's report beyond its compute."""
-    record = json.loads(Path(path).read_text())
+def _reused_trial_s(results: Path, epoch_s: float) -> float | None:
+    """Tune's per-trial hand-off on a reused worker, fitted from ``runner_efficiency_*.json``: the slot time
+    not spent computing, ``slots * wall - busy``, is a fixed part per sweep plus ``trial_s`` per trial (and
+    ``epoch_s`` per epoch); two sweeps with different trial counts give the slope. None without two."""
+    points = []
+    for path in sorted(results.glob("runner_efficiency_*.json")):
+        for run in json.loads(path.read_text()).get("runs", []):
+            if run.get("mlflow"):
+                idle = run["slots"] * run["wall_s"] - run["busy_s"] - run["trials"] * run["epochs"] * epoch_s
+                points.append((run["trials"], idle))
+    if len({n for n, _ in points}) < 2:
+        return None
+    mean_n = sum(n for n, _ in points) / len(points)
+    mean_idle = sum(i for _, i in points) / len(points)
+    slope = (sum((n - mean_n) * (i - mean_idle) for n, i in points)
+             / sum((n - mean_n) ** 2 for n, _ in points))
+    return max(0.0, slope)
+
+
+def overhead_from_benchmark(path: str | Path = BENCHMARK_FILE, driver_import_s: float = 0.0) -> Overhead:
+    """The overheads the project's benchmarks measured (``benchmarks/trial_overhead.py``: ``ray.init``, a
+    Tuner's start, a cold trial's time before its first epoch, a steady epoch's report beyond its compute;
+    ``benchmarks/runner_efficiency.py``: the per-trial hand-off), plus ``driver_import_s`` for the driver.
+    The cold trial's time includes that benchmark's own data build and model, so it errs long by about a
+    second per slot."""
+    path = Path(path)
+    record = json.loads(path.read_text())
     single = record["single_trial"]
+    epoch_s = max(0.0, single["steady_result_interval_s"] - single["steady_epoch_compute_s"])
+    trial_s = _reused_trial_s(path.parent, epoch_s)
     when = record.get("time", "?")
     cpus = (record.get("machine") or {}).get("cpus", "?")
-    return Overhead(sweep_s=single["ray_init_s"] + single["fit_to_trial_start_s"],
-                    trial_s=max(0.0, single["trial_start_to_first_result_s"] - single["first_epoch_compute_s"]),
-                    epoch_s=max(0.0, single["steady_result_interval_s"] - single["steady_epoch_compute_s"]),
-                    source=f"benchmarks/results/trial_overhead.json ({when}, {cpus} CPUs)")
+    return Overhead(driver_s=driver_import_s + single["ray_init_s"], sweep_s=single["fit_to_trial_start_s"],
+                    worker_s=max(0.0, single["trial_start_to_first_result_s"] - single["first_epoch_compute_s"]),
+                    trial_s=trial_s or 0.0, epoch_s=epoch_s,
+                    source=f"benchmarks/results ({when}, {cpus} CPUs)"
+                           + ("" if trial_s is not None else "; no per-trial hand-off measured"))
 
 
 def default_overhead() -> Overhead:
-    """The benchmark's figures when this is a source checkout that has them; else a measured worker start
-    for both the phase and each trial (Ray's scheduling gaps are then not counted)."""
+    """The benchmarks' figures (in a source checkout that has them) with the driver's imports measured now;
+    without them, measured imports of a driver and of a worker only."""
+    driver = measure_import("raysweep.runner")
     if BENCHMARK_FILE.exists():
-        return overhead_from_benchmark(BENCHMARK_FILE)
-    start = measure_worker_start()
-    return Overhead(sweep_s=start, trial_s=start, epoch_s=0.0, source="measured: a new worker's imports")
+        return overhead_from_benchmark(BENCHMARK_FILE, driver)
+    worker = measure_import("trainables.tune")
+    return Overhead(driver_s=driver, sweep_s=0.0, worker_s=worker, trial_s=0.0, epoch_s=0.0,
+                    source="measured imports only (no benchmark results: Ray's own start-up not counted)")
 
 
 def _time_trial(config: Mapping[str, Any], steps: int, warmup: int, clock: Callable[[], float]) -> StepTiming:
@@ -351,12 +387,13 @@ class WallTimeEstimate:
                              f"step {1000 * t.step_s:.1f} ms ({t.batch_size} examples), "
                              f"eval {1000 * t.eval_s:.0f} ms, checkpoint {1000 * t.checkpoint_s:.0f} ms")
             sizes = sorted(cal.train_examples.values())
-            lines.append(f"  {len(sizes)} dataset config{'s' if len(sizes) > 1 else ''}: {sizes[0]}-{sizes[-1]} "
-                         f"training examples, built in {sum(cal.data_s.values()):.1f} s in all")
+            span = str(sizes[0]) if sizes[0] == sizes[-1] else f"{sizes[0]}-{sizes[-1]}"
+            lines.append(f"  {len(sizes)} dataset config{'s' if len(sizes) > 1 else ''}: {span} training examples, "
+                         f"built in {sum(cal.data_s.values()):.1f} s in all")
         if self.overhead is not None:
             o = self.overhead
-            lines.append(f"Ray overhead: {o.sweep_s:.1f} s per phase, {o.trial_s:.1f} s per trial, "
-                         f"{1000 * o.epoch_s:.0f} ms per epoch ({o.source})")
+            lines.append(f"overhead: driver {o.driver_s:.1f} s, {o.sweep_s:.1f} s per phase, {o.worker_s:.1f} s per "
+                         f"worker, {o.trial_s:.2f} s per trial, {1000 * o.epoch_s:.0f} ms per epoch ({o.source})")
         confirm = f" + {self.confirm_trials} in phase 2" if self.confirm_trials else ""
         lines.append(f"{self.trials} trials{confirm} on {self.slots} slots ({self.resources}), {self.waves} waves; "
                      f"{self.busy_s:.0f} s of compute at full length")
@@ -391,15 +428,16 @@ def estimate_wall_time(trials: Sequence[Any], calibration: Calibration, *, cpus:
 
     A trial (or a group of ``group_size`` consecutive trials, one Ray trial) costs ``overhead.trial_s``
     plus, for each trial in it, ``contention`` x its measured compute plus ``overhead.epoch_s`` per epoch;
-    units go to the slot that frees first, and a slot builds each dataset once (``contention`` x its build
-    time); each phase adds ``overhead.sweep_s``. ``confirm_trials`` run in a second phase at full length
-    (two-phase search, fresh workers), at the mean compute and data build of the planned configurations.
+    units go to the slot that frees first; a slot starts its worker once (``overhead.worker_s``) and builds
+    each dataset once (``contention`` x its build time); each phase adds ``overhead.sweep_s`` and the sweep
+    ``overhead.driver_s``. ``confirm_trials`` run in a second phase at full length (two-phase search, fresh
+    workers), at the mean compute and data build of the planned configurations.
     """
     if not trials:
         raise ValueError("estimate_wall_time: no planned trials")
     if group_size < 1 or confirm_trials < 0:
         raise ValueError("group_size must be at least 1 and confirm_trials at least 0")
-    overhead = overhead or Overhead(0.0, 0.0, 0.0, "none given")
+    overhead = overhead or Overhead(0.0, 0.0, 0.0, 0.0, 0.0, "none given")
     slots = trial_slots(cpus, cpu_per_trial, gpus, gpu_per_trial, max_concurrent)
     threads = max(1, math.floor(cpu_per_trial))
     contention = max(1.0, slots * threads / cpus) if calibration.device == "cpu" else 1.0
@@ -414,17 +452,18 @@ def estimate_wall_time(trials: Sequence[Any], calibration: Calibration, *, cpus:
     confirm_each = sum(full_members) / len(full_members)
 
     datasets = [dataset_key(t.config) for t in trials]
-    build = {k: contention * v for k, v in calibration.data_s.items()}
-    confirm_build = {"confirm": sum(build[k] for k in datasets) / len(datasets)}
+    worker = ("worker",)  # what every unit needs once per slot; not a dataset key (those are JSON objects)
+    cost = {worker: overhead.worker_s, **{k: contention * v for k, v in calibration.data_s.items()}}
+    confirm_cost = {worker: overhead.worker_s, "data": sum(cost[k] for k in datasets) / len(datasets)}
 
     def phases(members: list[float], size: int) -> float:
         groups = _groups(range(len(members)), size)
         units = [overhead.trial_s + sum(members[i] for i in g) for g in groups]
-        needs = [frozenset(datasets[i] for i in g) for g in groups]
-        wall = overhead.sweep_s + makespan(units, slots, needs, build)
+        needs = [frozenset({worker, *(datasets[i] for i in g)}) for g in groups]
+        wall = overhead.driver_s + overhead.sweep_s + makespan(units, slots, needs, cost)
         if confirm_trials:
             extra = [overhead.trial_s + sum(g) for g in _groups([confirm_each] * confirm_trials, size)]
-            wall += overhead.sweep_s + makespan(extra, slots, [frozenset({"confirm"})] * len(extra), confirm_build)
+            wall += overhead.sweep_s + makespan(extra, slots, [frozenset({worker, "data"})] * len(extra), confirm_cost)
         return wall
 
     early_members = None if early is None else [member_s(t.config, e) for t, e in zip(trials, early, strict=True)]
@@ -450,4 +489,4 @@ def estimate_wall_time(trials: Sequence[Any], calibration: Calibration, *, cpus:
 
 __all__ = ["calibrate", "estimate_wall_time", "Calibration", "StepTiming", "Overhead", "WallTimeEstimate", "Rung",
            "RungSchedule", "AshaRungs", "schedule_from_spec", "stop_epochs", "trial_slots", "makespan",
-           "default_overhead", "overhead_from_benchmark", "measure_worker_start", "parse_estimates"]
+           "default_overhead", "overhead_from_benchmark", "measure_import", "parse_estimates"]

@@ -1,5 +1,6 @@
 """`raysweep plan --calibrate`'s arithmetic on hand-made timings, exactly; and a real calibration of a tiny spec."""
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -16,6 +17,7 @@ from raysweep.calibrate import (
     dataset_key,
     estimate_wall_time,
     makespan,
+    overhead_from_benchmark,
     parse_estimates,
     schedule_from_spec,
     stop_epochs,
@@ -35,7 +37,7 @@ CAL = Calibration("cpu", 1, 3, {
     ("ce", "gaussian", "mlp"): StepTiming(0.5, 0.02, 50, 0.1, 0.0, 0.05),
     ("focal", "gaussian", "mlp"): StepTiming(0.5, 0.04, 50, 0.1, 0.0, 0.05),
 }, {dataset_key(_config("ce")): 500}, {dataset_key(_config("ce")): 1.0})
-OVERHEAD = Overhead(sweep_s=10.0, trial_s=2.0, epoch_s=0.01, source="test")
+OVERHEAD = Overhead(driver_s=5.0, sweep_s=10.0, worker_s=1.5, trial_s=2.0, epoch_s=0.01, source="test")
 TRIALS = [SimpleNamespace(config=_config(m)) for m in ("ce", "ce", "focal", "focal", "focal", "focal")]
 
 
@@ -66,21 +68,22 @@ def test_estimate_by_hand():
     est = estimate_wall_time(TRIALS, CAL, cpus=2, cpu_per_trial=1, overhead=OVERHEAD,
                              schedule=AshaRungs(1, 2), group_size=2)
     assert est.slots == 2 and est.waves == 2 and est.contention == 1.0  # 3 groups of 2 on 2 slots
-    # Per trial: contention x (set-up 0.5 + epochs x epoch) + epochs x 0.01; per unit + 2.0; per slot data 1.0.
+    # Per trial: contention x (set-up 0.5 + epochs x epoch) + epochs x 0.01; per unit + 2.0; per slot, once,
+    # the worker's start 1.5 and the data 1.0; the sweep: driver 5 + phase 10.
     ce, focal = 0.5 + 4 * 0.35 + 0.04, 0.5 + 4 * 0.55 + 0.04  # 1.94, 2.74
-    # slot A: 1 + 3.94, then 4.74, 4.74; slot B the same
-    assert est.full_s == pytest.approx(10 + 1 + (2 + ce) + 2 * (2 + focal)) and est.full_s == pytest.approx(24.42)
+    # slot A: 2.5 + 3.94, then 4.74, 4.74; slot B the same
+    assert est.full_s == pytest.approx(15 + 2.5 + (2 + ce) + 2 * (2 + focal)) and est.full_s == pytest.approx(30.92)
     # ASHA: epochs [4, 4, 2, 1, 1, 1]
     focal2, focal1 = 0.5 + 2 * 0.55 + 0.02, 0.5 + 0.55 + 0.01  # 1.62, 1.06
     assert est.early_epochs == 13 and est.full_epochs == 24
-    # A: 4.94, +3.62 -> 8.56, +3.06 -> 11.62; B: 4.94, +3.06 -> 8.00, +3.06 -> 11.06
-    assert est.early_stop_s == pytest.approx(10 + 1 + (2 + ce) + (2 + focal2) + (2 + focal1))
-    assert est.early_stop_s == pytest.approx(21.62)
-    # groups of two: [ce ce] 5.88 on A (6.88), [focal focal] 7.48 on B (8.48), the last on A: 6.88 + 7.48
-    assert est.grouped_full_s == pytest.approx(10 + 1 + (2 + 2 * ce) + (2 + 2 * focal))
-    # [ce ce] on A: 6.88; [focal2 focal1] on B: 5.68; [focal1 focal1] on B: 5.68 + 4.12
-    assert est.grouped_early_stop_s == pytest.approx(10 + 1 + (2 + focal2 + focal1) + (2 + 2 * focal1))
-    assert est.grouped_early_stop_s == pytest.approx(19.80)
+    # A: 6.44, +3.62 -> 10.06, +3.06 -> 13.12; B: 6.44, +3.06 -> 9.50, +3.06 -> 12.56
+    assert est.early_stop_s == pytest.approx(15 + 2.5 + (2 + ce) + (2 + focal2) + (2 + focal1))
+    assert est.early_stop_s == pytest.approx(28.12)
+    # groups of two: [ce ce] 5.88 on A (8.38), [focal focal] 7.48 on B (9.98), the last on A: 8.38 + 7.48
+    assert est.grouped_full_s == pytest.approx(15 + 2.5 + (2 + 2 * ce) + (2 + 2 * focal))
+    # [ce ce] on A: 8.38; [focal2 focal1] on B: 7.18; [focal1 focal1] on B: 7.18 + 4.12
+    assert est.grouped_early_stop_s == pytest.approx(15 + 2.5 + (2 + focal2 + focal1) + (2 + 2 * focal1))
+    assert est.grouped_early_stop_s == pytest.approx(26.30)
     assert est.busy_s == pytest.approx(2 * 1.9 + 4 * 2.7)
 
 
@@ -88,15 +91,17 @@ def test_contention_two_phase_and_the_printed_estimate():
     est = estimate_wall_time(TRIALS, CAL, cpus=2, cpu_per_trial=0.5, overhead=OVERHEAD, confirm_trials=2)
     assert est.slots == 4 and est.contention == 2.0 and est.early_stop_s is None and est.grouped_full_s is None
     ce, focal = 2 * 1.9 + 0.04, 2 * 2.7 + 0.04  # compute twice as slow; the data build too (2.0)
-    # ce, ce, focal, focal start at once, each slot building the data; the last two focal follow the CE trials
-    phase1 = 10 + 2 + (2 + ce) + (2 + focal)
+    # ce, ce, focal, focal start at once, each slot starting a worker (1.5) and building the data (2.0); the
+    # last two focal follow the CE trials
+    phase1 = 5 + 10 + 3.5 + (2 + ce) + (2 + focal)
     confirm = (2 * ce + 4 * focal) / 6
-    assert est.full_s == pytest.approx(phase1 + 10 + 2 + (2 + confirm))  # phase 2: fresh workers build it again
-    assert est.full_s == pytest.approx(25.28 + 18.906667)
+    assert est.full_s == pytest.approx(phase1 + 10 + 3.5 + (2 + confirm))  # phase 2: fresh workers, again
+    assert est.full_s == pytest.approx(31.78 + 20.406667)
     text = est.describe()
     assert "6 trials + 2 in phase 2 on 4 slots (2 CPUs, 0.5 CPU per trial), 2 waves" in text
     assert "compute runs 2.00x slower while every slot is busy" in text
-    assert "Ray overhead: 10.0 s per phase, 2.0 s per trial, 10 ms per epoch (test)" in text
+    assert "overhead: driver 5.0 s, 10.0 s per phase, 1.5 s per worker, 2.00 s per trial, 10 ms per epoch (test)" \
+        in text
     assert parse_estimates(text) == {"without early stopping": pytest.approx(est.full_s, abs=0.05)}
     early = estimate_wall_time(TRIALS, CAL, cpus=2, overhead=OVERHEAD, schedule=AshaRungs(1, 2), group_size=3)
     assert set(parse_estimates(early.describe())) == {"without early stopping", "with early stopping", "grouped",
@@ -104,6 +109,24 @@ def test_contention_two_phase_and_the_printed_estimate():
     assert "(ASHA, grace period 1, keeps 1/2 at each rung: 13 of 24 trial-epochs)" in early.describe()
     with pytest.raises(ValueError, match="no planned trials"):
         estimate_wall_time([], CAL, cpus=2)
+
+
+def test_overhead_from_the_benchmarks_fits_the_per_trial_hand_off(tmp_path):
+    (tmp_path / "trial_overhead.json").write_text(json.dumps({"time": "t", "machine": {"cpus": 2}, "single_trial": {
+        "ray_init_s": 4.0, "fit_to_trial_start_s": 6.0, "trial_start_to_first_result_s": 3.5,
+        "first_epoch_compute_s": 0.5, "steady_epoch_compute_s": 0.05, "steady_result_interval_s": 0.06}}))
+    # slot time not computing: 2 * wall - busy - trials * epochs * 0.01 = 49.5 (10 trials) and 68.5 (30 trials)
+    (tmp_path / "runner_efficiency_1.json").write_text(json.dumps({"runs": [
+        {"trials": 10, "epochs": 5, "slots": 2, "wall_s": 100.0, "busy_s": 150.0, "mlflow": True},
+        {"trials": 10, "epochs": 5, "slots": 2, "wall_s": 50.0, "busy_s": 90.0, "mlflow": False}]}))
+    (tmp_path / "runner_efficiency_2.json").write_text(json.dumps({"runs": [
+        {"trials": 30, "epochs": 5, "slots": 2, "wall_s": 130.0, "busy_s": 190.0, "mlflow": True}]}))
+    o = overhead_from_benchmark(tmp_path / "trial_overhead.json", driver_import_s=2.0)
+    assert (o.driver_s, o.sweep_s, o.worker_s) == (6.0, 6.0, 3.0)
+    assert o.epoch_s == pytest.approx(0.01) and o.trial_s == pytest.approx((68.5 - 49.5) / 20)
+    (tmp_path / "runner_efficiency_2.json").unlink()
+    alone = overhead_from_benchmark(tmp_path / "trial_overhead.json")
+    assert alone.trial_s == 0.0 and "no per-trial hand-off measured" in alone.source
 
 
 def test_calibrate_times_each_method_dataset_model_of_a_tiny_spec():
