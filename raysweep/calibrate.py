@@ -6,9 +6,9 @@ evaluation and one checkpoint. :func:`estimate_wall_time` turns those timings in
 spec's resources and concurrency: trials run on ``slots`` (CPUs // CPU per trial, capped by the GPUs and
 ``max_concurrent``), each taken by the next trial in plan order as it frees, with Ray's own costs
 (:class:`Overhead`: the driver's start, each phase's Tuner, each worker's start, each trial's hand-off, each
-epoch's report) from the project's benchmarks or measured. It gives the figure without early stopping, with the scheduler's
-early stopping (any object with a ``rungs(max_epoch)`` schedule; ASHA keeps 1/reduction_factor at each
-rung) and with ``group_size`` planned trials per Ray trial sharing one start-up.
+epoch's report) from the project's benchmarks or measured. It gives the figure without early stopping,
+with the scheduler's early stopping (any object with a ``rungs(max_epoch)`` schedule; ASHA keeps
+1/reduction_factor at each rung) and with ``group_size`` planned trials per Ray trial sharing one start-up.
 
 The model, stated so that its errors can be found: the time of a training epoch is proportional to the
 training examples it sees (measured per example at the trial's batch size); trials that share a CPU slow
