@@ -3,6 +3,7 @@
 Works for sweeps of any mode (grid or random): the tidy table is turned into finished Optuna trials with
 ``optuna.trial.create_trial``, one per trial run, each with distributions inferred from the config columns
 that vary within the method. Each seed is its own trial, so seed noise lowers every importance alike.
+A method's knobs are named after it (``focal.gamma``), shared keys keep their names (``train.lr``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.aggregate import swept_factors, value_column
+from analysis.aggregate import scope_knobs, swept_factors, value_column
 from analysis.tables import higher_is_better
 
 EVALUATORS = ("fanova", "ped_anova")
@@ -88,7 +89,7 @@ def importances(df: pd.DataFrame, metric: str, *, kind: str = "final", direction
     from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
 
     records = []
-    for method, group in df.groupby("method", sort=False):
+    for method, group in scope_knobs(df).groupby("method", sort=False):
         if len(group) < MIN_TRIALS:
             continue
         try:
@@ -111,7 +112,8 @@ def importance_markdown(frame: pd.DataFrame) -> str:
         return "(no importance: every method has fewer than 4 trials or nothing varies)"
     out = []
     for method, group in frame.groupby("method", sort=False):
-        wide = group.pivot_table(index="param", columns="evaluator", values="importance").reindex(columns=list(EVALUATORS))
+        wide = group.pivot_table(index="param", columns="evaluator", values="importance")
+        wide = wide.reindex(columns=list(EVALUATORS))
         wide = wide.sort_values("fanova", ascending=False)
         out.append(f"**{method}** ({int(group['n_trials'].iloc[0])} trials)\n")
         out.append("| param | fANOVA | PED-ANOVA |\n|---|---|---|")

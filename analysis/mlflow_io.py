@@ -50,7 +50,8 @@ def resolve_sweep(client: MlflowClient, ref: str):
             run = None
         if run is not None:
             if run.data.tags.get("raysweep.role") != "sweep":
-                raise SweepNotFound(f"run {ref} is not a raysweep sweep (its role: {run.data.tags.get('raysweep.role')})")
+                role = run.data.tags.get("raysweep.role")
+                raise SweepNotFound(f"run {ref} is not a raysweep sweep (its role: {role})")
             return run
     return find_sweep(client, experiment=ref)
 

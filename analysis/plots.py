@@ -11,8 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.tables import SensitivityTable  # noqa: E402
 
@@ -43,7 +43,7 @@ def sensitivity_curve(table: SensitivityTable, path: Path) -> Path:
     numeric = _numeric(table.rows)
     xs = [float(r) for r in table.rows] if numeric else list(range(len(table.rows)))
     for c in table.cols:
-        points = [(x, table.cells[(r, c)]) for x, r in zip(xs, table.rows) if (r, c) in table.cells]
+        points = [(x, table.cells[(r, c)]) for x, r in zip(xs, table.rows, strict=True) if (r, c) in table.cells]
         if not points:
             continue
         err = [0.0 if math.isnan(cell.std) else table.spread(cell.std) for _, cell in points]
@@ -79,7 +79,8 @@ def heatmap(table: SensitivityTable, path: Path) -> Path:
             cell = table.cells.get((r, c))
             if cell is None:
                 continue
-            text = f"{table.value(cell.mean):.1f}" + ("" if math.isnan(cell.std) else f"\n±{table.spread(cell.std):.1f}")
+            spread = "" if math.isnan(cell.std) else f"\n±{table.spread(cell.std):.1f}"
+            text = f"{table.value(cell.mean):.1f}" + spread
             dark = (grid[i, j] < mid) != table.error
             ax.text(j, i, text + f" n={cell.n}", ha="center", va="center", fontsize=7,
                     color="white" if dark else "black", fontweight="bold" if table.best.get(c) == r else "normal")
@@ -139,7 +140,8 @@ def learning_curves(histories: pd.DataFrame, trials: pd.DataFrame, metric: str, 
             continue
         stats = part.groupby("step")["value"].agg(["mean", "std", "count"]).sort_index()
         std = stats["std"].fillna(0.0)
-        line, = ax.plot(stats.index, scale * stats["mean"], marker=".", label=f"{labels[cid]} (n={part['run_id'].nunique()})")
+        label = f"{labels[cid]} (n={part['run_id'].nunique()})"
+        line, = ax.plot(stats.index, scale * stats["mean"], marker=".", label=label)
         ax.fill_between(stats.index, scale * (stats["mean"] - std), scale * (stats["mean"] + std),
                         color=line.get_color(), alpha=0.15)
     ax.set_xlabel("epoch")

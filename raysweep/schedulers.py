@@ -45,9 +45,10 @@ class Scheduler:
             return self.options["grace_period"]
         return min(self.rungs(max_epochs), default=None)
 
-    def survival(self, max_epochs: int) -> list[tuple[float, float]]:
-        """(epoch, share of trials still running after it) where trials may stop: what a wall-time estimate
-        assumes (successive halving: 1/reduction_factor per rung; median stopping: half after the grace)."""
+    def stops(self, max_epochs: int) -> list[tuple[float, float]]:
+        """(epoch, share of the trials reaching it that go on) where trials may stop: what a wall-time
+        estimate assumes (successive halving keeps 1/reduction_factor per rung; median stopping about half
+        once, after the grace period)."""
         return []
 
     def describe(self, max_epochs: int) -> str:
@@ -77,10 +78,6 @@ def asha_rungs(first: float, factor: float, max_epochs: float) -> list[float]:
         rungs.append(int(milestone) if float(milestone).is_integer() else milestone)
         k += 1
     return rungs
-
-
-def _halving(rungs: list[float], factor: float) -> list[tuple[float, float]]:
-    return [(r, factor ** -(k + 1)) for k, r in enumerate(rungs)]
 
 
 def _grace(help_text: str) -> Param:
@@ -127,8 +124,8 @@ class Asha(Scheduler):
     def rungs(self, max_epochs: int) -> list[float]:
         return asha_rungs(self.options["grace_period"], self.options["reduction_factor"], max_epochs)
 
-    def survival(self, max_epochs: int) -> list[tuple[float, float]]:
-        return _halving(self.rungs(max_epochs), self.options["reduction_factor"])
+    def stops(self, max_epochs: int) -> list[tuple[float, float]]:
+        return [(r, 1.0 / self.options["reduction_factor"]) for r in self.rungs(max_epochs)]
 
     def describe(self, max_epochs: int) -> str:
         return (f"ASHA rungs at epochs {self.rungs(max_epochs) or '(none)'} (max {max_epochs}); keeps the top "
@@ -153,8 +150,8 @@ class HyperBand(Scheduler):
         s_max = int(math.log(max_epochs) / math.log(eta) + 1e-9)
         return sorted({max(1, round(max_epochs * eta ** -s)) for s in range(1, s_max + 1)})
 
-    def survival(self, max_epochs: int) -> list[tuple[float, float]]:
-        return _halving(self.rungs(max_epochs), self.options["reduction_factor"])
+    def stops(self, max_epochs: int) -> list[tuple[float, float]]:
+        return [(r, 1.0 / self.options["reduction_factor"]) for r in self.rungs(max_epochs)]
 
     def describe(self, max_epochs: int) -> str:
         return (f"HyperBand (eta {self.options['reduction_factor']:g}, max {max_epochs} epochs): milestones at epochs "
@@ -180,7 +177,7 @@ class MedianStopping(Scheduler):
     def rungs(self, max_epochs: int) -> list[float]:
         return list(range(self.options["grace_period"], max_epochs))
 
-    def survival(self, max_epochs: int) -> list[tuple[float, float]]:
+    def stops(self, max_epochs: int) -> list[tuple[float, float]]:
         grace = self.options["grace_period"]
         return [(grace, 0.5)] if grace < max_epochs else []
 

@@ -3,17 +3,18 @@
 import math
 import re
 import shutil
+from html import escape as html_escape
 
+import _multi
 import pandas as pd
 import pytest
+from _cli import raysweep, run_spec
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from analysis.importance import build_study, importances, infer_distribution
 from analysis.page import Section, render_page
-from raysweep.report import build_report
-
-from _cli import raysweep, run_spec
+from raysweep.report import build_report, summarize_sweep
 
 
 def test_distributions_are_inferred_from_the_values():
@@ -49,9 +50,10 @@ def test_importance_ranks_the_factor_that_decides_the_metric_first():
     assert set(study.trials[0].distributions) == {"method.beta", "method.gamma", "train.schedule"}
     frame = importances(df, "test_acc")
     assert set(frame["method"]) == {"dm"}, "ce has one trial: too few for importance"
+    assert set(frame["param"]) == {"dm.beta", "dm.gamma", "train.schedule"}, "knobs are named after their method"
     for evaluator in ("fanova", "ped_anova"):
         part = frame[frame["evaluator"] == evaluator].set_index("param")["importance"]
-        assert part.idxmax() == "method.beta" and part["method.beta"] > 0.8
+        assert part.idxmax() == "dm.beta" and part["dm.beta"] > 0.8
         assert math.isclose(part.sum(), 1.0, rel_tol=1e-6)
 
 
@@ -103,11 +105,11 @@ def test_report_writes_tables_plots_importance_and_a_self_contained_page(reporte
     root, out = reported
     assert out.splitlines()[0] == "| config | test_acc (%) |"
     tables = {p.name for p in (root / "out" / "tables").iterdir()}
-    for stem in ("main", "main_best_epoch", "many_medium_few", "oneway_method.gamma"):
+    for stem in ("main", "main_best_epoch", "many_medium_few", "oneway_focal.gamma"):
         assert {f"{stem}.{fmt}" for fmt in ("md", "csv", "tex", "html")} <= tables
     assert {"configs.csv", "trials.csv"} <= tables
     pngs = {p.name for p in (root / "out" / "plots").iterdir()}
-    assert {"main.png", "oneway_method.gamma.png", "learning_curves_test_acc.png", "rung_survival.png",
+    assert {"main.png", "oneway_focal.gamma.png", "learning_curves_test_acc.png", "rung_survival.png",
             "importance_focal.png"} <= pngs
     assert all((root / "out" / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     page = (root / "out" / "report.html").read_text()
@@ -158,7 +160,7 @@ def test_report_twice_and_after_deleting_ray_results_reproduces_tables_without_n
     assert again.summary_created == 0
     after = {r.info.run_id for r in client.search_runs([exp.experiment_id], max_results=1000)}
     assert after == before
-    for name in ("main.md", "main.csv", "many_medium_few.md", "oneway_method.gamma.tex", "configs.csv"):
+    for name in ("main.md", "main.csv", "many_medium_few.md", "oneway_focal.gamma.tex", "configs.csv"):
         assert (root / "again" / "tables" / name).read_text() == (root / "out" / "tables" / name).read_text(), name
 
 
@@ -185,3 +187,128 @@ def test_report_of_a_missing_sweep_exits_2_and_ui_points_at_a_server(tmp_path, c
     (sweep / "manifest.json").write_text('{"version": 1, "tracking_uri": "http://127.0.0.1:5998"}')
     assert main(["ui", str(sweep)]) == 0
     assert "open http://127.0.0.1:5998" in capsys.readouterr().out
+
+
+# ---- several methods with same-named knobs, in a real sqlite MLflow store (no Ray) ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def multi_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multi")
+    uri, parent = _multi.write_store(root)
+    return root, uri, parent
+
+
+def _children(client, parent_id, role):
+    exp = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}' and tags.`raysweep.role` = '{role}'",
+                              max_results=1000)
+
+
+def _sample_std(xs):
+    mean = sum(xs) / len(xs)
+    return math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def test_summarize_sweep_logs_summary_runs_and_the_headline_by_hand(multi_store):
+    root, uri, parent_id = multi_store
+    client = MlflowClient(uri)
+    headline = summarize_sweep(uri, parent_id)
+    trials = _children(client, parent_id, "trial")
+    summaries = _children(client, parent_id, "summary")
+    configs = {t.data.tags["raysweep.config_id"] for t in trials}
+    assert len(trials) == 36 and len(summaries) == len(configs) == 18 == headline.summary_created
+    names = {s.info.run_name for s in summaries}
+    assert {"summary ce imbalance=10", "summary focal gamma=0.5 imbalance=100",
+            "summary cb gamma=2.0 beta=0.99 imbalance=10"} <= names and len(names) == 18
+    for summary in summaries:
+        mine = [t for t in trials if t.data.tags["raysweep.config_id"] == summary.data.tags["raysweep.config_id"]]
+        finals = [t.data.metrics["test_acc"] for t in mine]
+        bests = [max(m.value for m in client.get_metric_history(t.info.run_id, "test_acc")) for t in mine]
+        got = summary.data.metrics
+        assert got["n_seeds"] == len(mine) == 2
+        assert got["test_acc"] == pytest.approx(sum(finals) / 2)
+        assert got["test_acc_std"] == pytest.approx(_sample_std(finals))
+        assert got["test_acc_ci95"] == pytest.approx(12.706204736174698 * _sample_std(finals) / math.sqrt(2))
+        assert got["best_test_acc"] == pytest.approx(sum(bests) / 2)
+        assert got["best_test_acc_std"] == pytest.approx(_sample_std(bests))
+        assert got["epochs_run"] == pytest.approx(sum(int(t.data.tags["raysweep.epochs_run"]) for t in mine) / 2)
+        curve = {m.step: m.value for m in client.get_metric_history(summary.info.run_id, "curve.val_balanced_acc")}
+        for step, value in curve.items():
+            at_step = [m.value for t in mine for m in client.get_metric_history(t.info.run_id, "val_balanced_acc")
+                       if m.step == step]
+            assert value == pytest.approx(sum(at_step) / len(at_step))
+        assert sorted(curve) == [1, 2, 3]
+        params = summary.data.params
+        assert params["method.name"] == mine[0].data.params["method.name"] and "nan" not in params.values()
+        assert {k for k in params if k.startswith("method.")} == {k for k in mine[0].data.params
+                                                                  if k.startswith("method.")}
+    stopped = next(s for s in summaries if s.info.run_name == "summary dm beta=0.5 imbalance=100")
+    assert stopped.data.metrics["early_stopped"] == 1 and stopped.data.metrics["epochs_run"] == 2.0
+
+    # The headline: CB gamma=2 beta=0.99 at imbalance 10 has the best seed-mean validation accuracy.
+    best_val = [_multi.acc("cb", {"gamma": 2.0, "beta": 0.99}, 10, s) + 0.01 for s in _multi.SEEDS]
+    assert headline.label == "cb gamma=2.0 beta=0.99 imbalance=10" and headline.n_seeds == 2
+    parent = client.get_run(parent_id)
+    assert parent.data.metrics["best.val_balanced_acc_mean"] == pytest.approx(sum(best_val) / 2)
+    assert parent.data.metrics["best.val_balanced_acc_std"] == pytest.approx(_sample_std(best_val))
+    assert parent.data.metrics["best.test_acc_mean"] == pytest.approx(sum(best_val) / 2 - 0.01)
+    assert parent.data.metrics["best.n_seeds"] == 2
+    best_summary = next(s for s in summaries if s.info.run_name == "summary " + headline.label)
+    assert parent.data.tags["raysweep.best_config"] == f"{headline.label} [{headline.config_id}]"
+    assert parent.data.tags["raysweep.best_config_id"] == best_summary.data.tags["raysweep.config_id"]
+    assert parent.data.tags["raysweep.best_summary_run"] == best_summary.info.run_id
+    assert headline.describe().startswith("best configuration by val_balanced_acc (max, mean of 2 seeds): cb gamma=2.0")
+
+    # Idempotent: again, nothing new (no run, no second point in the parent's metric history).
+    runs_before = {r.info.run_id for r in client.search_runs([parent.info.experiment_id], max_results=1000)}
+    again = summarize_sweep(uri, parent_id)
+    assert again.summary_created == 0 and again.summary_runs == headline.summary_runs
+    assert {r.info.run_id for r in client.search_runs([parent.info.experiment_id], max_results=1000)} == runs_before
+    assert len(client.get_metric_history(parent_id, "best.test_acc_mean")) == 1
+
+
+def test_report_of_several_methods_never_mixes_them_and_adds_no_runs_after_summarize(multi_store):
+    root, uri, parent_id = multi_store
+    client = MlflowClient(uri)
+    summarize_sweep(uri, parent_id)
+    exp = client.get_run(parent_id).info.experiment_id
+    before = {r.info.run_id for r in client.search_runs([exp], max_results=1000)}
+    report = build_report(uri, parent_id, root / "out")
+    assert report.summary_created == 0
+    assert {r.info.run_id for r in client.search_runs([exp], max_results=1000)} == before
+
+    knob_tables = {n for n in report.tables if n.startswith(("oneway_", "twoway_"))}
+    assert knob_tables == {"oneway_dataset.imbalance", "oneway_focal.gamma", "oneway_cb.beta", "oneway_cb.gamma",
+                           "oneway_dm.beta", "twoway_focal.gamma_x_dataset.imbalance", "twoway_cb.beta_x_cb.gamma",
+                           "twoway_dm.beta_x_dataset.imbalance"}
+    methods = {"ce", "focal", "cb", "dm"}
+    for name, table in report.tables.items():
+        assert "nan" not in [str(x) for x in table.rows + table.cols], name
+        assert table.filled >= 2, name
+        if name in knob_tables:
+            knobs = [k for k in (table.rows_key, table.cols_key) if k.split(".")[0] in methods]
+            if knobs:  # a method's own table
+                assert {k.split(".")[0] for k in knobs} == {table.scope}, name
+            else:  # a shared axis, one column per method
+                assert table.rows_key == "dataset.imbalance" and set(table.cols) == methods, name
+    tables_dir, plots_dir = root / "out" / "tables", root / "out" / "plots"
+    for name in report.tables:
+        assert (plots_dir / f"{name}.png").read_bytes()[:4] == b"\x89PNG", "one plot per table, named like it"
+        for fmt in ("md", "csv"):
+            text = (tables_dir / f"{name}.{fmt}").read_text()
+            assert not re.search(r"(^|[|,= ])nan([|,\n ]|$)", text, re.M), f"{name}.{fmt}"
+    assert not any("method.gamma" in p.name or "method.beta" in p.name for p in tables_dir.iterdir())
+    configs = pd.read_csv(tables_dir / "configs.csv")
+    assert {"focal.gamma", "cb.gamma", "cb.beta", "dm.beta"} <= set(configs.columns)
+    assert "method.gamma" not in configs.columns and len(configs) == 18
+    assert set(configs.loc[configs["method"] == "dm", "focal.gamma"].isna()) == {True}
+    importance = pd.read_csv(root / "out" / "importance.csv")
+    for method, part in importance.groupby("method"):
+        assert all(p.split(".")[0] in (method, "dataset") for p in part["param"]), method
+    for page in ("report.md", "report.html"):
+        text = (root / "out" / page).read_text()
+        assert _multi.SELECTION in text and "Warning:" in text, page
+        assert "best configuration by val_balanced_acc" in text, page
+    assert _multi.SELECTION_WARNING in (root / "out" / "report.md").read_text()
+    assert html_escape(_multi.SELECTION_WARNING) in (root / "out" / "report.html").read_text()

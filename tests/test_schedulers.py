@@ -18,14 +18,14 @@ def test_every_scheduler_builds_a_ray_scheduler_on_the_reported_epoch():
             assert built._time_attr == "epoch"
 
 
-def test_rungs_and_survival_of_each_scheduler():
+def test_rungs_and_stops_of_each_scheduler():
     assert resolve_scheduler({"name": "fifo"}, 20).rungs(20) == []
     asha = resolve_scheduler({"name": "asha", "grace_period": 5, "reduction_factor": 2}, 20)
-    assert asha.rungs(20) == [5, 10] and asha.survival(20) == [(5, 0.5), (10, 0.25)]
+    assert asha.rungs(20) == [5, 10] and asha.stops(20) == [(5, 0.5), (10, 0.5)]
     hyperband = resolve_scheduler({"name": "hyperband", "reduction_factor": 3}, 27)
     assert hyperband.rungs(27) == [1, 3, 9] and hyperband.first_stop(27) == 1
     median = resolve_scheduler({"name": "median", "grace_period": 2}, 6)
-    assert median.rungs(6) == [2, 3, 4, 5] and median.survival(6) == [(2, 0.5)]
+    assert median.rungs(6) == [2, 3, 4, 5] and median.stops(6) == [(2, 0.5)]
     assert "ASHA rungs at epochs [5, 10] (max 20)" in asha.describe(20)
     assert "milestones at epochs [1, 3, 9]" in hyperband.describe(27)
 

@@ -4,9 +4,31 @@ import math
 
 import pandas as pd
 import pytest
+from _multi import BASE, tidy_frame
+from _multi import acc as _acc
 
-from analysis.aggregate import aggregate_configs, cell_stats, ci95_halfwidth, swept_factors
-from analysis.tables import breakdown_table, one_way, seed_table, to_frame, to_html, to_latex, to_markdown
+from analysis.aggregate import (
+    aggregate_configs,
+    cell_stats,
+    ci95_halfwidth,
+    key_values,
+    knob_scope,
+    rank_configs,
+    scope_knobs,
+    swept_factors,
+)
+from analysis.tables import (
+    FORMATS,
+    breakdown_table,
+    knob_tables,
+    one_way,
+    render,
+    seed_table,
+    to_frame,
+    to_html,
+    to_latex,
+    to_markdown,
+)
 
 T_0975_DF1 = 12.706204736174698  # Student t quantile, from statistical tables
 T_0975_DF2 = 4.302652729749464
@@ -49,7 +71,8 @@ def test_cell_stats_three_values_by_hand():
 
 
 def test_markdown_marks_best_in_bold_and_shows_n():
-    md = to_markdown(seed_table(_frame(), "test_acc", rows="config", cols="dataset.imbalance", axes=["dataset.imbalance"]))
+    md = to_markdown(seed_table(_frame(), "test_acc", rows="config", cols="dataset.imbalance",
+                                axes=["dataset.imbalance"]))
     lines = md.splitlines()
     assert lines[0] == "| config | dataset.imbalance=10 | dataset.imbalance=100 |"
     assert lines[2] == "| ce | 62.00 ± 2.83 (n=2) | **32.00 ± 2.83 (n=2)** |"
@@ -57,7 +80,8 @@ def test_markdown_marks_best_in_bold_and_shows_n():
 
 
 def test_error_percent_shifts_means_scales_stds_and_keeps_the_best():
-    t = seed_table(_frame(), "test_acc", rows="config", cols="dataset.imbalance", axes=["dataset.imbalance"], error=True)
+    t = seed_table(_frame(), "test_acc", rows="config", cols="dataset.imbalance", axes=["dataset.imbalance"],
+                   error=True)
     lines = to_markdown(t).splitlines()
     assert lines[2] == "| ce | 38.00 ± 2.83 (n=2) | **68.00 ± 2.83 (n=2)** |"
     assert "error %" in lines[-1]
@@ -148,3 +172,103 @@ def test_unknown_keys_name_the_allowed_ones():
         seed_table(_frame(), "test_acc", cols="dataset.rho")
     with pytest.raises(ValueError, match="direction must be"):
         seed_table(_frame(), "test_acc", direction="up")
+
+
+# ---- method-scoped knobs ------------------------------------------------------------------------------------------
+
+def _labels(table):
+    return [str(x) for x in table.rows + table.cols]
+
+
+def test_scope_knobs_names_each_knob_after_its_method():
+    df = tidy_frame()
+    scoped = scope_knobs(df)
+    assert {c for c in scoped.columns if c.endswith((".gamma", ".beta"))} == {
+        "focal.gamma", "cb.gamma", "ids.gamma", "cb.beta", "dm.beta"}
+    assert "method.gamma" not in scoped and scoped["method.name"].equals(df["method.name"])
+    focal = scoped["method"] == "focal"
+    assert scoped.loc[focal, "focal.gamma"].tolist() == df.loc[focal, "method.gamma"].tolist()
+    assert scoped.loc[~focal, "focal.gamma"].isna().all()
+    assert scope_knobs(scoped).equals(scoped), "idempotent"
+    # Either form of a key reads from either frame.
+    for frame in (df, scoped):
+        assert key_values(frame, "cb.beta").dropna().tolist() == df.loc[df["method"] == "cb", "method.beta"].tolist()
+        pd.testing.assert_series_equal(key_values(frame, "method.gamma"), df["method.gamma"], check_names=False)
+        assert key_values(frame, "dataset.imbalance").tolist() == df["dataset.imbalance"].tolist()
+        assert key_values(frame, "focal.beta") is None and key_values(frame, "train.nope") is None
+    assert knob_scope(scoped, "cb.beta") == "cb" and knob_scope(scoped, "dataset.imbalance") is None
+    with pytest.raises(ValueError, match="method name 'train' clashes with a config section"):
+        scope_knobs(df.assign(method="train"))
+
+
+def test_knob_tables_never_mix_methods_nor_label_anything_nan():
+    df = tidy_frame()
+    tables = knob_tables(df, "test_acc", axes=["dataset.imbalance"])
+    assert set(tables) == {"oneway_dataset.imbalance", "oneway_focal.gamma", "twoway_focal.gamma_x_dataset.imbalance",
+                           "oneway_cb.beta", "oneway_cb.gamma", "twoway_cb.beta_x_cb.gamma", "oneway_dm.beta",
+                           "twoway_dm.beta_x_dataset.imbalance", "twoway_ids.gamma_x_dataset.imbalance"}
+    assert "oneway_ids.gamma" not in tables, "one filled cell (gamma=0.2 errored): skipped"
+    scoped = scope_knobs(df)
+    for name, table in tables.items():
+        assert "nan" not in _labels(table) and table.filled >= 2, name
+        for key in (table.rows_key, table.cols_key):
+            method = knob_scope(scoped, key)
+            if method is not None:  # a method's knob: the table holds that method's trials only
+                assert table.scope == method, name
+            else:  # a shared axis, or one column per method
+                assert key in ("method", "dataset.imbalance"), name
+        if table.scope is None:
+            assert table.cols_key == "method" and set(table.cols) == set(BASE), name
+    # Cells are the method's own trials: focal's gamma=0.5 is not pooled with CB's gamma=0.5.
+    cell = tables["oneway_focal.gamma"].cells[(0.5, "focal")]
+    assert cell.n == 4 and cell.mean == pytest.approx(sum(_acc("focal", {"gamma": 0.5}, i, s)
+                                                          for i in (10, 100) for s in (0, 1)) / 4)
+    assert tables["oneway_focal.gamma"].cols == ["focal"]
+    cb = tables["twoway_cb.beta_x_cb.gamma"]
+    assert cb.rows == [0.9, 0.99] and cb.cols == [0.5, 2.0] and cb.scope == "cb"
+    assert cb.cells[(0.99, 2.0)].mean == pytest.approx(sum(_acc("cb", {"gamma": 2.0, "beta": 0.99}, i, s)
+                                                           for i in (10, 100) for s in (0, 1)) / 4)
+    shared = tables["oneway_dataset.imbalance"]
+    assert shared.rows == [10, 100] and shared.cells[(10, "dm")].n == 4
+    assert shared.cells[(10, "dm")].mean == pytest.approx(sum(_acc("dm", {"beta": b}, 10, s)
+                                                              for b in (0.5, 2.0) for s in (0, 1)) / 4)
+    assert "twoway_focal.gamma_x_dataset.imbalance" not in knob_tables(
+        df, "test_acc", skip=[("dataset.imbalance", "focal.gamma")]), "already the main table"
+
+
+def test_config_keys_and_method_scoped_keys_both_work_as_rows_and_cols():
+    df = tidy_frame()
+    # The old failure: method.beta x method.gamma was a grid of nan rows and columns.
+    t = seed_table(df, "test_acc", rows="method.beta", cols="method.gamma")
+    assert "nan" not in _labels(t)
+    assert t.rows == [0.5, 0.9, 0.99, 2.0, "ce", "focal", "ids"] and t.cols == [0.1, 0.5, 2.0, "ce", "dm"]
+    assert t.cells[("ce", "ce")].n == 4 and t.cells[(0.5, "dm")].n == 4
+    assert "labelled by the method (ce, focal, ids)" in to_markdown(t).splitlines()[-1]
+    scoped = seed_table(scope_knobs(df), "test_acc", rows="method.beta", cols="method.gamma")
+    assert scoped.rows == t.rows and scoped.cols == t.cols and scoped.cells == t.cells
+    focal = seed_table(df, "test_acc", rows="focal.gamma", cols="dataset.imbalance")
+    assert focal.rows == [0.5, 2.0, "cb", "ce", "dm", "ids"] and focal.cells[(2.0, 100)].n == 2
+    assert one_way(df, "cb.gamma", "test_acc").cols == ["cb"]
+    assert one_way(df, "method.gamma", "test_acc").cols == ["cb", "focal", "ids"]
+    best = one_way(df, "cb.gamma", "test_acc", others="best")  # beta held at CB's best (0.99), imbalance at 10
+    assert best.cells[(0.5, "cb")].n == 2
+    assert best.cells[(0.5, "cb")].mean == pytest.approx(_acc("cb", {"gamma": 0.5, "beta": 0.99}, 10, 0.5))
+    with pytest.raises(KeyError, match=r"rows: unknown key 'focal.beta'; allowed: config, method, cb.beta"):
+        seed_table(df, "test_acc", rows="focal.beta")
+
+
+def test_render_knows_every_format_and_nothing_else():
+    t = seed_table(_frame(), "test_acc", rows="config", cols="dataset.imbalance", axes=["dataset.imbalance"])
+    assert FORMATS == ("md", "csv", "tex", "html")
+    assert render(t, "md") == to_markdown(t) and render(t, "tex") == to_latex(t) and render(t, "html") == to_html(t)
+    assert render(t, "csv") == to_frame(t).to_csv(index=False)
+    with pytest.raises(ValueError, match="format must be one of md, csv, tex, html, got 'pdf'"):
+        render(t, "pdf")
+
+
+def test_rank_configs_puts_survivors_first_then_the_metric():
+    configs = pd.DataFrame({"config_id": ["a", "b", "c", "d"], "epochs_run": [5.0, 10.0, 10.0, 10.0],
+                            "val": [0.9, 0.7, 0.8, math.nan]})
+    assert rank_configs(configs, "val", higher=True)["config_id"].tolist() == ["c", "b", "a"]
+    assert rank_configs(configs, "val", higher=False)["config_id"].tolist() == ["b", "c", "a"]
+    assert rank_configs(configs.drop(columns="epochs_run"), "val", higher=True)["config_id"].tolist() == ["a", "c", "b"]
