@@ -38,7 +38,36 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     spec, trials = _load(args.spec, args.set)
     print("\n".join(describe_plan(spec, trials)))
+    if args.calibrate:
+        print(_calibrated(spec, trials, args.steps, args.device))
     return 0
+
+
+def _calibrated(spec, trials, steps: int, device: str) -> str:
+    """``plan --calibrate``: time a few steps of each distinct (method, dataset, model), estimate wall time."""
+    import math
+
+    import torch
+
+    from raysweep.calibrate import calibrate, default_overhead, estimate_wall_time
+    from raysweep.plan import group_trials, phases
+
+    if not trials:
+        return (f"calibrate: mode {spec.search.mode} draws its trials while the sweep runs; nothing to time before "
+                "it (estimate with a grid or random spec of the same methods)")
+    res = spec.resources
+    cpu_threads = max(1, math.floor(res.cpu))
+    calibration = calibrate(trials, steps=steps, device=device, threads=cpu_threads)
+    groups = group_trials(spec, phases(spec, spec.name)[0], trials)
+    search = spec.search
+    confirmed = (search.top_k + bool(search.baseline)) * len(spec.seeds) if search.two_phase else 0
+    gpu = res.gpu or (1.0 / res.trials_per_gpu if res.trials_per_gpu else 0.0)
+    estimate = estimate_wall_time(
+        trials, calibration, cpus=os.cpu_count() or 1, cpu_per_trial=res.cpu, gpus=torch.cuda.device_count(),
+        gpu_per_trial=gpu if torch.cuda.is_available() else 0.0, max_concurrent=res.max_concurrent,
+        schedule=spec.scheduler, group_size=max(g.size for g in groups), confirm_trials=confirmed,
+        overhead=default_overhead())
+    return estimate.describe()
 
 
 def _print_result(result) -> None:
@@ -47,19 +76,23 @@ def _print_result(result) -> None:
     print()
     stopped = f", {result.num_non_finite} stopped on a non-finite loss" if result.num_non_finite else ""
     print(f"{result.num_trials} trials, {result.num_errors} failed{stopped}. Ray results: {result.storage_dir}")
+    if result.headline:
+        print(result.headline)
     if not result.tracking_ok:
-        print(f"warning: MLflow was unreachable; when it is back, backfill it with:  raysweep sync {result.storage_dir}")
-    print(f"MLflow: experiment {result.experiment!r}, parent run {result.parent_run_id}, store {result.tracking_uri}")
-    print(f"Open the UI with:  raysweep ui --tracking-uri {result.tracking_uri}")
-    print(f"Rebuild the table: raysweep table --experiment {result.experiment} --tracking-uri {result.tracking_uri}")
-    print(f"Full report (tables, plots, importance): raysweep report {result.experiment} --tracking-uri {result.tracking_uri}")
+        print(f"warning: MLflow was unreachable; when it is back, backfill it with:  raysweep sync "
+              f"{result.storage_dir}")
+    uri = result.tracking_uri
+    print(f"MLflow: experiment {result.experiment!r}, parent run {result.parent_run_id}, store {uri}")
+    print(f"Compare the configurations:  raysweep ui {result.storage_dir}")
+    print(f"Rebuild the table: raysweep table --experiment {result.experiment} --tracking-uri {uri}")
+    print(f"Full report (tables, plots, importance): raysweep report {result.experiment} --tracking-uri {uri}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from raysweep.runner import run_sweep
 
     spec, trials = _load(args.spec, args.set)
-    result = run_sweep(spec, trials)
+    result = run_sweep(spec, trials, verbose=args.verbose)
     _print_result(result)
     return 1 if result.num_errors else 0
 
@@ -70,7 +103,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from raysweep.runner import resume_sweep
 
     manifest = Manifest.find(args.sweep, args.storage)
-    result = resume_sweep(manifest)
+    result = resume_sweep(manifest, verbose=args.verbose)
     _print_result(result)
     return 1 if result.num_errors else 0
 
@@ -99,9 +132,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_table(args: argparse.Namespace) -> int:
     from analysis.mlflow_io import SweepNotFound
-    from analysis.tables import to_frame, to_markdown
-    from raysweep.report import sweep_table
+    from analysis.tables import render
     from raysweep.mlflow_store import resolve_tracking_uri
+    from raysweep.report import sweep_table
 
     if not args.experiment and not args.parent:
         raise UsageError("table: give --experiment NAME or --parent RUN_ID")
@@ -110,15 +143,15 @@ def cmd_table(args: argparse.Namespace) -> int:
                             parent_run_id=args.parent, rows=args.rows, cols=args.cols, metric=args.metric)
     except (SweepNotFound, KeyError) as err:
         raise UsageError(str(err).strip("'\"")) from None
-    print(to_frame(table).to_csv(index=False) if args.format == "csv" else to_markdown(table))
+    print(render(table, args.format))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis.mlflow_io import SweepNotFound
-    from analysis.tables import to_frame, to_html, to_latex, to_markdown
-    from raysweep.report import build_report
+    from analysis.tables import render
     from raysweep.mlflow_store import resolve_tracking_uri
+    from raysweep.report import build_report
 
     uri = resolve_tracking_uri(args.tracking_uri)
     try:
@@ -126,11 +159,11 @@ def cmd_report(args: argparse.Namespace) -> int:
                               others=args.others, error=args.error, log=not args.no_log)
     except (SweepNotFound, KeyError) as err:
         raise UsageError(str(err).strip("'\"")) from None
-    render = {"md": to_markdown, "csv": lambda t: to_frame(t).to_csv(index=False), "tex": to_latex, "html": to_html}
-    print(render[args.format](report.main))
+    print(render(report.main, args.format))
     print()
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
-    print(f"{report.num_trials} trials, {len(report.tables)} tables, {len(report.files)} files in {report.out_dir} ({timing})")
+    print(f"{report.num_trials} trials, {len(report.tables)} tables, {len(report.files)} files in {report.out_dir} "
+          f"({timing})")
     print(f"Page: {report.out_dir / 'report.html'}")
     if not args.no_log:
         print(f"Logged to parent run {report.parent_run_id} under report/; {len(report.summary_runs)} summary runs "
@@ -199,6 +232,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from analysis.tables import FORMATS
+
     parser = argparse.ArgumentParser(prog="raysweep", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -208,10 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override a spec value (parsed as YAML), e.g. --set train.epochs=5")
 
-    with_spec(p := sub.add_parser("run", help="run a sweep"))
-    p.set_defaults(func=cmd_run)
+    def with_verbose(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="Ray Tune's full trial table instead of the one-line progress display")
+
     def with_table_keys(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--rows", help="config, method, or a dotted key (default: the spec's table.rows)")
+        p.add_argument("--rows", help="config, method, or a dotted key such as focal.gamma (default: the spec's)")
         p.add_argument("--cols", help="a dotted key such as dataset.imbalance (default: the spec's table.cols)")
         p.add_argument("--metric", help="e.g. test_acc, val_balanced_acc, test_few_acc (default: the spec's)")
         p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///./mlflow.db")
@@ -220,25 +257,37 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("sweep", metavar="SWEEP", help="the sweep folder under the storage path, or its sweep id")
         p.add_argument("--storage", help="where to look for a sweep id (default: raysweep_results)")
 
-    with_sweep(p := sub.add_parser("resume", help="finish a sweep whose driver died (restores Ray's state; reruns nothing)"))
+    with_spec(p := sub.add_parser("run", help="run a sweep"))
+    with_verbose(p)
+    p.set_defaults(func=cmd_run)
+    with_sweep(p := sub.add_parser("resume", help="finish a sweep whose driver died (restores Ray's state; "
+                                                  "reruns nothing)"))
+    with_verbose(p)
     p.set_defaults(func=cmd_resume)
     with_sweep(p := sub.add_parser("sync", help="backfill MLflow from Ray's storage after a tracking outage"))
     p.add_argument("--tracking-uri", help="default: the store the sweep logged to (from its manifest)")
     p.set_defaults(func=cmd_sync)
     with_spec(p := sub.add_parser("plan", help="print the planned trials and their cost; runs nothing"))
+    p.add_argument("--calibrate", action="store_true",
+                   help="time a few steps of each (method, dataset, model) here and estimate the wall time")
+    p.add_argument("--steps", type=int, default=5, help="--calibrate: training steps timed per case")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="--calibrate: where to time")
     p.set_defaults(func=cmd_plan)
-    with_spec(p := sub.add_parser("demo", help="run the bundled quickstart sweep (every method vs CE, mnist1d-LT)"), spec=False)
+    with_spec(p := sub.add_parser("demo", help="run the bundled quickstart sweep (every method vs CE, mnist1d-LT)"),
+              spec=False)
+    with_verbose(p)
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("table", help="rebuild a seed-averaged table from MLflow alone")
     p.add_argument("--experiment", help="MLflow experiment (the newest sweep in it)")
     p.add_argument("--parent", help="the sweep's parent run id (instead of --experiment)")
     with_table_keys(p)
-    p.add_argument("--format", choices=("md", "csv"), default="md")
+    p.add_argument("--format", choices=FORMATS, default="md")
     p.set_defaults(func=cmd_table)
     p = sub.add_parser("report", help="tables, plots, importance and summary runs of a sweep, from MLflow alone")
-    p.add_argument("sweep", metavar="EXPERIMENT_OR_PARENT_RUN", help="experiment name (its newest sweep) or parent run id")
+    p.add_argument("sweep", metavar="EXPERIMENT_OR_PARENT_RUN",
+                   help="experiment name (its newest sweep) or parent run id")
     with_table_keys(p)
-    p.add_argument("--format", choices=("md", "csv", "tex", "html"), default="md",
+    p.add_argument("--format", choices=FORMATS, default="md",
                    help="how the main table is printed; every format is written to --out")
     p.add_argument("--others", choices=("average", "best"), default="average",
                    help="one-way tables: average the other swept factors or hold them at the best configuration")

@@ -21,22 +21,25 @@ from typing import IO, Any, Callable, Iterable
 
 from ray.tune import ProgressReporter
 
+from trainables.tune import ENVELOPE, read_envelope
+
 ERROR, RUNNING, TERMINATED = "ERROR", "RUNNING", "TERMINATED"  # Ray's Trial.status values (PENDING, PAUSED wait)
 INTERVAL_S = 30.0  # plain output: at most one line this often
 REFRESH_S = 1.0  # live display: redraw at most this often
 
 
 def trial_label(trial: Any) -> str:
-    """The planned trial's label (``focal gamma=0.5``) from the config raysweep hands a Tune trial."""
-    planned = (trial.config or {}).get("trial") or {}
-    return str(planned.get("label") or getattr(trial, "trial_id", "?"))
+    """The Tune trial's label (``focal gamma=0.5 s0``) from its envelope (see trainables.tune.Envelope)."""
+    if ENVELOPE not in (trial.config or {}):
+        return str(getattr(trial, "trial_id", "?"))
+    return read_envelope(trial.config).label
 
 
 def trial_planned_epochs(trial: Any) -> int | None:
-    """The epochs the trial is planned to run, or None when its config does not say."""
-    planned = (trial.config or {}).get("trial") or {}
-    epochs = (planned.get("train") or {}).get("epochs")
-    return int(epochs) if epochs is not None else None
+    """The epochs the trial is planned to run (its longest member's), or None when its config does not say."""
+    if ENVELOPE not in (trial.config or {}):
+        return None
+    return max(int(m["train"]["epochs"]) for m in read_envelope(trial.config).members)
 
 
 def epochs_reported(trial: Any) -> int:

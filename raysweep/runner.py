@@ -37,7 +37,8 @@ def parent_tags(spec: Spec, sweep_dir: str) -> dict[str, str]:
     return {k: str(v) for k, v in values.items()}
 
 
-def run_sweep(spec: Spec, trials: list[PlannedTrial], *, echo: Callable[[str], None] = print) -> SweepResult:
+def run_sweep(spec: Spec, trials: list[PlannedTrial], *, echo: Callable[[str], None] = print,
+              verbose: bool = False) -> SweepResult:
     """Run a validated spec: its planned ``trials`` (or a sampling mode's draws), then phase 2 if two-phase."""
     storage = check_storage(spec.storage)
     check_datasets(spec, trials)
@@ -54,13 +55,13 @@ def run_sweep(spec: Spec, trials: list[PlannedTrial], *, echo: Callable[[str], N
         manifest.save()
         sweep = SweepRun.open(tracking_uri, experiment, sweep_id, values)
         manifest.update(parent_run_id=sweep.run_id)
-        session = SweepSession(spec, manifest, sweep, resources, echo)
+        session = SweepSession(spec, manifest, sweep, resources, echo, verbose)
         sweep.log_text(yaml.safe_dump(jsonable(spec.to_dict()), sort_keys=False), "spec.yaml")
         session.run(trials)
     return session.finish()
 
 
-def resume_sweep(manifest: Manifest, *, echo: Callable[[str], None] = print) -> SweepResult:
+def resume_sweep(manifest: Manifest, *, echo: Callable[[str], None] = print, verbose: bool = False) -> SweepResult:
     """Finish a sweep whose driver died: restore each unfinished phase from Ray's state, then go on.
 
     Finished trials are not rerun; interrupted ones continue from their last checkpoint; MLflow keeps the
@@ -82,6 +83,6 @@ def resume_sweep(manifest: Manifest, *, echo: Callable[[str], None] = print) -> 
                               run_id=data["parent_run_id"])
         if sweep.run_id and sweep.run_id != data["parent_run_id"]:
             manifest.update(parent_run_id=sweep.run_id)
-        session = SweepSession(spec, manifest, sweep, resources, echo)
+        session = SweepSession(spec, manifest, sweep, resources, echo, verbose)
         session.run(trials)
     return session.finish()

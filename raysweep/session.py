@@ -42,6 +42,7 @@ class SweepResult:
     table_markdown: str
     num_non_finite: int = 0
     tracking_ok: bool = True  # False: MLflow was unreachable at the end; `raysweep sync` backfills it
+    headline: str = ""  # the best configuration and its seed means, once the summary runs exist
 
 
 def jsonable(obj: Any) -> Any:
@@ -52,8 +53,9 @@ class SweepSession:
     """A sweep's phases, its MLflow logger and its manifest, for as long as this driver runs it."""
 
     def __init__(self, spec: Spec, manifest: Manifest, sweep: SweepRun, resources: TrialResources,
-                 echo: Callable[[str], None]) -> None:
+                 echo: Callable[[str], None], verbose: bool = False) -> None:
         self.spec, self.manifest, self.sweep, self.resources, self.echo = spec, manifest, sweep, resources, echo
+        self.verbose = verbose
         self.storage = manifest.storage_root
         # The store may answer only later (an outage, a concurrent first write): record the parent id then.
         sweep.on_parent = lambda run_id: manifest.update(parent_run_id=run_id)
@@ -77,7 +79,7 @@ class SweepSession:
                     keys = None if sampled else [t.key for t in planned]
                     self.manifest.start_phase(phase.name, phase.experiment, keys)
                     self._record_plan(phase, planned)
-                    results = build_tuner(self.spec, phase, planned, self.storage, self.resources, self.callback).fit()
+                    results = self._new_tuner(phase, planned).fit()
                 else:
                     results = self._restore_or_rebuild(phase, planned).fit()
                 self._phase_done(phase, results)
@@ -94,8 +96,10 @@ class SweepSession:
 
     def _restore_or_rebuild(self, phase: Phase, planned: list[PlannedTrial]):
         """The started phase from Ray's saved state; started but never saved by Ray: built anew (same keys)."""
-        tuner = restore_tuner(phase, self.storage, self.resources)
-        return tuner or build_tuner(self.spec, phase, planned, self.storage, self.resources, self.callback)
+        return restore_tuner(phase, self.storage, self.resources) or self._new_tuner(phase, planned)
+
+    def _new_tuner(self, phase: Phase, planned: list[PlannedTrial]):
+        return build_tuner(self.spec, phase, planned, self.storage, self.resources, self.callback, self.verbose)
 
     def _phase_done(self, phase: Phase, results) -> None:
         members = list(member_results(results))
@@ -122,7 +126,7 @@ class SweepSession:
     def finish(self) -> SweepResult:
         """End the parent run and build the summary table (from MLflow), unless MLflow is unreachable."""
         from analysis.tables import to_frame, to_markdown
-        from raysweep.report import sweep_table
+        from raysweep.report import summarize_sweep, sweep_table
 
         TuneCallback.detach(self.sweep_id)
         num_trials, num_errors, num_non_finite = self.totals()
@@ -147,4 +151,10 @@ class SweepSession:
             sweep.client.log_text(sweep.run_id, to_frame(tab).to_csv(index=False), "tables/summary.csv")
         except KeyError as err:
             result.table_markdown = f"(no table: {err})"
+            return result
+        try:
+            result.headline = summarize_sweep(sweep.tracking_uri, sweep.run_id).describe()
+        except Exception as err:  # noqa: BLE001 - summaries are a convenience; `raysweep report` makes them too
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            result.headline = f"(no summary runs yet: {first}; `raysweep report` creates them)"
         return result

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from raysweep.plan import Phase, group_trials, grouping
 from raysweep.preflight import TrialResources
+from raysweep.progress import SweepProgress
 from raysweep.schedulers import SCHEDULERS
 from raysweep.spec import Spec
 from raysweep.trial_logger import TuneCallback
@@ -48,17 +49,29 @@ def _trial_key(trial) -> str:
     return read_envelope(trial.config).key
 
 
-def build_tuner(spec: Spec, phase: Phase, trials: list[PlannedTrial], storage: Path, resources: TrialResources,
-                callback: TuneCallback):
-    """A new Tuner for ``phase``: its planned ``trials`` (in groups, see plan.group_trials), or the mode's
-    searcher when it samples."""
-    # Tune's legacy reporter lets us show the trial label instead of the whole nested config.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    from ray import tune
+def progress_reporter(spec: Spec, total: int | None, verbose: bool):
+    """One live progress display (plain lines when not a terminal), or with ``verbose`` Ray's full table."""
     from ray.tune import CLIReporter
 
+    if not verbose:
+        return SweepProgress(metric=spec.search.metric, mode=spec.search.direction, total=total)
+    return CLIReporter(parameter_columns={"envelope/label": "config"},
+                       metric_columns={"epoch": "epoch", spec.search.metric: spec.search.metric,
+                                       "train_loss": "train_loss"},
+                       max_report_frequency=15, sort_by_metric=False)
+
+
+def build_tuner(spec: Spec, phase: Phase, trials: list[PlannedTrial], storage: Path, resources: TrialResources,
+                callback: TuneCallback, verbose: bool = False):
+    """A new Tuner for ``phase``: its planned ``trials`` (in groups, see plan.group_trials), or the mode's
+    searcher when it samples."""
+    # Tune's new output engine ignores progress reporters; the legacy one shows ours (or its own table).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from ray import tune
+
     search = spec.search
-    to_config = TrialConfig(spec.plugins, str(storage / phase.experiment), resources.gpu_fraction, spec.execution.engine)
+    to_config = TrialConfig(spec.plugins, str(storage / phase.experiment), resources.gpu_fraction,
+                            spec.execution.engine)
     sampling = phase.early_stopping and spec.mode.samples_while_running
     max_epochs = max([t.config["train"]["epochs"] for t in trials] + [spec.epochs])
     scheduler = spec.scheduler if phase.early_stopping else SCHEDULERS.get("fifo")({})
@@ -70,6 +83,7 @@ def build_tuner(spec: Spec, phase: Phase, trials: list[PlannedTrial], storage: P
         groups = group_trials(spec, phase, trials)
         param_space = {ENVELOPE: tune.grid_search([to_config(g.members)[ENVELOPE] for g in groups])}
         search_alg, num_samples = None, 1
+    total = num_samples if sampling else len(groups)
     # A searcher alone keeps one trial pending at a time: cap concurrency at the free slots instead.
     concurrent = spec.resources.max_concurrent or (resources.slots if sampling else None)
     return tune.Tuner(
@@ -87,10 +101,7 @@ def build_tuner(spec: Spec, phase: Phase, trials: list[PlannedTrial], storage: P
             # num_to_keep=None: keeping k checkpoints forces an experiment snapshot every k epochs.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.failure.keep_checkpoints),
             callbacks=[callback],
-            progress_reporter=CLIReporter(
-                parameter_columns={"envelope/label": "config"},
-                metric_columns={"epoch": "epoch", search.metric: search.metric, "train_loss": "train_loss"},
-                max_report_frequency=15, sort_by_metric=False),
+            progress_reporter=progress_reporter(spec, total, verbose),
             verbose=1,
         ),
     )

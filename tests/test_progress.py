@@ -9,12 +9,13 @@ import pytest
 from ray.tune import ProgressReporter
 
 from raysweep.progress import SweepProgress, eta_seconds, format_duration, status_line, tally
+from trainables.tune import ENVELOPE
 
 
 def _trial(status, label, epoch=None, planned=10, val=None):
     result = {} if epoch is None else {"epoch": float(epoch), **({} if val is None else {"val_balanced_acc": val})}
-    return SimpleNamespace(status=status, last_result=result, trial_id=label,
-                           config={"trial": {"label": label, "train": {"epochs": planned}}})
+    envelope = {"key": label, "label": label, "members": [{"label": label, "train": {"epochs": planned}}]}
+    return SimpleNamespace(status=status, last_result=result, trial_id=label, config={ENVELOPE: envelope})
 
 
 def _trials():
