@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 from mlflow import MlflowClient
 
+from analysis import mlflow_tags
 from analysis.tables import higher_is_better
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -34,7 +35,7 @@ def find_sweep(client: MlflowClient, experiment: str | None = None, parent_run_i
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
         raise SweepNotFound(f"no experiment {experiment!r}; experiments here: {', '.join(names) or '(none)'}")
-    runs = client.search_runs([exp.experiment_id], "tags.`raysweep.role` = 'sweep'",
+    runs = client.search_runs([exp.experiment_id], mlflow_tags.role_filter(mlflow_tags.SWEEP),
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         raise SweepNotFound(f"experiment {experiment!r} holds no raysweep sweep")
@@ -49,8 +50,8 @@ def resolve_sweep(client: MlflowClient, ref: str):
         except Exception:  # noqa: BLE001 - MLflow raises MlflowException or a REST error; fall back to a name
             run = None
         if run is not None:
-            if run.data.tags.get("raysweep.role") != "sweep":
-                role = run.data.tags.get("raysweep.role")
+            if run.data.tags.get(mlflow_tags.ROLE) != mlflow_tags.SWEEP:
+                role = run.data.tags.get(mlflow_tags.ROLE)
                 raise SweepNotFound(f"run {ref} is not a raysweep sweep (its role: {role})")
             return run
     return find_sweep(client, experiment=ref)
@@ -67,7 +68,7 @@ def _parse(value: str) -> Any:
 
 def child_runs(client: MlflowClient, parent, role: str) -> list:
     """Every run under ``parent`` with tag ``raysweep.role`` = ``role``, paged (no 1000-run cap)."""
-    query = f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.`raysweep.role` = '{role}'"
+    query = mlflow_tags.children_filter(parent.info.run_id, role)
     runs, token = [], None
     while True:
         page = client.search_runs([parent.info.experiment_id], query, order_by=["attributes.start_time ASC"],
@@ -81,16 +82,16 @@ def child_runs(client: MlflowClient, parent, role: str) -> list:
 def trials_frame(client: MlflowClient, parent) -> pd.DataFrame:
     """One row per trial run under ``parent``: tags (ids), params (dotted config keys), final metrics."""
     rows = []
-    for run in child_runs(client, parent, "trial"):
+    for run in child_runs(client, parent, mlflow_tags.TRIAL):
         tags = run.data.tags
         row = {
             "run_id": run.info.run_id, "status": run.info.status,
-            "trial_key": tags.get("raysweep.trial_key"), "config_id": tags.get("raysweep.config_id"),
-            "seed": int(tags.get("raysweep.seed", 0)), "method": tags.get("raysweep.method"),
-            "label": tags.get("raysweep.label"), "phase": tags.get("raysweep.phase", "search"),
-            "stop_reason": tags.get("raysweep.stop_reason", ""),
-            "plan_index": int(tags.get("raysweep.plan_index", len(rows))),
-            "epochs_run": int(tags.get("raysweep.epochs_run", 0) or 0),
+            "trial_key": tags.get(mlflow_tags.TRIAL_KEY), "config_id": tags.get(mlflow_tags.CONFIG_ID),
+            "seed": int(tags.get(mlflow_tags.SEED, 0)), "method": tags.get(mlflow_tags.METHOD),
+            "label": tags.get(mlflow_tags.LABEL), "phase": tags.get(mlflow_tags.PHASE, "search"),
+            "stop_reason": tags.get(mlflow_tags.STOP_REASON, ""),
+            "plan_index": int(tags.get(mlflow_tags.PLAN_INDEX, len(rows))),
+            "epochs_run": int(tags.get(mlflow_tags.EPOCHS_RUN, 0) or 0),
         }
         row.update({k: _parse(v) for k, v in run.data.params.items()})
         row.update({f"metric.{k}": v for k, v in run.data.metrics.items()})
@@ -155,7 +156,7 @@ class Sweep:
 
     @property
     def table_defaults(self) -> dict:
-        return json.loads(self.parent.data.tags.get("raysweep.table", "{}"))
+        return json.loads(self.parent.data.tags.get(mlflow_tags.TABLE, "{}"))
 
 
 def load_sweep(client: MlflowClient, parent, history_metrics: Sequence[str] = ()) -> Sweep:
@@ -169,4 +170,4 @@ def load_sweep(client: MlflowClient, parent, history_metrics: Sequence[str] = ()
 
 def sweep_axes(parent) -> list[str]:
     """The dotted keys the sweep's spec swept as axes (stored on the parent run)."""
-    return json.loads(parent.data.tags.get("raysweep.axes", "[]"))
+    return json.loads(parent.data.tags.get(mlflow_tags.AXES, "[]"))

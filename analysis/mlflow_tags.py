@@ -52,6 +52,14 @@ SUMMARY_OF = "raysweep.summary_of"
 TRIAL_RUNS = "raysweep.trial_runs"
 N_SEEDS = "raysweep.n_seeds"
 
+# The sweep's headline and model selection, on the parent run
+SELECTION = "raysweep.selection"  # one sentence: which split selected configurations
+SELECTION_WARNING = "raysweep.selection_warning"
+BEST_CONFIG = "raysweep.best_config"  # "<label> [<config_id>]"
+BEST_CONFIG_ID = "raysweep.best_config_id"
+BEST_SUMMARY_RUN = "raysweep.best_summary_run"
+HEADLINE_PREFIX = "best."  # parent metrics best.<metric>_mean, best.<metric>_std, best.n_seeds
+
 
 def sweep_filter(sweep_id: str) -> str:
     """The parent run of sweep ``sweep_id``."""

@@ -1,38 +1,28 @@
 """Tables, plots and importance of a finished sweep, rebuilt from MLflow alone and logged back to it.
 
-``summarize_sweep`` is what a sweep's end calls: one summary child run per configuration (tag
-``raysweep.role=summary``) whose metrics are the seed-averaged ones, so MLflow's runs table, charts and
-parallel-coordinates view compare tens of configurations instead of hundreds of trials, and the sweep's
-headline on the parent run (the best configuration by the search metric, its seed-mean metrics).
-``build_report`` does the same and writes everything else into a folder (Markdown, CSV, LaTeX, a
-self-contained HTML page, PNGs), logged as artifacts of the parent run (under ``report/``). Both are
-idempotent: a summary run is replaced only when the trials it summarises changed, and the headline is
-logged only when it changed.
+``build_report`` writes everything into a folder (Markdown, CSV, LaTeX, a self-contained HTML page, PNGs),
+logs it as artifacts of the parent run (under ``report/``) and brings the summary runs and the headline up
+to date (:mod:`raysweep.summaries`, which a sweep's end also calls). Running it twice creates nothing new.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import pandas as pd
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric, RunTag
 
 from analysis import importance as imp
+from analysis import mlflow_tags as tags
 from analysis import plots
-from analysis.aggregate import aggregate_configs, rank_configs, scope_knobs
+from analysis.aggregate import aggregate_configs, scope_knobs
 from analysis.mlflow_io import (
-    Sweep,
-    child_runs,
     final_phase,
     find_sweep,
     load_sweep,
@@ -50,28 +40,25 @@ from analysis.tables import (
     higher_is_better,
     knob_tables,
     render,
-    row_values,
     seed_table,
     to_html,
     to_markdown,
 )
-from raysweep.mlflow_store import MAX_BATCH_METRICS, log_params
 from raysweep.schedulers import resolve_scheduler
+from raysweep.summaries import (
+    Headline,
+    config_labels,
+    headline_of,
+    search_metric,
+    summarize_loaded,
+    summary_history_metrics,
+)
 from trainables.params import ConfigError
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-HISTORY_METRICS = ("val_balanced_acc", "test_acc") + GROUP_METRICS + ("train_clean_acc", "train_loss")
 TOP_CONFIGS = 5
 ARTIFACT_DIR = "report"
-DEFAULT_SEARCH_METRIC = "val_balanced_acc"
 # Parent-run tags: read (written by the runner) and written (the headline).
-SELECTION_TAG = "raysweep.selection"  # one sentence: which split selected configurations
-SELECTION_WARNING_TAG = "raysweep.selection_warning"
-BEST_CONFIG_TAG = "raysweep.best_config"  # "<label> [<config_id>]"
-BEST_CONFIG_ID_TAG = "raysweep.best_config_id"
-BEST_SUMMARY_TAG = "raysweep.best_summary_run"
-HEADLINE_PREFIX = "best."  # parent metrics best.<metric>_mean, best.<metric>_std, best.n_seeds
-PER_CLASS = re.compile(r"_class\d+$")
 
 
 def sweep_table(tracking_uri: str, *, experiment: str | None = None, parent_run_id: str | None = None,
@@ -79,62 +66,13 @@ def sweep_table(tracking_uri: str, *, experiment: str | None = None, parent_run_
     """The seed-averaged table of a sweep; unset rows/cols/metric fall back to the spec's ``table`` section."""
     client = MlflowClient(tracking_uri)
     parent = find_sweep(client, experiment, parent_run_id)
-    defaults = json.loads(parent.data.tags.get("raysweep.table", "{}"))
+    defaults = json.loads(parent.data.tags.get(tags.TABLE, "{}"))
     df = trials_frame(client, parent)
     if df.empty:
         raise KeyError("the sweep has no trial runs")
     return seed_table(scope_knobs(final_phase(df)), metric or defaults.get("metric", "test_acc"),
                       rows or defaults.get("rows", "config"), cols if cols is not None else defaults.get("cols"),
                       sweep_axes(parent))
-
-
-@dataclass
-class Headline:
-    """The sweep's best configuration by its search metric (seed means of the final phase), as logged."""
-
-    parent_run_id: str
-    metric: str  # the search metric that chose the configuration
-    direction: str  # max or min
-    config_id: str | None  # None when no configuration has the metric (nothing finished)
-    label: str = ""
-    n_seeds: int = 0
-    values: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> (seed mean, sample std)
-    summary_runs: dict[str, str] = field(default_factory=dict)  # config_id -> summary run id
-    summary_created: int = 0  # summary runs created or replaced by this call
-    seconds: float = 0.0
-
-    def parent_metrics(self) -> dict[str, float]:
-        """What goes on the parent run: ``best.<m>_mean``, ``best.<m>_std`` (when n > 1), ``best.n_seeds``."""
-        if self.config_id is None:
-            return {}
-        out = {f"{HEADLINE_PREFIX}n_seeds": float(self.n_seeds)}
-        for name, (mean, std) in self.values.items():
-            out[f"{HEADLINE_PREFIX}{name}_mean"] = mean
-            if math.isfinite(std):
-                out[f"{HEADLINE_PREFIX}{name}_std"] = std
-        return out
-
-    def parent_tags(self) -> dict[str, str]:
-        if self.config_id is None:
-            return {}
-        tags = {BEST_CONFIG_TAG: f"{self.label} [{self.config_id}]", BEST_CONFIG_ID_TAG: self.config_id}
-        if self.config_id in self.summary_runs:
-            tags[BEST_SUMMARY_TAG] = self.summary_runs[self.config_id]
-        return tags
-
-    def describe(self) -> str:
-        """One line for a terminal: the best configuration and its seed-mean metrics (accuracies in %)."""
-        if self.config_id is None:
-            return f"no configuration has a {self.metric} to rank by"
-        shown = [self.metric] + [m for m in ("val_balanced_acc", "test_acc") if m != self.metric and m in self.values]
-        parts = []
-        for name in shown:
-            mean, std = self.values[name]
-            scale, unit = (100.0, " %") if name.endswith("acc") else (1.0, "")
-            spread = f" ± {scale * std:.2f}" if math.isfinite(std) else ""
-            parts.append(f"{name} {scale * mean:.2f}{spread}{unit}")
-        return (f"best configuration by {self.metric} ({self.direction}, mean of {self.n_seeds} seed"
-                f"{'s' if self.n_seeds != 1 else ''}): {self.label} [{self.config_id}]: " + ", ".join(parts))
 
 
 @dataclass
@@ -186,100 +124,10 @@ def _rungs(spec: dict, max_epoch: int) -> list[float] | None:
     return scheduler.rungs(max_epoch) if scheduler.stops_early else None
 
 
-def search_metric(parent) -> tuple[str, str]:
-    """The sweep's search metric and direction, from the parent run's tags."""
-    metric = parent.data.tags.get("raysweep.metric") or DEFAULT_SEARCH_METRIC
-    direction = parent.data.tags.get("raysweep.direction")
-    if direction not in ("max", "min"):
-        direction = "max" if higher_is_better(metric) else "min"
-    return metric, direction
-
-
-def summary_history_metrics(parent, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The metrics whose per-epoch histories a summary needs (best-epoch values, mean curves)."""
-    table_metric = json.loads(parent.data.tags.get("raysweep.table", "{}")).get("metric", "test_acc")
-    return tuple(dict.fromkeys(extra + (table_metric, search_metric(parent)[0]) + HISTORY_METRICS))
-
-
-def config_labels(trials: pd.DataFrame, axes: list[str]) -> dict[str, str]:
-    """config_id -> a readable name: the plan's label plus the configuration's axis values."""
-    if trials.empty:
-        return {}
-    return dict(zip(trials["config_id"], row_values(trials, "config", None, axes), strict=True))
-
-
-def headline_of(configs: pd.DataFrame, metric: str, direction: str, labels: dict[str, str],
-                parent_run_id: str = "") -> Headline:
-    """The best row of :func:`aggregate_configs` by ``metric`` (see :func:`rank_configs`) and its seed-mean
-    search, validation and test metrics (per-class accuracies left out)."""
-    empty = Headline(parent_run_id, metric, direction, None)
-    if configs.empty or metric not in configs.columns:
-        return empty
-    ranked = rank_configs(configs, metric, direction == "max")
-    if ranked.empty:
-        return empty
-    best = ranked.iloc[0]
-    names = [metric] + [c for c in configs.columns if c.startswith(("val_", "test_")) and c != metric
-                        and not c.endswith(("_std", "_ci95")) and not PER_CLASS.search(c)]
-    values = {}
-    for name in names:
-        mean = best.get(name)
-        if mean is not None and math.isfinite(float(mean)):
-            std = best.get(f"{name}_std")
-            values[name] = (float(mean), float(std) if std is not None else math.nan)
-    cid = str(best["config_id"])
-    return Headline(parent_run_id, metric, direction, cid, labels.get(cid, str(best["label"])), int(best["n"]), values)
-
-
-def log_headline(client: MlflowClient, parent, headline: Headline) -> bool:
-    """Log the headline's metrics and tags on the parent run, unless it already holds exactly them."""
-    metrics = {k: v for k, v in headline.parent_metrics().items() if parent.data.metrics.get(k) != v}
-    tags = {k: v for k, v in headline.parent_tags().items() if parent.data.tags.get(k) != v}
-    if not metrics and not tags:
-        return False
-    now = int(time.time() * 1000)
-    client.log_batch(parent.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-                     tags=[RunTag(k, v) for k, v in tags.items()])
-    return True
-
-
-def _summarize(client: MlflowClient, sweep: Sweep, configs: pd.DataFrame) -> Headline:
-    """Summary runs and the parent's headline for a loaded sweep (``configs``: its final phase, aggregated)."""
-    tick = time.perf_counter()
-    ids, created = sync_summary_runs(client, sweep, configs)
-    metric, direction = search_metric(sweep.parent)
-    labels = config_labels(final_phase(sweep.trials), sweep.axes)
-    headline = headline_of(configs, metric, direction, labels, sweep.parent.info.run_id)
-    headline.summary_runs, headline.summary_created = ids, created
-    log_headline(client, sweep.parent, headline)
-    headline.seconds = time.perf_counter() - tick
-    return headline
-
-
-def summarize_sweep(tracking_uri: str, parent_run_id: str) -> Headline:
-    """What a sweep's end calls: seed-averaged summary runs (one per configuration) and the headline.
-
-    Reads the trials from MLflow (one search per 1000 runs, one history request per trial and summary
-    metric), creates the summary runs that are missing or out of date (:func:`sync_summary_runs`) and logs
-    the headline on the parent run (:func:`log_headline`). Running it again, or ``raysweep report`` after
-    it, creates nothing. Raises what MLflow raises when the store does not answer.
-    """
-    tick = time.perf_counter()
-    client = MlflowClient(tracking_uri)
-    parent = client.get_run(parent_run_id)
-    sweep = load_sweep(client, parent, summary_history_metrics(parent))
-    if sweep.trials.empty:
-        metric, direction = search_metric(parent)
-        return Headline(parent_run_id, metric, direction, None, seconds=time.perf_counter() - tick)
-    headline = _summarize(client, sweep, aggregate_configs(final_phase(sweep.trials)))
-    headline.seconds = time.perf_counter() - tick
-    return headline
-
-
 def _intro_notes(parent, headline: Headline) -> tuple[list[str], list[str]]:
     """(notes, warnings) for the report's header: which split selected configurations, and the headline."""
-    notes = [parent.data.tags[SELECTION_TAG]] if parent.data.tags.get(SELECTION_TAG) else []
-    warnings = [parent.data.tags[SELECTION_WARNING_TAG]] if parent.data.tags.get(SELECTION_WARNING_TAG) else []
+    notes = [parent.data.tags[tags.SELECTION]] if parent.data.tags.get(tags.SELECTION) else []
+    warnings = [parent.data.tags[tags.SELECTION_WARNING]] if parent.data.tags.get(tags.SELECTION_WARNING) else []
     return notes + [headline.describe()], warnings
 
 
@@ -301,7 +149,7 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
     tick = time.perf_counter()
     client = MlflowClient(tracking_uri)
     parent = resolve_sweep(client, ref)
-    defaults = json.loads(parent.data.tags.get("raysweep.table", "{}"))
+    defaults = json.loads(parent.data.tags.get(tags.TABLE, "{}"))
     metric = metric or defaults.get("metric", "test_acc")
     selection_metric, selection_direction = search_metric(parent)
     direction = selection_direction if metric == selection_metric else None
@@ -313,7 +161,7 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
     seconds["read"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    sweep_id = parent.data.tags.get("raysweep.sweep_id", parent.info.run_id)
+    sweep_id = parent.data.tags.get(tags.SWEEP_ID, parent.info.run_id)
     out = Path(out_dir) if out_dir else Path("raysweep_reports") / _slug(sweep_id)
     for sub in ("tables", "plots"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -373,7 +221,7 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
     summary_runs, created, headline = {}, 0, None
     if log:
         tick = time.perf_counter()
-        headline = _summarize(client, sweep, configs)
+        headline = summarize_loaded(client, sweep, configs)
         summary_runs, created = headline.summary_runs, headline.summary_created
         seconds["summary_runs"] = time.perf_counter() - tick
     else:
@@ -402,82 +250,4 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
                   headline)
 
 
-def _fingerprint(trials: pd.DataFrame) -> str:
-    """What a summary run summarises: its trials' run ids, epochs and final metrics."""
-    cols = ["run_id", "epochs_run"] + sorted(c for c in trials.columns if c.startswith("metric."))
-    body = trials[cols].sort_values("run_id").to_json(orient="values", double_precision=10)
-    return hashlib.sha1(body.encode()).hexdigest()[:16]
-
-
-def summary_metrics(row: pd.Series) -> dict[str, float]:
-    """The finite seed statistics of one row of :func:`aggregate_configs` (mean, _std, _ci95, best_...)."""
-    skip = {"config_id", "label", "method", "n", "early_stopped"}
-    out = {"n_seeds": float(row["n"]), "early_stopped": float(row["early_stopped"])}
-    for key, value in row.items():
-        if key in skip or "." in key or not isinstance(value, (int, float)) or isinstance(value, bool):
-            continue
-        if math.isfinite(float(value)):
-            out[key] = float(value)
-    return out
-
-
-def summary_params(row: pd.Series) -> dict[str, Any]:
-    """The configuration's params as its trials have them (dotted config keys), without missing values."""
-    return {k: v for k, v in row.items() if "." in k and not (v is None or (isinstance(v, float) and math.isnan(v)))}
-
-
-def sync_summary_runs(client: MlflowClient, sweep: Sweep, configs: pd.DataFrame) -> tuple[dict[str, str], int]:
-    """One summary child run per configuration; returns (config_id -> run id, how many were (re)created).
-
-    An existing summary whose fingerprint matches is kept as it is (renamed if its name is out of date);
-    one whose trials changed is deleted and written again, so neither a second run nor a mixed metric
-    history ever appears. Runs are named ``summary <label and axis values>``, e.g. ``summary focal gamma=0.5``.
-    """
-    parent = sweep.parent
-    existing: dict[str, Any] = {}
-    for run in child_runs(client, parent, "summary"):
-        cid = run.data.tags.get("raysweep.config_id")
-        if cid in existing:  # a leftover duplicate (e.g. two reports raced): keep one
-            client.delete_run(run.info.run_id)
-        else:
-            existing[cid] = run
-    df = final_phase(sweep.trials)
-    labels = config_labels(df, sweep.axes)
-    curves = sweep.histories.merge(df[["run_id", "config_id"]], on="run_id")
-    ids, created = {}, 0
-    now = int(time.time() * 1000)
-    for _, row in configs.iterrows():
-        cid = row["config_id"]
-        trials = df[df["config_id"] == cid]
-        fingerprint = _fingerprint(trials)
-        name = f"summary {labels.get(cid, row['label'])}"
-        old = existing.pop(cid, None)
-        if old is not None and old.data.tags.get("raysweep.summary_of") == fingerprint:
-            if old.info.run_name != name:
-                client.update_run(old.info.run_id, name=name)
-            ids[cid] = old.info.run_id
-            continue
-        if old is not None:
-            client.delete_run(old.info.run_id)
-        run = client.create_run(parent.info.experiment_id, run_name=name, tags={
-            "mlflow.parentRunId": parent.info.run_id, "raysweep.role": "summary", "raysweep.config_id": cid,
-            "raysweep.label": labels.get(cid, str(row["label"])), "raysweep.method": str(row["method"]),
-            "raysweep.n_seeds": str(int(row["n"])), "raysweep.summary_of": fingerprint,
-            "raysweep.trial_runs": ",".join(trials["run_id"])[:5000]})
-        run_id = run.info.run_id
-        log_params(client, run_id, summary_params(row))
-        entries = [Metric(k, v, now, 0) for k, v in summary_metrics(row).items()]
-        per_epoch = curves[curves["config_id"] == cid].groupby(["metric", "step"])["value"].mean()
-        entries += [Metric(f"curve.{m}", float(v), now, int(step)) for (m, step), v in per_epoch.items()]
-        for i in range(0, len(entries), MAX_BATCH_METRICS):
-            client.log_batch(run_id, metrics=entries[i : i + MAX_BATCH_METRICS])
-        client.set_terminated(run_id, "FINISHED")
-        ids[cid] = run_id
-        created += 1
-    for stale in existing.values():  # configurations no longer in the sweep
-        client.delete_run(stale.info.run_id)
-    return ids, created
-
-
-__all__ = ["sweep_table", "build_report", "summarize_sweep", "write_table", "sync_summary_runs", "summary_metrics",
-           "headline_of", "log_headline", "Headline", "Report", "FORMATS"]
+__all__ = ["sweep_table", "build_report", "write_table", "Report"]

@@ -126,7 +126,8 @@ class SweepSession:
     def finish(self) -> SweepResult:
         """End the parent run and build the summary table (from MLflow), unless MLflow is unreachable."""
         from analysis.tables import to_frame, to_markdown
-        from raysweep.report import summarize_sweep, sweep_table
+        from raysweep.report import sweep_table
+        from raysweep.summaries import summarize_sweep
 
         TuneCallback.detach(self.sweep_id)
         num_trials, num_errors, num_non_finite = self.totals()

@@ -8,13 +8,15 @@ from html import escape as html_escape
 import _multi
 import pandas as pd
 import pytest
-from _cli import raysweep, run_spec
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from analysis.importance import build_study, importances, infer_distribution
 from analysis.page import Section, render_page
-from raysweep.report import build_report, summarize_sweep
+from raysweep.report import build_report
+from raysweep.summaries import summarize_sweep
+
+from _cli import raysweep, run_spec
 
 
 def test_distributions_are_inferred_from_the_values():
