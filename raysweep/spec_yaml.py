@@ -131,7 +131,8 @@ def _one_line(err: yaml.MarkedYAMLError) -> str:
     mark = err.problem_mark or err.context_mark
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     problem = err.problem or err.context or "invalid YAML"
-    return " ".join(f"{problem}{where}".split())
+    context = f" ({err.context})" if err.problem and err.context else ""
+    return " ".join(f"{problem}{where}{context}".split())
 
 
 def _children(node: Node) -> list[Node]:

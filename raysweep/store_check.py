@@ -4,9 +4,10 @@ Without this, ``ftp://...`` or ``bogus://...`` ran a whole sweep untracked and e
 ``sqlite:////proc/raysweep.db`` spent two minutes in MLflow's retries. Two checks:
 
 - :func:`check_scheme` (pure, for spec validation): the URI's scheme is one MLflow 3.17.2 has a tracking
-  store for: a local path or ``file:``, ``sqlite``, ``postgresql``, ``mysql``, ``mssql`` (each with an
-  optional ``+driver``), ``http``, ``https``, ``databricks``; or one that an installed MLflow plugin
-  registers (entry point group ``mlflow.tracking_store``).
+  store for: ``sqlite``, ``postgresql``, ``mysql``, ``mssql`` (each with an optional ``+driver``),
+  ``http``, ``https``, ``databricks``, a local path or ``file:`` (MLflow 3.17 opens that file store only
+  with ``MLFLOW_ALLOW_FILE_STORE=true``); or one an installed MLflow plugin registers (entry point group
+  ``mlflow.tracking_store``).
 - :func:`check_store` (the preflight, bounded by ``timeout_s``): a sqlite file can be opened or created
   (its folder exists and takes a new file; an existing file is a database), a file store's folder can be
   created, an HTTP(S) server answers ``GET /health``, a database server accepts a connection.
@@ -50,7 +51,10 @@ def plugin_schemes() -> tuple[str, ...]:
 
 
 def uri_scheme(uri: str) -> str:
-    """The scheme as MLflow dispatches on it: ``postgresql+psycopg`` -> ``postgresql``; a path -> ``""``."""
+    """The scheme as MLflow dispatches on it: ``postgresql+psycopg`` -> ``postgresql``; a path -> ``""``;
+    the bare word ``databricks`` -> ``databricks``."""
+    if uri in ("databricks", "databricks-uc", "uc"):
+        return uri
     scheme = urllib.parse.urlparse(uri).scheme.lower()
     base = scheme.split("+", 1)[0]
     if base in DATABASE_SCHEMES:
@@ -60,11 +64,19 @@ def uri_scheme(uri: str) -> str:
     return scheme
 
 
+def file_store_allowed() -> bool:
+    """MLflow 3.17 raises on a file store (maintenance mode) unless MLFLOW_ALLOW_FILE_STORE is true."""
+    return os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1")
+
+
 def check_scheme(uri: str, field: str = FIELD) -> str:
     """``uri``'s scheme if MLflow can track to it, else a ConfigError naming ``field`` and the schemes."""
     if not isinstance(uri, str) or not uri.strip():
         raise ConfigError(field, f"must be an MLflow tracking URI, got {uri!r}")
     scheme = uri_scheme(uri)
+    if scheme in FILE_SCHEMES and not file_store_allowed():
+        raise ConfigError(field, f"{uri!r} is an MLflow file store, which MLflow 3.17 opens only with "
+                                 "MLFLOW_ALLOW_FILE_STORE=true; use a database, e.g. sqlite:///mlflow.db")
     if scheme in SCHEMES or scheme in plugin_schemes():
         return scheme
     allowed = ", ".join(s for s in SCHEMES if s) + ", or a local folder path"
