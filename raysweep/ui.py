@@ -261,7 +261,8 @@ def serve_ui(tracking_uri: str, experiment: str | None = None, *, host: str = "1
         echo(f"Open {url}{note}")
         if open_browser:
             webbrowser.open(url)
-        return server.process.wait()
+        code = server.process.wait()
+        return code if code >= 0 else 1  # killed by a signal
     except _Stopped:
         return 0
     finally:
