@@ -81,7 +81,8 @@ def check_reachable(address: str, timeout: float) -> None:
     except OSError as err:
         reason = "timed out" if isinstance(err, socket.timeout) else (err.strerror or str(err))
         raise ConfigError("cluster.address", f"no Ray head answers at {address} ({reason} after at most "
-                                             f"{timeout:g} s); start one with `ray start --head` or fix the address") from None
+                                             f"{timeout:g} s); start one with `ray start --head` or fix the "
+                                             "address") from None
 
 
 def start_ray(address: str | None, timeout: float = 10.0) -> bool:
@@ -122,7 +123,8 @@ def _read_sentinel(path: str) -> dict[str, str]:
             "host": socket.gethostname()}
 
 
-def storage_problems(token: str, nodes: Iterable[Mapping[str, Any]], answers: Mapping[str, Mapping[str, str] | None]) -> list[str]:
+def storage_problems(token: str, nodes: Iterable[Mapping[str, Any]],
+                     answers: Mapping[str, Mapping[str, str] | None]) -> list[str]:
     """One line per alive node that did not read ``token`` back: which node, and what it saw instead."""
     problems = []
     for node in nodes:

@@ -8,9 +8,12 @@ anything starts, naming the field and the allowed range.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from trainables.params import ConfigError
+
+if TYPE_CHECKING:  # raysweep.spec validates resources with check_resolution: no import cycle at run time
+    from raysweep.spec import Resources
 
 # Ray 2.60 counts resources in fixed point: ray._raylet.RESOURCE_UNIT_SCALING = 10000 units per CPU or GPU
 # (ray._private.ray_constants.MIN_RESOURCE_GRANULARITY = 0.0001); a test pins this to the installed Ray.
@@ -18,7 +21,7 @@ RESOURCE_UNITS = 10_000
 RESOLUTION = 1.0 / RESOURCE_UNITS
 
 
-def trial_resources(resources: Mapping[str, Any], cluster_gpus: float,
+def trial_resources(resources: Resources, cluster_gpus: float,
                     notice: Callable[[str], None]) -> tuple[dict, float | None]:
     """Ray resources per trial and the GPU memory fraction to cap, after checking the cluster has GPUs.
 
@@ -26,11 +29,11 @@ def trial_resources(resources: Mapping[str, Any], cluster_gpus: float,
     trials pending forever without a word). ``trials_per_gpu`` falls back to CPUs with a notice, unless
     ``require_gpu`` is set.
     """
-    per_trial = {"cpu": resources["cpu"]}
-    gpu = resources["gpu"] or (1.0 / resources["trials_per_gpu"] if resources["trials_per_gpu"] else 0.0)
+    per_trial = {"cpu": resources.cpu}
+    gpu = resources.gpu or (1.0 / resources.trials_per_gpu if resources.trials_per_gpu else 0.0)
     if gpu and cluster_gpus <= 0:
-        if resources["gpu"] or resources["require_gpu"]:
-            key = "resources.gpu" if resources["gpu"] else "resources.require_gpu"
+        if resources.gpu or resources.require_gpu:
+            key = "resources.gpu" if resources.gpu else "resources.require_gpu"
             raise ConfigError(key, "the Ray cluster has no GPU; set resources.gpu: 0 (or use trials_per_gpu "
                                    "without require_gpu to fall back to CPUs)")
         notice("notice: no GPU in the Ray cluster; running trials_per_gpu trials on CPUs instead")
@@ -50,7 +53,7 @@ def _on_grid(amount: float) -> bool:
     return abs(scaled - round(scaled)) <= 1e-6 * max(1.0, scaled)
 
 
-def check_resolution(resources: Mapping[str, Any]) -> None:
+def check_resolution(resources: Resources) -> None:
     """The spec's ``resources`` (validated) respect Ray's resolution of 0.0001 CPU or GPU.
 
     ``cpu`` and a nonzero ``gpu`` must be whole multiples of 0.0001 (Ray would round anything finer, and
@@ -58,11 +61,11 @@ def check_resolution(resources: Mapping[str, Any]) -> None:
     A pure check on the spec: it needs no cluster and runs with the rest of spec validation.
     """
     for key in ("cpu", "gpu"):
-        value = resources.get(key) or 0.0
+        value = getattr(resources, key) or 0.0
         if value and (_units(value) < 1 or not _on_grid(value)):
             raise ConfigError(f"resources.{key}", f"must be a multiple of {RESOLUTION:g} (Ray's resource resolution), "
                                                   f"at least {RESOLUTION:g}; got {value!r}")
-    k = resources.get("trials_per_gpu")
+    k = resources.trials_per_gpu
     if k and k > RESOURCE_UNITS:
         raise ConfigError("resources.trials_per_gpu", f"must be at most {RESOURCE_UNITS} (each trial's 1/k of a GPU "
                                                       f"must be at least {RESOLUTION:g}); got {k!r}")

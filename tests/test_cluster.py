@@ -45,7 +45,8 @@ def cluster(tmp_path):
                               '{"head": 1}', "--include-dashboard", "false", "--disable-usage-stats", "--block"],
                              env, tmp_path, tmp_path / "head.log")
         node2 = tracked.start([ray_bin, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--resources",
-                               '{"node2": 1}', "--disable-usage-stats", "--block"], env, tmp_path, tmp_path / "node2.log")
+                               '{"node2": 1}', "--disable-usage-stats", "--block"], env, tmp_path,
+                              tmp_path / "node2.log")
         wait = textwrap.dedent(f"""
             import time, ray
             ray.init(address="127.0.0.1:{port}", logging_level="ERROR")
@@ -125,8 +126,7 @@ def _head_node_id(env, address) -> str:
 
 
 def test_storage_problems_name_each_node_that_cannot_read_the_sentinel():
-    nodes = [{"NodeID": "a" * 56, "NodeManagerAddress": "10.0.0.1"}, {"NodeID": "b" * 56, "NodeManagerAddress": "10.0.0.2"},
-             {"NodeID": "c" * 56, "NodeManagerAddress": "10.0.0.3"}, {"NodeID": "d" * 56, "NodeManagerAddress": "10.0.0.4"}]
+    nodes = [{"NodeID": c * 56, "NodeManagerAddress": f"10.0.0.{i}"} for i, c in enumerate("abcd", start=1)]
     answers = {"a" * 56: {"content": "tok"}, "b" * 56: {"content": "ERROR No such file or directory"},
                "c" * 56: {"content": "other"}}
     assert storage_problems("tok", nodes, answers) == [
@@ -149,7 +149,8 @@ def test_addresses_parse_or_fail_naming_cluster_address():
 @pytest.mark.slow
 @pytest.mark.gpu
 def test_fractional_gpu_trials_cap_their_memory(tmp_path):
-    spec = {"name": "gpu", "dataset": GAUSSIAN, "model": MLP, "train": {"epochs": 2, "batch_size": 64, "device": "cuda"},
+    spec = {"name": "gpu", "dataset": GAUSSIAN, "model": MLP,
+            "train": {"epochs": 2, "batch_size": 64, "device": "cuda"},
             "methods": {"ce": {}}, "seeds": 2, "resources": {"cpu": 1, "trials_per_gpu": 2}}
     env = setup_workdir(tmp_path, spec)
     proc = subprocess.run(raysweep_cmd("run", "spec.yaml"), cwd=tmp_path, env=env, capture_output=True, text=True,

@@ -11,8 +11,15 @@ from pathlib import Path
 import pytest
 
 from raysweep.manifest import MANIFEST, Manifest, claim_sweep_dir
-from raysweep.paths import (COMPONENT_MAX_BYTES, CONFIRM_SUFFIX, LONGEST_ID_SUFFIX, MAX_CLAIMS, MAX_NAME_BYTES,
-                            check_name, contained)
+from raysweep.paths import (
+    COMPONENT_MAX_BYTES,
+    CONFIRM_SUFFIX,
+    LONGEST_ID_SUFFIX,
+    MAX_CLAIMS,
+    MAX_NAME_BYTES,
+    check_name,
+    contained,
+)
 from trainables.params import ConfigError
 
 NOON = time.mktime((2026, 12, 1, 18, 49, 3, 0, 0, -1))  # local time 2026-12-01 18:49:03

@@ -12,19 +12,19 @@ from dataclasses import replace
 import pytest
 
 from raysweep import store_check
-from raysweep.resources import (RESOLUTION, RESOURCE_UNITS, check_fits, check_resolution, local_cluster,
-                                trial_resources)
+from raysweep.resources import RESOLUTION, RESOURCE_UNITS, check_fits, check_resolution, local_cluster, trial_resources
 from raysweep.store_check import SCHEMES, check_scheme, check_store, uri_scheme
 from trainables.data import DATASETS, load_splits, resolve_dataset
 from trainables.data.sizes import check_split_sizes, split_sizes
 from trainables.params import ConfigError
 from trainables.plugins import PluginError, import_plugins, plugin_names
 
-RESOURCES = {"cpu": 1.0, "gpu": 0.0, "trials_per_gpu": None, "require_gpu": False, "max_concurrent": None}
-
 
 def res(**values):
-    return {**RESOURCES, **values}
+    """A validated ``resources`` section."""
+    from raysweep.spec import Resources
+
+    return Resources.from_raw(values, "resources")
 
 
 # ---- resources ----------------------------------------------------------------------------------------
@@ -217,7 +217,8 @@ def test_an_http_store_on_a_closed_port_is_refused():
     port = closed_port()
     with pytest.raises(ConfigError) as info:
         check_store(f"http://127.0.0.1:{port}", timeout_s=2)
-    assert info.value.path == "tracking.uri" and f"no MLflow server answers at http://127.0.0.1:{port}" in str(info.value)
+    assert info.value.path == "tracking.uri"
+    assert f"no MLflow server answers at http://127.0.0.1:{port}" in info.value.message
 
 
 class _Health(http.server.BaseHTTPRequestHandler):

@@ -202,7 +202,8 @@ def test_every_bundled_spec_loads_as_safe_load_does():
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    files = sorted((root / "search_spaces" / "presets").glob("*.yaml")) + [root / "raysweep" / "specs" / "quickstart.yaml"]
+    presets = sorted((root / "search_spaces" / "presets").glob("*.yaml"))
+    files = [*presets, root / "raysweep" / "specs" / "quickstart.yaml"]
     assert len(files) > 10
     for path in files:
         assert load_spec_file(path) == yaml.safe_load(path.read_text()), path

@@ -12,7 +12,7 @@ from raysweep.plan import plan
 from raysweep.spec import validate_spec
 from raysweep.sync import checkpoint_results, sync_sweep, trial_history
 from trainables.checkpoint import STATE_FILE, save_state
-from trainables.tune import LAST_METRICS
+from trainables.tune import ENVELOPE, LAST_METRICS, envelope
 
 SPEC = {"name": "gaps", "dataset": {"name": "gaussian", "samples_per_class": 100}, "model": "mlp",
         "train": {"epochs": 10}, "methods": {"ce": {}, "focal": {"gamma": [1.0]}}, "seeds": 1}
@@ -23,10 +23,12 @@ def metrics(epoch: int) -> dict:
             "test_acc": 0.4 + epoch / 100, "lr": 0.1}
 
 
-def write_trial(folder, config, result_epochs, checkpoint_epochs, trial_id="abc_00000", truncated=()):
-    """A trial folder as Ray and trainables.tune leave it: params.json, result.json, checkpoint_*/state.pt."""
+def write_trial(folder, member, result_epochs, checkpoint_epochs, trial_id="abc_00000", truncated=()):
+    """A trial folder as Ray and trainables.tune leave it: params.json (the envelope of one planned trial),
+    result.json, checkpoint_*/state.pt."""
     folder.mkdir(parents=True)
-    (folder / "params.json").write_text(json.dumps({"trial": config}))
+    params = {ENVELOPE: envelope([member], [], str(folder.parent), None)} if member else {}
+    (folder / "params.json").write_text(json.dumps(params))
     now = int(time.time())
     lines = [json.dumps({**metrics(e), "trial_id": trial_id, "timestamp": now, "training_iteration": e})
              for e in result_epochs]
@@ -86,7 +88,7 @@ def gappy_sweep(tmp_path):
     trials = plan(spec)
     sweep_id, folder = claim_sweep_dir(tmp_path / "results", "gaps")
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
-    manifest = Manifest.new(folder, sweep_id=sweep_id, spec=SPEC, tracking_uri=uri, experiment="gaps",
+    manifest = Manifest.new(folder, sweep_id=sweep_id, spec=spec.written, tracking_uri=uri, experiment="gaps",
                             parent_tags={"raysweep.spec_name": "gaps"})
     manifest.save()
     manifest.start_phase("search", sweep_id, [t.key for t in trials])

@@ -12,9 +12,9 @@ import textwrap
 import urllib.request
 
 import pytest
+from _procs import _start_time, wait_for
 from mlflow import MlflowClient
 
-from _faults import _start_time, wait_for
 from raysweep.ui import descendants, group_members, runs_url
 
 pytestmark = pytest.mark.slow
