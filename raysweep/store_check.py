@@ -140,6 +140,8 @@ def _check_sqlite(uri: str, timeout_s: float, field: str) -> None:
     _probe_folder(folder, f"the sqlite database {path}", field)
     if not path.exists():
         return
+    if not os.access(path, os.R_OK | os.W_OK):  # sqlite would quietly open it read-only
+        raise ConfigError(field, f"the sqlite database {path} is not readable and writable by this user")
     try:
         with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True,
                                                 timeout=timeout_s)) as db:
