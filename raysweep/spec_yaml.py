@@ -21,6 +21,7 @@ Everything else (tags, scalars, merge keys, one document) behaves exactly as ``y
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +117,13 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError("spec", f"cannot read {path}: {err.strerror or err}") from None
     if len(data) > MAX_SPEC_BYTES:
         raise ConfigError("spec", f"{path} is larger than {MAX_SPEC_BYTES:,} bytes; a spec is a short YAML file")
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        text = data.decode("utf-8-sig")
+        text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError("spec", f"{path} is not a UTF-8 text file (byte 0x{data[err.start]:02x} at offset "
-                                  f"{err.start}); a spec is YAML text") from None
+        offset = bom + err.start
+        raise ConfigError("spec", f"{path} is not a UTF-8 text file (byte 0x{data[offset]:02x} at offset "
+                                  f"{offset}); a spec is YAML text") from None
     raw = load_yaml_text(text, "spec")
     if not isinstance(raw, dict):
         raise ConfigError("spec", "must be a YAML mapping of sections (name, dataset, model, methods, ...)")

@@ -152,6 +152,8 @@ def test_a_byte_order_mark_is_accepted(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_bytes(b"\xef\xbb\xbfname: ok\n")
     assert load_spec_file(path) == {"name": "ok"}
+    path.write_bytes(b"\xef\xbb\xbfname: \xff\n")
+    assert "byte 0xff at offset 9" in pytest.raises(ConfigError, load_spec_file, path).value.message
 
 
 def test_a_binary_file_is_one_line_not_a_unicode_decode_error(tmp_path):
