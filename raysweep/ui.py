@@ -148,9 +148,11 @@ def stop_process_group(pgid: int, extra: dict[int, int] | None = None, timeout_s
     return killed
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies (Linux), so even a SIGKILL of ``raysweep ui``
-    does not orphan the server (the MLflow CLI stops its own children on SIGTERM)."""
+def _child_setup() -> None:
+    """In the child before exec: take the stop signals again (:func:`serve_ui` blocks them while it starts
+    the server), and get SIGTERM when the parent dies (Linux), so even a SIGKILL of ``raysweep ui`` does
+    not orphan the server (the MLflow CLI stops its own children on SIGTERM)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -215,7 +217,7 @@ def start_ui(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, *, wo
     out = open(log, "ab") if log is not None else None
     try:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                   stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+                                   stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_child_setup)
     finally:
         if out is not None:
             out.close()
@@ -248,13 +250,19 @@ def serve_ui(tracking_uri: str, experiment: str | None = None, *, host: str = "1
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS} if main_thread else {}
     server = None
     try:
-        server = start_ui(tracking_uri, host, port, workers=workers, jobs=jobs)
+        # A stop signal between starting the server and holding it would orphan it: hold them off meanwhile.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if main_thread else None
+        try:
+            server = start_ui(tracking_uri, host, port, workers=workers, jobs=jobs)
+        finally:
+            if blocked is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         echo(f"MLflow UI for {tracking_uri} starting on {server.url} (Ctrl-C to stop)")
         if not server.wait_ready(ready_timeout_s):
             code = server.process.poll()
             if code is not None:
                 echo(f"raysweep: error: the MLflow UI exited with code {code} before answering on {server.url}")
-                return code or 1
+                return code if code > 0 else 1
             echo(f"warning: the MLflow UI does not answer on {server.url} after {ready_timeout_s:g} s; still waiting")
         url = runs_url(server.url, exp_id)
         note = "" if exp_id or not experiment else f" (no experiment {experiment!r} in the store yet)"

@@ -35,8 +35,8 @@ def test_the_route_is_in_the_installed_mlflow_ui():
     assert '"/experiments/:experimentId/runs"' in text and "createHashRouter" in text
 
 
-def _serve(tmp_path, jobs: bool):
-    """``serve_ui`` in a subprocess of its own session; (process, log path, printed URL)."""
+def _serve(tmp_path, jobs: bool, wait_url: bool = True):
+    """``serve_ui`` in a subprocess of its own session; (process, log path, printed URL or None)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp = MlflowClient(uri).create_experiment("uitest")
     log = tmp_path / "ui.log"
@@ -53,6 +53,8 @@ def _serve(tmp_path, jobs: bool):
         found = re.search(r"Open (http://127\.0\.0\.1:\d+/#/experiments/\d+/runs)", log.read_text())
         return found and found.group(1)
 
+    if not wait_url:
+        return proc, log, None
     url = wait_for(printed, "the runs URL", 400, proc, log)
     assert url.endswith(f"/#/experiments/{exp}/runs")
     return proc, log, url
@@ -119,6 +121,20 @@ def test_a_stop_signal_stops_the_whole_server(tmp_path, sig, jobs):
         assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
         assert _alive(tree) == [] and group_members(leader) == []
         assert _closed(_port(url))
+    finally:
+        _cleanup(proc, tree)
+
+
+def test_a_stop_signal_while_the_server_starts_stops_it_too(tmp_path):
+    proc, log, _ = _serve(tmp_path, jobs=False, wait_url=False)
+    tree = {}
+    try:
+        wait_for(lambda: "starting on" in log.read_text(), "the server to be started", 120, proc, log)
+        tree = descendants(proc.pid)
+        assert tree  # the server exists (it may or may not answer yet)
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+        assert _alive(tree) == []
     finally:
         _cleanup(proc, tree)
 
