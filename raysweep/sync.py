@@ -8,9 +8,9 @@ already logged, so it creates only what is missing, and running it twice changes
 ``result.json`` can have gaps: Ray writes it from the driver, so a driver killed mid-sweep loses the lines
 it had not flushed (one trial held epochs [1, 2, 3, 4, 7, 8, 9, 10]). Every checkpoint a trial writes
 carries that epoch's reported metrics too (``trainables.tune.LAST_METRICS``), so sync recovers the
-missing epochs from ``<trial>/checkpoint_*/state.pt``; an epoch found in neither (its checkpoint pruned by
-``failure.keep_checkpoints``, or cut short) is reported in ``SyncReport.missing``, and the sync is then
-incomplete.
+missing epochs from ``<trial>/checkpoint_*/state.pt``. An epoch found in neither (its checkpoint pruned by
+``failure.keep_checkpoints``, or cut short) and not already in the store is reported in
+``SyncReport.missing``, and the sync is then incomplete.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from raysweep.mlflow_store import SweepRun, TrackingUnavailable, get_or_create_e
 from raysweep.trial_logger import TrialLogger, error_reason
 from trainables.checkpoint import STATE_FILE, load_state
 from trainables.params import ConfigError
-from trainables.tune import ENVELOPE, LAST_METRICS, read_envelope
+from trainables.tune import ENVELOPE, LAST_METRICS, MEMBERS, read_envelope
 
 
 @dataclass
@@ -43,7 +43,7 @@ class SyncReport:
     runs_closed: int
     waiting: int  # trials still incomplete in MLflow (the store stopped answering during the sync)
     epochs_recovered: int = 0  # epochs missing from result.json, logged from the trial's checkpoints
-    # trial key -> epochs in neither result.json nor a checkpoint (each trial's epochs 1..its last one)
+    # trial key -> epochs (of 1..its last one) in neither result.json, a checkpoint nor the store
     missing: dict[str, list[int]] = field(default_factory=dict)
 
     @property
@@ -141,6 +141,14 @@ def trial_history(trial_dir: Path, planned_epochs: int | None = None) -> TrialHi
     return TrialHistory([by_epoch[e] for e in sorted(by_epoch)], sorted(recovered), missing)
 
 
+def member_gaps(results: list[dict[str, Any]], key: str) -> list[int]:
+    """Epochs 1..its last that one member of a group has in none of the group's results (each round's
+    result holds every member's latest metrics under ``members``, with the member's own epoch)."""
+    have = {result_epoch(m) for r in results if isinstance(m := (r.get(MEMBERS) or {}).get(key), dict)}
+    have.discard(0)
+    return [e for e in range(1, max(have, default=0) + 1) if e not in have]
+
+
 def sync_sweep(manifest: Manifest, tracking_uri: str | None = None) -> SyncReport:
     """Log every trial of the sweep's phases that MLflow lacks; see the module docstring."""
     data = manifest.data
@@ -167,7 +175,7 @@ def sync_sweep(manifest: Manifest, tracking_uri: str | None = None) -> SyncRepor
 
     logger = TrialLogger(sweep)
     trials = recovered = 0
-    missing: dict[str, list[int]] = {}
+    gaps: dict[str, list[int]] = {}  # trial key -> epochs Ray's storage lacks
     for phase in data["phases"].values():
         experiment_dir = manifest.storage_root / phase["experiment"]
         statuses = trial_statuses(experiment_dir)
@@ -182,8 +190,10 @@ def sync_sweep(manifest: Manifest, tracking_uri: str | None = None) -> SyncRepor
             logs = logger.track_envelope(env, ray_id)
             trials += len(logs)
             recovered += len(history.recovered)
-            if history.missing:  # a group's members share its epochs
-                missing.update({member["trial_key"]: history.missing for member in env.members})
+            for member in env.members:
+                lacking = member_gaps(history.results, member["trial_key"]) if env.grouped else history.missing
+                if lacking:
+                    gaps[member["trial_key"]] = lacking
             for result in history.results:
                 logger.add_trial_result(logs, result)
             status = statuses.get(ray_id)
@@ -193,6 +203,10 @@ def sync_sweep(manifest: Manifest, tracking_uri: str | None = None) -> SyncRepor
                 elif status == "ERROR":
                     logger.end(log, "FAILED", error_reason(params.parent / "error.txt"))
     waiting = logger.flush_all()
+    # Missing for good: what the storage lacks and the store does not have either (an epoch the live
+    # logger sent before the driver died is not lost). Unknown while the store does not answer.
+    missing = {key: lost for key, epochs in gaps.items()
+               if (lost := [e for e in epochs if e not in (logger.trials[key].logged or set())])}
     if data["status"] in ("finished", "failed"):
         sweep.finish("FINISHED" if data["status"] == "finished" else "FAILED")
     return SyncReport(data["sweep_id"], uri, sweep.run_id, parent_created, trials, logger.runs_created,

@@ -132,3 +132,49 @@ def _checkpoint(manifest, key, index):
     directory = manifest.sweep_dir / key / f"checkpoint_{index:06d}"
     directory.mkdir()
     return directory
+
+
+def test_a_group_recovers_its_rounds_and_counts_gaps_per_member(tmp_path):
+    """A group of two seeds: round 3 is missing from result.json but in a checkpoint; seed 0 diverged at
+    epoch 2 (its later rounds repeat its last metrics), so only seed 1 ran to epoch 4."""
+    from trainables.tune import group_result
+
+    spec = validate_spec({**SPEC, "methods": {"ce": {}}, "seeds": 2, "train": {"epochs": 4}})
+    members = [t.as_tune_config() for t in plan(spec)]
+    keys = [m["trial_key"] for m in members]
+    sweep_id, folder = claim_sweep_dir(tmp_path / "results", "gaps")
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    manifest = Manifest.new(folder, sweep_id=sweep_id, spec=spec.written, tracking_uri=uri, experiment="gaps",
+                            parent_tags={})
+    manifest.save()
+    manifest.start_phase("search", sweep_id, keys)
+    manifest.finish_phase("search", 2, 0, 0)
+    manifest.update(status="finished")
+    env = envelope(members, [], str(folder), None)
+    trial = folder / env["key"]
+    trial.mkdir()
+    (trial / "params.json").write_text(json.dumps({ENVELOPE: env}))
+    rounds = {}
+    for epoch in range(1, 5):
+        latest = {keys[0]: {**metrics(min(epoch, 2)), **({"non_finite_loss": 1.0} if epoch >= 2 else {})},
+                  keys[1]: metrics(epoch)}
+        rounds[epoch] = group_result(members, latest)
+    lines = [json.dumps({**rounds[e], "trial_id": "g_00000", "timestamp": 1, "training_iteration": e})
+             for e in (1, 2, 4)]
+    (trial / "result.json").write_text("\n".join(lines) + "\n")
+    directory = trial / "checkpoint_000002"
+    directory.mkdir()
+    save_state({"members": [{"epoch": 2}, {"epoch": 3}], "ended": [True, False], LAST_METRICS: rounds[3]}, directory)
+
+    report = sync_sweep(manifest)
+    assert report.trials == 2 and report.epochs_recovered == 1 and report.missing == {}
+    client = MlflowClient(uri)
+    runs = {r.data.tags["raysweep.trial_key"]: r.info.run_id for r in client.search_runs(
+        [client.get_experiment_by_name("gaps").experiment_id], "tags.`raysweep.role` = 'trial'")}
+    assert sorted(m.step for m in client.get_metric_history(runs[keys[0]], "test_acc")) == [1, 2]
+    assert sorted(m.step for m in client.get_metric_history(runs[keys[1]], "test_acc")) == [1, 2, 3, 4]
+
+    (directory / STATE_FILE).unlink()  # round 3 is now gone from the storage, but the store has it
+    assert sync_sweep(manifest).missing == {}
+    # into a fresh store it is gone for good, for the member that got there only
+    assert sync_sweep(manifest, f"sqlite:///{tmp_path / 'other.db'}").missing == {keys[1]: [3]}
