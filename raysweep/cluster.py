@@ -1,4 +1,5 @@
-"""Joining a Ray cluster, and the storage preflight every multi-node sweep needs before its first trial.
+"""Joining a Ray cluster (or starting a loopback-only local one), and the storage preflight every multi-node
+sweep needs before its first trial.
 
 Ray 2.7+ no longer syncs trial folders to the head node: every node writes checkpoints and results to the
 storage path itself, so each node must see the same folder (NFS, a shared disk, or one machine). The
@@ -8,13 +9,49 @@ alive node; a node that cannot read it stops the sweep with a ConfigError naming
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from trainables.params import ConfigError
+
+# Ray binds its servers (GCS, raylet, object manager, core workers, runtime-env agent) to 127.0.0.1 only when
+# the node's IP is 127.0.0.1, and it picks that IP only with "clusters" off: the switch it reads for
+# Windows and macOS, where that is the default. Passing node_ip_address="127.0.0.1" is not enough (Ray
+# resolves a loopback address to the machine's outward IP). Ray 2.60: ray._private.services
+# .get_node_ip_address and ray_constants.ENABLE_RAY_CLUSTER.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def local_cpus() -> int:
+    """The CPUs a local Ray gets: all of this machine's."""
+    return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """While a local Ray starts: every server it starts listens on 127.0.0.1 only.
+
+    Sets LOOPBACK_ENV=0 for the processes Ray starts and Ray's parsed copy of it in this process (read when
+    ``ray`` was first imported, usually long before); both are restored afterwards, so a later ``ray.init``
+    that joins a real cluster is unaffected.
+    """
+    from ray._private import ray_constants
+
+    before_env, before_flag = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_flag
+        if before_env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = before_env
 
 
 def parse_address(address: str) -> tuple[str, int] | None:
@@ -44,11 +81,16 @@ def check_reachable(address: str, timeout: float) -> None:
     except OSError as err:
         reason = "timed out" if isinstance(err, socket.timeout) else (err.strerror or str(err))
         raise ConfigError("cluster.address", f"no Ray head answers at {address} ({reason} after at most "
-                                             f"{timeout:g} s); start one with `ray start --head` or fix the address") from None
+                                             f"{timeout:g} s); start one with `ray start --head` or fix the "
+                                             "address") from None
 
 
 def start_ray(address: str | None, timeout: float = 10.0) -> bool:
-    """Join ``address`` (or RAY_ADDRESS) or start a local Ray with this machine's CPUs. True if we started it."""
+    """Join ``address`` (or RAY_ADDRESS) or start a local Ray with this machine's CPUs. True if we started it.
+
+    A local Ray listens on 127.0.0.1 only (:func:`loopback_only`), has no dashboard and uses Ray's token
+    authentication by default; docs/cluster.md says what a cluster node exposes instead.
+    """
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -63,8 +105,9 @@ def start_ray(address: str | None, timeout: float = 10.0) -> bool:
                 hint = "; every node and the driver need the same RAY_AUTH_MODE (see the README's cluster recipe)"
             raise ConfigError("cluster.address", f"cannot connect to Ray at {address!r}: {first}{hint}") from None
         return False
-    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, dashboard_host="127.0.0.1",
-             log_to_driver=False, configure_logging=True, logging_level="WARNING")
+    with loopback_only():
+        ray.init(num_cpus=local_cpus(), include_dashboard=False, dashboard_host="127.0.0.1",
+                 log_to_driver=False, configure_logging=True, logging_level="WARNING")
     return True
 
 
@@ -80,7 +123,8 @@ def _read_sentinel(path: str) -> dict[str, str]:
             "host": socket.gethostname()}
 
 
-def storage_problems(token: str, nodes: Iterable[Mapping[str, Any]], answers: Mapping[str, Mapping[str, str] | None]) -> list[str]:
+def storage_problems(token: str, nodes: Iterable[Mapping[str, Any]],
+                     answers: Mapping[str, Mapping[str, str] | None]) -> list[str]:
     """One line per alive node that did not read ``token`` back: which node, and what it saw instead."""
     problems = []
     for node in nodes:

@@ -12,20 +12,52 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+from raysweep.paths import MAX_CLAIMS, SWEEP_TIMESTAMP, check_name
 from trainables.params import ConfigError
 
 MANIFEST = "manifest.json"
 VERSION = 1
+DEFAULT_STORAGE = "raysweep_results"
+
+
+def claim_sweep_dir(storage: str | os.PathLike, name: str, now: float | None = None) -> tuple[str, Path]:
+    """(sweep id, absolute sweep folder) of a new sweep, the folder created here and by no one else.
+
+    The id is ``<name>-<YYYYmmdd-HHMMSS>``; when that folder exists (another run of the same spec in the
+    same second, on this machine or another one sharing the storage), ``-2``, ``-3``, ... up to
+    ``-999`` (MAX_CLAIMS) are tried. ``os.mkdir`` fails if the folder exists, atomically even on NFS, so two
+    runs can never share a sweep folder, and with it a sweep id and an MLflow parent run. ``storage`` is
+    created if missing; ``now`` (seconds since the epoch) is for tests.
+    """
+    check_name(name, "name")
+    root = Path(storage).expanduser().resolve()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError("storage", f"cannot create {root}: {err.strerror or err}") from None
+    base = f"{name}-{time.strftime(SWEEP_TIMESTAMP, time.localtime(now))}"
+    for k in range(1, MAX_CLAIMS + 1):
+        sweep_id = base if k == 1 else f"{base}-{k}"
+        try:
+            os.mkdir(root / sweep_id)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise ConfigError("storage", f"cannot create a sweep folder in {root}: {err.strerror or err}") from None
+        return sweep_id, root / sweep_id
+    raise ConfigError("storage", f"{MAX_CLAIMS} sweeps named {name!r} started in the same second in {root}; "
+                                 "wait a second or use another name")
 
 
 class Manifest:
     """A sweep's manifest file; ``data`` is its JSON content, :meth:`save` writes it atomically."""
 
     def __init__(self, path: Path, data: dict[str, Any]) -> None:
-        self.path, self.data = Path(path), data
+        self.path, self.data = Path(path).expanduser().resolve(), data  # absolute: see find
 
     @classmethod
     def new(cls, sweep_dir: Path, *, sweep_id: str, spec: dict[str, Any], tracking_uri: str, experiment: str,
@@ -37,21 +69,25 @@ class Manifest:
 
     @classmethod
     def find(cls, sweep: str, storage: str | None = None) -> "Manifest":
-        """The manifest of ``sweep``: a sweep folder, or a sweep id under ``storage`` (default: raysweep_results)."""
-        candidates = [Path(sweep)]
-        if not os.sep in sweep and "/" not in sweep:
-            candidates.append(Path(storage or "raysweep_results") / sweep)
+        """The manifest of ``sweep``: a sweep folder (relative or absolute), its manifest file, or a sweep id
+        under ``storage`` (default: raysweep_results). Its path is absolute, and so is every path derived
+        from it (``sweep_dir``, ``storage_root``): Ray's ``Tuner.can_restore`` takes a relative path for a
+        URI and fails with ``URI has empty scheme``."""
+        given = Path(sweep).expanduser()
+        candidates = [given.parent if given.name == MANIFEST else given]
+        if sweep and "/" not in sweep and os.sep not in sweep and (not os.altsep or os.altsep not in sweep):
+            candidates.append(Path(storage or DEFAULT_STORAGE).expanduser() / sweep)
         for folder in candidates:
             if (folder / MANIFEST).is_file():
                 return cls.load(folder / MANIFEST)
-        where = " or ".join(str(c) for c in candidates)
+        where = " or ".join(str(c.absolute()) for c in dict.fromkeys(candidates))
         raise ConfigError("sweep", f"no {MANIFEST} in {where}; give the sweep folder under the storage path "
                                    "(or its id with --storage)")
 
     @classmethod
     def load(cls, path: Path) -> "Manifest":
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise ConfigError("sweep", f"cannot read {path}: {err}") from None
         if not isinstance(data, dict) or data.get("version") != VERSION:
@@ -61,6 +97,13 @@ class Manifest:
     @property
     def sweep_dir(self) -> Path:
         return self.path.parent
+
+    @property
+    def ended(self) -> bool:
+        """Whether the sweep already ran to its end (finished, or failed with every phase done): a resume
+        can answer from the manifest alone, without starting Ray."""
+        phases = self.data["phases"].values()
+        return self.data["status"] in ("finished", "failed") and all(p["status"] == "finished" for p in phases)
 
     @property
     def storage_root(self) -> Path:

@@ -4,14 +4,21 @@ Ray keeps every reported result of a trial in ``<storage>/<experiment>/<trial_ke
 trial's status in the experiment state, whatever happened to MLflow. Sync replays those results through
 the same logger the sweep uses, which reuses child runs found by ``raysweep.trial_key`` and skips epochs
 already logged, so it creates only what is missing, and running it twice changes nothing.
+
+``result.json`` can have gaps: Ray writes it from the driver, so a driver killed mid-sweep loses the lines
+it had not flushed (one trial held epochs [1, 2, 3, 4, 7, 8, 9, 10]). Every checkpoint a trial writes
+carries that epoch's reported metrics too (``trainables.tune.LAST_METRICS``), so sync recovers the
+missing epochs from ``<trial>/checkpoint_*/state.pt``. An epoch found in neither (its checkpoint pruned by
+``failure.keep_checkpoints``, or cut short) and not already in the store is reported in
+``SyncReport.missing``, and the sync is then incomplete.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -19,8 +26,9 @@ from analysis import mlflow_tags as tags
 from raysweep.manifest import Manifest
 from raysweep.mlflow_store import SweepRun, TrackingUnavailable, get_or_create_experiment, limit_http_retries
 from raysweep.trial_logger import TrialLogger, error_reason
+from trainables.checkpoint import STATE_FILE, load_state
 from trainables.params import ConfigError
-from trainables.tune import ENVELOPE, read_envelope
+from trainables.tune import ENVELOPE, LAST_METRICS, MEMBERS, read_envelope
 
 
 @dataclass
@@ -34,6 +42,23 @@ class SyncReport:
     epochs_logged: int
     runs_closed: int
     waiting: int  # trials still incomplete in MLflow (the store stopped answering during the sync)
+    epochs_recovered: int = 0  # epochs missing from result.json, logged from the trial's checkpoints
+    # trial key -> epochs (of 1..its last one) in neither result.json, a checkpoint nor the store
+    missing: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Everything Ray's storage holds is in MLflow, and it holds every epoch the trials ran."""
+        return not self.waiting and not self.missing
+
+
+@dataclass
+class TrialHistory:
+    """A trial's results, one per epoch in order, merged from result.json and its checkpoints."""
+
+    results: list[dict[str, Any]]
+    recovered: list[int]  # epochs that came from checkpoints
+    missing: list[int]  # epochs up to the last one known that neither source has
 
 
 def trial_statuses(experiment_dir: Path) -> dict[str, str]:
@@ -65,6 +90,65 @@ def read_results(trial_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+def result_epoch(result: Mapping[str, Any]) -> int:
+    """The epoch a result reports (as the MLflow logger reads it: ``epoch``, else Ray's iteration)."""
+    return int(result.get("epoch", result.get("training_iteration", 0)))
+
+
+def checkpoint_results(trial_dir: Path) -> dict[int, dict[str, Any]]:
+    """Epoch -> the metrics reported that epoch, from every readable ``checkpoint_*/state.pt`` of a trial.
+
+    The checkpoint's modification time stands in for the result's timestamp. An unreadable checkpoint (cut
+    short by a crash) is skipped; of two checkpoints of one epoch (a retried trial), the first is kept.
+    """
+    out: dict[int, dict[str, Any]] = {}
+    for path in sorted(Path(trial_dir).glob(f"checkpoint_*/{STATE_FILE}")):
+        try:
+            state = load_state(path.parent)
+            stamp = int(path.stat().st_mtime)
+        except Exception:  # truncated or half-copied
+            continue
+        metrics = state.get(LAST_METRICS)
+        if not isinstance(metrics, dict):
+            continue
+        epoch = state.get("epoch", metrics.get("epoch"))
+        if isinstance(epoch, (int, float)) and int(epoch) >= 1:
+            out.setdefault(int(epoch), {"timestamp": stamp, **metrics, "epoch": float(epoch)})
+    return out
+
+
+def trial_history(trial_dir: Path, planned_epochs: int | None = None) -> TrialHistory:
+    """The trial's results with gaps in result.json filled from its checkpoints (see the module docstring).
+
+    Checkpoints are read only when result.json may be incomplete: it has a gap, or its last epoch is short
+    of ``planned_epochs`` without a non-finite stop (None: always read them).
+    """
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for result in read_results(trial_dir):
+        by_epoch.setdefault(result_epoch(result), result)  # a result re-reported after a restore is dropped
+    by_epoch.pop(0, None)
+    last = max(by_epoch, default=0)
+    stopped = bool(by_epoch.get(last, {}).get("non_finite_loss"))
+    gapless = len(by_epoch) == last
+    recovered: list[int] = []
+    if planned_epochs is None or not gapless or (last < planned_epochs and not stopped):
+        for epoch, result in checkpoint_results(trial_dir).items():
+            if epoch not in by_epoch:
+                by_epoch[epoch] = result
+                recovered.append(epoch)
+    last = max(by_epoch, default=0)
+    missing = [e for e in range(1, last + 1) if e not in by_epoch]
+    return TrialHistory([by_epoch[e] for e in sorted(by_epoch)], sorted(recovered), missing)
+
+
+def member_gaps(results: list[dict[str, Any]], key: str) -> list[int]:
+    """Epochs 1..its last that one member of a group has in none of the group's results (each round's
+    result holds every member's latest metrics under ``members``, with the member's own epoch)."""
+    have = {result_epoch(m) for r in results if isinstance(m := (r.get(MEMBERS) or {}).get(key), dict)}
+    have.discard(0)
+    return [e for e in range(1, max(have, default=0) + 1) if e not in have]
+
+
 def sync_sweep(manifest: Manifest, tracking_uri: str | None = None) -> SyncReport:
     """Log every trial of the sweep's phases that MLflow lacks; see the module docstring."""
     data = manifest.data
@@ -90,7 +174,8 @@ def sync_sweep(manifest: Manifest, tracking_uri: str | None = None) -> SyncRepor
         manifest.update(parent_run_id=sweep.run_id)
 
     logger = TrialLogger(sweep)
-    trials = 0
+    trials = recovered = 0
+    gaps: dict[str, list[int]] = {}  # trial key -> epochs Ray's storage lacks
     for phase in data["phases"].values():
         experiment_dir = manifest.storage_root / phase["experiment"]
         statuses = trial_statuses(experiment_dir)
@@ -98,11 +183,18 @@ def sync_sweep(manifest: Manifest, tracking_uri: str | None = None) -> SyncRepor
             saved = json.loads(params.read_text())
             if not isinstance(saved, dict) or ENVELOPE not in saved:
                 continue
-            results = read_results(params.parent)
-            ray_id = results[-1].get("trial_id", "") if results else ""
-            logs = logger.track_envelope(read_envelope(saved), ray_id)
+            env = read_envelope(saved)
+            planned = max((m.get("train") or {}).get("epochs", 0) for m in env.members)
+            history = trial_history(params.parent, planned or None)
+            ray_id = next((r["trial_id"] for r in reversed(history.results) if r.get("trial_id")), "")
+            logs = logger.track_envelope(env, ray_id)
             trials += len(logs)
-            for result in results:
+            recovered += len(history.recovered)
+            for member in env.members:
+                lacking = member_gaps(history.results, member["trial_key"]) if env.grouped else history.missing
+                if lacking:
+                    gaps[member["trial_key"]] = lacking
+            for result in history.results:
                 logger.add_trial_result(logs, result)
             status = statuses.get(ray_id)
             for log in logs:
@@ -111,10 +203,14 @@ def sync_sweep(manifest: Manifest, tracking_uri: str | None = None) -> SyncRepor
                 elif status == "ERROR":
                     logger.end(log, "FAILED", error_reason(params.parent / "error.txt"))
     waiting = logger.flush_all()
+    # Missing for good: what the storage lacks and the store does not have either (an epoch the live
+    # logger sent before the driver died is not lost). Unknown while the store does not answer.
+    missing = {key: lost for key, epochs in gaps.items()
+               if (lost := [e for e in epochs if e not in (logger.trials[key].logged or set())])}
     if data["status"] in ("finished", "failed"):
         sweep.finish("FINISHED" if data["status"] == "finished" else "FAILED")
     return SyncReport(data["sweep_id"], uri, sweep.run_id, parent_created, trials, logger.runs_created,
-                      logger.epochs_logged, logger.runs_closed, waiting)
+                      logger.epochs_logged, logger.runs_closed, waiting, recovered, missing)
 
 
 def _run_exists(sweep: SweepRun) -> bool:

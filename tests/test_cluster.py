@@ -5,7 +5,10 @@ Every command gets the same RAY_AUTH_MODE (Ray 2.60 token authentication) and a 
 test stops exactly the process groups it started (never `ray stop`, which would end other users' Ray).
 """
 
+import ipaddress
+import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -14,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _procs import Tracked, free_port, wait_for
+from _procs import Tracked, descendants, free_port, wait_for
 from mlflow import MlflowClient
 
-from raysweep.cluster import parse_address, storage_problems
+from raysweep.cluster import LOOPBACK_ENV, parse_address, start_ray, storage_problems
 from trainables.params import ConfigError
 
 from _cli import raysweep_cmd
@@ -42,7 +45,8 @@ def cluster(tmp_path):
                               '{"head": 1}', "--include-dashboard", "false", "--disable-usage-stats", "--block"],
                              env, tmp_path, tmp_path / "head.log")
         node2 = tracked.start([ray_bin, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--resources",
-                               '{"node2": 1}', "--disable-usage-stats", "--block"], env, tmp_path, tmp_path / "node2.log")
+                               '{"node2": 1}', "--disable-usage-stats", "--block"], env, tmp_path,
+                              tmp_path / "node2.log")
         wait = textwrap.dedent(f"""
             import time, ray
             ray.init(address="127.0.0.1:{port}", logging_level="ERROR")
@@ -122,8 +126,7 @@ def _head_node_id(env, address) -> str:
 
 
 def test_storage_problems_name_each_node_that_cannot_read_the_sentinel():
-    nodes = [{"NodeID": "a" * 56, "NodeManagerAddress": "10.0.0.1"}, {"NodeID": "b" * 56, "NodeManagerAddress": "10.0.0.2"},
-             {"NodeID": "c" * 56, "NodeManagerAddress": "10.0.0.3"}, {"NodeID": "d" * 56, "NodeManagerAddress": "10.0.0.4"}]
+    nodes = [{"NodeID": c * 56, "NodeManagerAddress": f"10.0.0.{i}"} for i, c in enumerate("abcd", start=1)]
     answers = {"a" * 56: {"content": "tok"}, "b" * 56: {"content": "ERROR No such file or directory"},
                "c" * 56: {"content": "other"}}
     assert storage_problems("tok", nodes, answers) == [
@@ -146,7 +149,8 @@ def test_addresses_parse_or_fail_naming_cluster_address():
 @pytest.mark.slow
 @pytest.mark.gpu
 def test_fractional_gpu_trials_cap_their_memory(tmp_path):
-    spec = {"name": "gpu", "dataset": GAUSSIAN, "model": MLP, "train": {"epochs": 2, "batch_size": 64, "device": "cuda"},
+    spec = {"name": "gpu", "dataset": GAUSSIAN, "model": MLP,
+            "train": {"epochs": 2, "batch_size": 64, "device": "cuda"},
             "methods": {"ce": {}}, "seeds": 2, "resources": {"cpu": 1, "trials_per_gpu": 2}}
     env = setup_workdir(tmp_path, spec)
     proc = subprocess.run(raysweep_cmd("run", "spec.yaml"), cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -159,3 +163,74 @@ def test_fractional_gpu_trials_cap_their_memory(tmp_path):
     for run in runs:
         assert run.data.metrics["gpu_memory_fraction"] == 0.5
         assert 0 < run.data.metrics["gpu_max_memory_mb"]
+
+
+def _proc_net_address(hex_addr: str) -> str:
+    """An address of /proc/net/tcp{,6} (little-endian 32-bit words) as text."""
+    raw = bytes.fromhex(hex_addr)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, words)
+
+
+def listening_sockets(pids) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of every listening TCP socket the given processes hold (from /proc)."""
+    listening = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # TCP_LISTEN
+                address, port = fields[1].split(":")
+                listening[fields[9]] = (_proc_net_address(address), int(port, 16))
+    out = []
+    for pid in pids:
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        for link in links:
+            if link.startswith("socket:[") and link[8:-1] in listening:
+                out.append((pid, *listening[link[8:-1]]))
+    return out
+
+
+def _loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def test_proc_net_addresses_decode():
+    assert _proc_net_address("0100007F") == "127.0.0.1"
+    assert _proc_net_address("0000000000000000FFFF00000100007F") == "::ffff:127.0.0.1"
+    assert not _loopback("0.0.0.0") and not _loopback("::") and _loopback("::ffff:127.0.0.1") and _loopback("::1")
+
+
+@pytest.mark.slow
+def test_a_local_ray_listens_on_loopback_only(monkeypatch):
+    """Every listening socket of the driver and of every process the local Ray started (GCS, raylet, agents,
+    workers) is on a loopback address; and the switch is off again afterwards."""
+    import ray
+    from ray._private import ray_constants
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="rl-", dir="/tmp"))
+    assert not ray.is_initialized()
+    before = (ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(LOOPBACK_ENV))
+    assert start_ray(None) is True
+    try:
+        @ray.remote(num_cpus=0)
+        def worker_pid():
+            return os.getpid()
+
+        workers = set(ray.get([worker_pid.remote() for _ in range(2)]))
+        pids = {os.getpid(), *descendants(os.getpid())}
+        assert workers <= pids
+        sockets = listening_sockets(pids)
+        names = {Path(f"/proc/{pid}/exe").resolve().name for pid, _, _ in sockets}
+        assert "gcs_server" in names and "raylet" in names, sockets
+        assert {pid for pid, _, _ in sockets} & workers, "the trial workers' own servers were checked too"
+        assert [s for s in sockets if not _loopback(s[1])] == []
+        assert (ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(LOOPBACK_ENV)) == before
+    finally:
+        ray.shutdown()
+        shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from trainables.data.protocol import NOISE_TYPES, SourceData, Split, Splits, build_splits
-from trainables.params import Param, resolve, resolve_named
+from trainables.params import ConfigError, Param, resolve, resolve_named
 from trainables.registry import Registry
 
 
@@ -28,6 +28,10 @@ class DatasetSource:
     # A cheap check of a resolved dataset section (name + every option) that a spec validator can run
     # before Ray starts: raises ConfigError (e.g. ``dataset.root`` missing files); None = nothing to check.
     preflight: Callable[[Mapping[str, Any]], None] | None = None
+    # The source's labels without its inputs (``x_*`` may be (N, 0) tensors), so the split-size preflight
+    # (trainables.data.sizes) runs the protocol cheaply. None: that preflight calls ``load`` for a source
+    # that reads no files (no ``preflight``), and skips a source that does.
+    labels: Callable[[Mapping[str, Any]], SourceData] | None = None
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
@@ -56,9 +60,23 @@ def dataset_params(name: str) -> dict[str, Param]:
 
 
 def resolve_dataset(raw: Mapping[str, Any], path: str = "dataset") -> dict[str, Any]:
-    """Validate a dataset section (``name`` plus options) and fill every default."""
-    return resolve_named(raw, path, DATASETS.names(), "dataset",
-                         lambda name, options, where: resolve(dataset_params(name), options, where))
+    """Validate a dataset section (``name`` plus options) and fill every default.
+
+    A noise rate without a noise type is refused: the protocol would ignore it while MLflow records it.
+    """
+    cfg = resolve_named(raw, path, DATASETS.names(), "dataset",
+                        lambda name, options, where: resolve(dataset_params(name), options, where))
+    if cfg["noise_rate"] and cfg["noise_type"] == "none":
+        raise ConfigError(f"{path}.noise_rate", f"is {cfg['noise_rate']:g} but {path}.noise_type is 'none', so no "
+                                                f"label would change; set noise_type to one of "
+                                                f"{', '.join(t for t in NOISE_TYPES if t != 'none')}")
+    return cfg
+
+
+def split_inputs(cfg: Mapping[str, Any]) -> tuple[DatasetSource, dict[str, Any], dict[str, Any]]:
+    """(source, its own options, the protocol's options) of a resolved dataset config."""
+    source = DATASETS.get(cfg["name"])
+    return source, {k: cfg[k] for k in source.params}, {k: cfg[k] for k in PROTOCOL_PARAMS}
 
 
 def load_splits(dataset_cfg: Mapping[str, Any]) -> Splits:
@@ -68,12 +86,8 @@ def load_splits(dataset_cfg: Mapping[str, Any]) -> Splits:
 
 @functools.lru_cache(maxsize=8)
 def _cached_splits(key: str) -> Splits:
-    cfg = json.loads(key)
-    source = DATASETS.get(cfg["name"])
-    own = {k: cfg[k] for k in source.params}
-    protocol = {k: cfg[k] for k in PROTOCOL_PARAMS}
-    splits = build_splits(source.load(own), **protocol)
-    return splits
+    source, own, protocol = split_inputs(json.loads(key))
+    return build_splits(source.load(own), **protocol)
 
 
 # Register the built-in sources (import for side effects, after DATASETS exists).
@@ -81,4 +95,4 @@ from trainables.data import embedded  # noqa: E402,F401
 from trainables.data import cifar, image_lists, mnist, tabular  # noqa: E402,F401  (real datasets)
 
 __all__ = ["DATASETS", "DatasetSource", "PROTOCOL_PARAMS", "SourceData", "Split", "Splits",
-           "dataset_params", "load_splits", "resolve_dataset"]
+           "dataset_params", "load_splits", "resolve_dataset", "split_inputs"]

@@ -17,6 +17,15 @@ import torch
 NOISE_TYPES = ("none", "symmetric", "uniform", "flip")
 
 
+class SplitError(ValueError):
+    """The splits a dataset config asks for cannot be built from its source. ``knob`` is the dataset option
+    that asks for more examples than there are, or "" when the hold-outs together leave a class empty."""
+
+    def __init__(self, knob: str, message: str) -> None:
+        super().__init__(message)
+        self.knob = knob
+
+
 def long_tail_counts(n_max: int, num_classes: int, imbalance: float) -> list[int]:
     """Per-class counts n_c = floor(n_max * mu^(c/(C-1))) with mu = 1/imbalance (head class first).
 
@@ -57,6 +66,15 @@ def balanced_holdout(
     held_idx = np.sort(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
     rest = np.setdiff1d(np.arange(len(labels)), held_idx, assume_unique=True)
     return held_idx.astype(np.int64), rest.astype(np.int64)
+
+
+def _holdout(labels: np.ndarray, per_class: int, num_classes: int, rng: np.random.Generator,
+             knob: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`balanced_holdout`, its failure named by the option that asked for ``per_class``."""
+    try:
+        return balanced_holdout(labels, per_class, num_classes, rng)
+    except ValueError as err:
+        raise SplitError(knob, f"cannot hold out {knob}={per_class}: {err}") from None
 
 
 def subsample_per_class(
@@ -212,11 +230,11 @@ def build_splits(
 
     def test_holdout(candidates: np.ndarray) -> np.ndarray:
         per = test_per_class if test_per_class is not None else int(np.bincount(y_t[candidates], minlength=C).min())
-        return candidates[balanced_holdout(y_t[candidates], per, C, rng)[0]]
+        return candidates[_holdout(y_t[candidates], per, C, rng, "test_per_class")[0]]
 
     if source.x_test is None:
         per = test_per_class if test_per_class is not None else int(np.bincount(y_pool, minlength=C).min() // 4)
-        test_idx, rest = balanced_holdout(y_pool, per, C, rng)
+        test_idx, rest = _holdout(y_pool, per, C, rng, "test_per_class")
         x_test, y_test = source.x_train[test_idx], y_pool[test_idx]
         pool_idx = rest
     elif not source.holdout_from_test:
@@ -229,10 +247,10 @@ def build_splits(
         x_hold, y_hold, hold_idx = source.x_test, y_t, np.arange(len(y_t))
     else:
         x_hold, y_hold, hold_idx = source.x_train, y_pool, pool_idx
-    meta_local, rest_local = balanced_holdout(y_hold[hold_idx], meta_per_class, C, rng)
+    meta_local, rest_local = _holdout(y_hold[hold_idx], meta_per_class, C, rng, "meta_per_class")
     meta_idx, hold_idx = hold_idx[meta_local], hold_idx[rest_local]
     if val_per_class > 0:
-        val_local, rest_local = balanced_holdout(y_hold[hold_idx], val_per_class, C, rng)
+        val_local, rest_local = _holdout(y_hold[hold_idx], val_per_class, C, rng, "val_per_class")
         val_idx, hold_idx = hold_idx[val_local], hold_idx[rest_local]
     else:
         val_idx = meta_idx
@@ -253,7 +271,16 @@ def build_splits(
             top = n_max_for_total(source.train_total, L, imbalance)
         else:
             top = int(np.bincount(lt_y[pool_idx], minlength=L).min())
-        train_idx = pool_idx[subsample_per_class(lt_y[pool_idx], long_tail_counts(top, L, imbalance), rng)]
+            if top < 1:
+                empty = int(np.bincount(lt_y[pool_idx], minlength=L).argmin())
+                held = f"test_per_class={'auto' if test_per_class is None else test_per_class}, " \
+                       f"meta_per_class={meta_per_class}, val_per_class={val_per_class}"
+                raise SplitError("", f"class {empty} has no example left to train on after the balanced hold-outs "
+                                     f"({held}); lower them, or give the source more examples per class")
+        try:
+            train_idx = pool_idx[subsample_per_class(lt_y[pool_idx], long_tail_counts(top, L, imbalance), rng)]
+        except ValueError as err:
+            raise SplitError("n_max" if n_max is not None else "", f"the long-tailed training split: {err}") from None
     true_y = y_pool[train_idx]
     noisy_y = add_label_noise(true_y, C, noise_type, noise_rate, rng)
 
