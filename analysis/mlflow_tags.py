@@ -13,6 +13,10 @@ from __future__ import annotations
 PARENT = "mlflow.parentRunId"
 EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment on the view this names
 TRAINING_RUNS_KIND = "custom_model_development"  # ... the training-runs view (not the GenAI overview)
+# A saved view of the runs table (MLflow's "share view": the experiment tag <prefix><key>, opened with
+# ?viewStateShareKey=<key>): raysweep's shows each sweep's parent and its summary runs, not the trials.
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+COMPARISON_VIEW = "raysweep"
 
 ROLE = "raysweep.role"
 SWEEP, TRIAL, SUMMARY = "sweep", "trial", "summary"

@@ -68,10 +68,11 @@ def demo(workdir: Path) -> dict:
 
     from raysweep.plan import plan
     from raysweep.runner import run_sweep
-    from raysweep.spec import apply_overrides, load_spec, validate_spec
+    from raysweep.spec import validate_spec
+    from raysweep.spec_yaml import apply_overrides, load_spec_file
 
     path = resources.files("raysweep") / "specs" / "quickstart.yaml"
-    spec = validate_spec(apply_overrides(load_spec(str(path)), [
+    spec = validate_spec(apply_overrides(load_spec_file(str(path)), [
         f"storage={workdir / 'ray'}", f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}"]))
     start = time.perf_counter()
     result = run_sweep(spec, plan(spec), echo=lambda line: None)

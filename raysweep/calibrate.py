@@ -8,7 +8,8 @@ spec's resources and concurrency: trials run on ``slots`` (CPUs // CPU per trial
 (:class:`Overhead`: the driver's start, each phase's Tuner, each worker's start, each trial's hand-off, each
 epoch's report) from the project's benchmarks or measured. It gives the figure without early stopping,
 with the spec's scheduler's early stopping (where its :meth:`~raysweep.schedulers.Scheduler.stops` say it
-judges and what share it keeps: ASHA 1/reduction_factor at each rung) and with ``group_size`` planned trials per Ray trial sharing one start-up.
+judges and what share it keeps: ASHA 1/reduction_factor at each rung) and with ``group_size`` planned
+trials per Ray trial sharing one start-up.
 
 The model, stated so that its errors can be found: the time of a training epoch is proportional to the
 training examples it sees (measured per example at the trial's batch size); trials that share a CPU slow
@@ -455,4 +456,5 @@ def estimate_wall_time(trials: Sequence[Any], calibration: Calibration, *, cpus:
 
 
 __all__ = ["calibrate", "estimate_wall_time", "Calibration", "StepTiming", "Overhead", "WallTimeEstimate",
-           "stop_epochs", "trial_slots", "makespan", "default_overhead", "overhead_from_benchmark", "measure_import", "parse_estimates"]
+           "stop_epochs", "trial_slots", "makespan", "default_overhead", "overhead_from_benchmark", "measure_import",
+           "parse_estimates"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
@@ -27,9 +26,10 @@ class UsageError(Exception):
 def _load(path: str, overrides: list[str]):
     """(validated spec, phase 1's planned trials) of a spec file after ``--set`` overrides."""
     from raysweep.plan import plan
-    from raysweep.spec import apply_overrides, load_spec, validate_spec
+    from raysweep.spec import validate_spec
+    from raysweep.spec_yaml import apply_overrides, load_spec_file
 
-    spec = validate_spec(apply_overrides(load_spec(path), overrides))
+    spec = validate_spec(apply_overrides(load_spec_file(path), overrides))
     return spec, plan(spec)
 
 
@@ -114,14 +114,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from raysweep.sync import sync_sweep
 
     report = sync_sweep(Manifest.find(args.sweep, args.storage), tracking_uri=args.tracking_uri)
+    recovered = f" ({report.epochs_recovered} recovered from checkpoints)" if report.epochs_recovered else ""
     print(f"sweep {report.sweep_id}: {report.trials} trials in Ray's storage; created {report.runs_created} runs"
-          f"{' and the parent run' if report.parent_created else ''}, logged {report.epochs_logged} epochs, "
-          f"ended {report.runs_closed} runs; parent run {report.parent_run_id} in {report.tracking_uri}")
+          f"{' and the parent run' if report.parent_created else ''}, logged {report.epochs_logged} epochs"
+          f"{recovered}, ended {report.runs_closed} runs; parent run {report.parent_run_id} in {report.tracking_uri}")
+    for key, epochs in sorted(report.missing.items()):
+        print(f"raysweep: error: trial {key}: epochs {epochs} are in neither Ray's results, its checkpoints nor "
+              "MLflow; they cannot be recovered", file=sys.stderr)
     if report.waiting:
         print(f"raysweep: error: MLflow stopped answering; {report.waiting} trials still incomplete: run sync again",
               file=sys.stderr)
-        return 1
-    return 0
+    return 0 if report.complete else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -171,38 +174,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _free_port(host: str, start: int) -> int:
-    import socket
-
-    for port in range(start, start + 100):
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise UsageError(f"ui: no free port in {start}..{start + 99} on {host}")
-
-
 def cmd_ui(args: argparse.Namespace) -> int:
+    """The MLflow UI of a sweep's store, opened on the experiment's comparison view; stops cleanly on signals."""
     from raysweep.manifest import Manifest
-    from raysweep.mlflow_store import resolve_tracking_uri
+    from raysweep.mlflow_store import limit_http_retries, resolve_tracking_uri
+    from raysweep.ui import experiment_link, runs_url, serve_ui
 
-    uri = args.tracking_uri
-    if args.sweep:  # a sweep folder (or id) of the Ray results: its manifest names the store
-        uri = Manifest.find(args.sweep).data["tracking_uri"]
+    uri, experiment = args.tracking_uri, args.experiment
+    if args.sweep:  # a sweep folder (or id) of the Ray results: its manifest names the store and experiment
+        data = Manifest.find(args.sweep).data
+        uri, experiment = data["tracking_uri"], experiment or data.get("experiment")
     uri = resolve_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
-        print(f"{uri} is an MLflow server: its UI is already there, open {uri}")
+        limit_http_retries()  # a server that is down must not hold the answer for minutes
+        print(f"{uri} is an MLflow server: its UI is already there, open "
+              f"{runs_url(uri, *experiment_link(uri, experiment))}")
         return 0
-    port = _free_port(args.host, args.port)
-    print(f"MLflow UI for {uri} at http://{args.host}:{port} (Ctrl-C to stop)")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-               "--port", str(port)]
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 0
+    return serve_ui(uri, experiment, host=args.host, port=args.port, open_browser=args.open)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -295,11 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: raysweep_reports/SWEEP_ID)")
     p.add_argument("--no-log", action="store_true", help="write files only; log nothing to MLflow")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1")
-    p.add_argument("sweep", nargs="?", help="a sweep's Ray results folder: use the store it logged to")
+    p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1, opened on a sweep's comparison view")
+    p.add_argument("sweep", nargs="?", help="a sweep's folder or id: its store and experiment")
+    p.add_argument("--experiment", help="the experiment to open (default: the sweep's)")
     p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///./mlflow.db")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000, help="first port tried; the next free one is used")
+    p.add_argument("--open", action="store_true", help="also open the page in a browser")
     p.set_defaults(func=cmd_ui)
     p = sub.add_parser("list", help="what is registered: methods, datasets, models, presets")
     p.add_argument("what", choices=("methods", "datasets", "models", "presets"))

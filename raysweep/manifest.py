@@ -105,6 +105,11 @@ class Manifest:
         phases = self.data["phases"].values()
         return self.data["status"] in ("finished", "failed") and all(p["status"] == "finished" for p in phases)
 
+    def totals(self) -> tuple[int, int, int]:
+        """(trials, errors, non-finite stops) over the phases recorded so far."""
+        recorded = self.data["phases"].values()
+        return tuple(sum(p[k] or 0 for p in recorded) for k in ("num_trials", "num_errors", "num_non_finite"))
+
     @property
     def storage_root(self) -> Path:
         """Where the phases' Ray experiment folders are (the sweep folder's parent, wherever it moved)."""

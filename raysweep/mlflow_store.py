@@ -8,6 +8,7 @@ dead server, so tracking never stalls or ends a sweep. What the sweep logs per t
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from analysis import mlflow_tags as tags
+from raysweep.paths import contained
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -48,22 +50,41 @@ def limit_http_retries() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
+def comparison_view() -> str:
+    """The runs-table state of raysweep's saved view: sweeps' parents and their summary runs (trials filtered
+    out), grouped by role with both groups open, every run shown, charts per run (not per group)."""
+    role = tags.ROLE
+    return json.dumps({
+        "searchFilter": f"tags.`{role}` != '{tags.TRIAL}'",
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": role}]},
+        "groupsExpanded": {f"tag.{role}.{tags.SUMMARY}": True, f"tag.{role}.{tags.SWEEP}": True},
+        "useGroupedValuesInCharts": False, "runsHiddenMode": "SHOW_ALL",
+    })
+
+
+def experiment_tags() -> dict[str, str]:
+    """What raysweep's experiments carry: the training-runs kind (MLflow 3's UI opens its runs view, not the
+    GenAI overview) and the saved comparison view of the runs table."""
+    return {tags.EXPERIMENT_KIND: tags.TRAINING_RUNS_KIND,
+            tags.SHARED_VIEW_PREFIX + tags.COMPARISON_VIEW: comparison_view()}
+
+
 def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
-    """The experiment's id, tagged as a training-runs experiment so MLflow's UI opens its runs view.
+    """The experiment's id, with :func:`experiment_tags` (added to an older experiment found without them).
 
     A new experiment on the default sqlite store keeps its artifacts in ./mlartifacts/<name>.
     """
     existing = client.get_experiment_by_name(name)
     if existing is not None:
-        if tags.EXPERIMENT_KIND not in existing.tags:
-            client.set_experiment_tag(existing.experiment_id, tags.EXPERIMENT_KIND, tags.TRAINING_RUNS_KIND)
+        for key, value in experiment_tags().items():
+            if existing.tags.get(key) != value:
+                client.set_experiment_tag(existing.experiment_id, key, value)
         return existing.experiment_id
     location = None
     if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
-        location = (db.parent / DEFAULT_ARTIFACTS / name).resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location,
-                                    tags={tags.EXPERIMENT_KIND: tags.TRAINING_RUNS_KIND})
+        root = Path(tracking_uri[len("sqlite:///"):]).parent / DEFAULT_ARTIFACTS
+        location = contained(root, root / name, "tracking.experiment").as_uri()
+    return client.create_experiment(name, artifact_location=location, tags=experiment_tags())
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
+from raysweep.paths import CONFIRM_SUFFIX
 from raysweep.spec import Spec
 from raysweep.trials import PlannedTrial, config_id, fmt, relative_cost, resolve_point
 from trainables.methods import METHODS
@@ -81,7 +82,7 @@ def phases(spec: Spec, sweep_id: str) -> list[Phase]:
     """The phases of the sweep ``sweep_id``, in order."""
     out = [Phase(SEARCH, sweep_id)]
     if spec.search.two_phase:
-        out.append(Phase(CONFIRM, f"{sweep_id}-{CONFIRM}"))
+        out.append(Phase(CONFIRM, f"{sweep_id}{CONFIRM_SUFFIX}"))
     return out
 
 

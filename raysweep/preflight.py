@@ -15,10 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from raysweep.cluster import check_storage_on_nodes, start_ray
-from raysweep.spec import Resources, Spec
+from raysweep.cluster import check_storage_on_nodes, local_cpus, start_ray
+from raysweep.mlflow_store import resolve_tracking_uri
+from raysweep.resources import check_fits, local_cluster, trial_resources
+from raysweep.spec import Spec
+from raysweep.store_check import check_scheme, check_store
 from raysweep.trials import PlannedTrial
 from trainables.data import DATASETS, resolve_dataset
+from trainables.data.sizes import check_split_sizes
 from trainables.params import ConfigError
 
 
@@ -63,7 +67,8 @@ def check_storage(path: str) -> Path:
 
 
 def check_datasets(spec: Spec, trials: list[PlannedTrial]) -> None:
-    """Run each dataset source's preflight (e.g. files present under ``root``) once per distinct config."""
+    """Each distinct dataset config: its source's own preflight (e.g. files present under ``root``), then
+    its split sizes (every class keeps training examples after the hold-outs) where labels are cheap."""
     configs = [t.config["dataset"] for t in trials] or [resolve_dataset(spec.dataset)]
     seen = set()
     for cfg in configs:
@@ -72,28 +77,22 @@ def check_datasets(spec: Spec, trials: list[PlannedTrial]) -> None:
         if key not in seen and preflight is not None:
             preflight(cfg)
         seen.add(key)
+    check_split_sizes(configs)
 
 
-def trial_resources(resources: Resources, cluster_gpus: float,
-                    notice: Callable[[str], None]) -> tuple[dict, float | None]:
-    """Ray resources per trial and the GPU memory fraction to cap, after checking the cluster has GPUs.
+def check_tracking(spec: Spec) -> str:
+    """The tracking URI the sweep will log to (spec, MLFLOW_TRACKING_URI or ./mlflow.db), after checking
+    MLflow supports it and the store answers (or can be created) now; a ConfigError names ``tracking.uri``."""
+    uri = resolve_tracking_uri(spec.tracking.uri)
+    check_scheme(uri)
+    check_store(uri)
+    return uri
 
-    An explicit ``gpu`` fraction is a demand: no GPU in the cluster is a ConfigError (Ray would leave the
-    trials pending forever without a word). ``trials_per_gpu`` falls back to CPUs with a notice, unless
-    ``require_gpu`` is set.
-    """
-    per_trial = {"cpu": resources.cpu}
-    gpu = resources.gpu or (1.0 / resources.trials_per_gpu if resources.trials_per_gpu else 0.0)
-    if gpu and cluster_gpus <= 0:
-        if resources.gpu or resources.require_gpu:
-            key = "resources.gpu" if resources.gpu else "resources.require_gpu"
-            raise ConfigError(key, "the Ray cluster has no GPU; set resources.gpu: 0 (or use trials_per_gpu "
-                                   "without require_gpu to fall back to CPUs)")
-        notice("notice: no GPU in the Ray cluster; running trials_per_gpu trials on CPUs instead")
-        return per_trial, None
-    if gpu:
-        per_trial["gpu"] = gpu
-    return per_trial, (gpu or None)
+
+def check_local_cpus(spec: Spec) -> None:
+    """A trial's CPU demand fits the local Ray this machine would start (before starting it)."""
+    if not (spec.cluster.address or os.environ.get("RAY_ADDRESS")):
+        check_fits({"cpu": spec.resources.cpu}, local_cluster(local_cpus()))
 
 
 @contextlib.contextmanager
@@ -102,9 +101,12 @@ def connected(spec: Spec, storage: Path, echo: Callable[[str], None]) -> Iterato
     (a Ray started here is stopped; a cluster joined is only left) when the block ends, whatever happens."""
     import ray
 
+    check_local_cpus(spec)
     started = start_ray(spec.cluster.address, spec.cluster.connect_timeout_s)
     try:
         per_trial, gpu_fraction = trial_resources(spec.resources, ray.cluster_resources().get("GPU", 0), echo)
+        check_fits(per_trial, ray.nodes(), "resources.trials_per_gpu" if spec.resources.trials_per_gpu else
+                   "resources.gpu")
         if not started and spec.cluster.storage_check:
             _check_shared_storage(storage)
         slots = max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial["cpu"]))

@@ -9,16 +9,15 @@ sweep folder or MLflow run is created.
 from __future__ import annotations
 
 import json
-import time
 from typing import Callable
 
 import yaml
 
 from analysis import mlflow_tags as tags
-from raysweep.manifest import Manifest
-from raysweep.mlflow_store import SweepRun, limit_http_retries, resolve_tracking_uri
+from raysweep.manifest import Manifest, claim_sweep_dir
+from raysweep.mlflow_store import SweepRun, limit_http_retries
 from raysweep.plan import plan
-from raysweep.preflight import check_datasets, check_storage, connected
+from raysweep.preflight import check_datasets, check_storage, check_tracking, connected
 from raysweep.provenance import provenance
 from raysweep.session import SweepResult, SweepSession, jsonable
 from raysweep.spec import Spec, validate_spec
@@ -42,14 +41,12 @@ def run_sweep(spec: Spec, trials: list[PlannedTrial], *, echo: Callable[[str], N
     """Run a validated spec: its planned ``trials`` (or a sampling mode's draws), then phase 2 if two-phase."""
     storage = check_storage(spec.storage)
     check_datasets(spec, trials)
+    limit_http_retries()
+    tracking_uri = check_tracking(spec)
     with connected(spec, storage, echo) as resources:
-        limit_http_retries()
-        sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        tracking_uri = resolve_tracking_uri(spec.tracking.uri)
+        sweep_id, sweep_dir = claim_sweep_dir(storage, spec.name)
         experiment = spec.tracking.experiment or spec.name
-        sweep_dir = storage / sweep_id
         values = parent_tags(spec, str(sweep_dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         manifest = Manifest.new(sweep_dir, sweep_id=sweep_id, spec=jsonable(spec.written), tracking_uri=tracking_uri,
                                 experiment=experiment, parent_tags=values)
         manifest.save()
@@ -69,8 +66,9 @@ def resume_sweep(manifest: Manifest, *, echo: Callable[[str], None] = print, ver
     """
     data = manifest.data
     spec = validate_spec(data["spec"])
-    if data["status"] != "running":
+    if manifest.ended:  # nothing left to run: answer from the manifest, without Ray
         echo(f"sweep {data['sweep_id']} already {data['status']}; nothing to resume")
+        return SweepResult.from_manifest(manifest)
     trials = plan(spec)
     search = manifest.phase("search")
     if search and search["trial_keys"] is not None and [t.key for t in trials] != search["trial_keys"]:

@@ -44,6 +44,15 @@ class SweepResult:
     tracking_ok: bool = True  # False: MLflow was unreachable at the end; `raysweep sync` backfills it
     headline: str = ""  # the best configuration and its seed means, once the summary runs exist
 
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> SweepResult:
+        """What the manifest of an ended sweep says (for a resume that has nothing to do)."""
+        data = manifest.data
+        num_trials, num_errors, num_non_finite = manifest.totals()
+        return cls(data["sweep_id"], data["tracking_uri"], data["experiment"], data["parent_run_id"],
+                   manifest.sweep_dir, num_trials, num_errors, "(nothing rerun: see the sweep's parent run for its "
+                   "table, or raysweep table)", num_non_finite)
+
 
 def jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
@@ -85,7 +94,7 @@ class SweepSession:
                 self._phase_done(phase, results)
         finally:
             self.logger.flush_all()
-        totals = self.totals()
+        totals = self.manifest.totals()
         self.manifest.update(status="finished" if not totals[1] else "failed")
 
     def _confirmed(self) -> list[PlannedTrial]:
@@ -118,11 +127,6 @@ class SweepSession:
         (self.manifest.sweep_dir / f"plan-{phase.name}.json").write_text(json.dumps(record, indent=1, default=str))
         self.sweep.log_text(json.dumps(record, indent=2, sort_keys=True, default=str), f"plan-{phase.name}.json")
 
-    def totals(self) -> tuple[int, int, int]:
-        """(trials, errors, non-finite stops) over the phases the manifest records."""
-        recorded = self.manifest.data["phases"].values()
-        return tuple(sum(p[k] or 0 for p in recorded) for k in ("num_trials", "num_errors", "num_non_finite"))
-
     def finish(self) -> SweepResult:
         """End the parent run and build the summary table (from MLflow), unless MLflow is unreachable."""
         from analysis.tables import to_frame, to_markdown
@@ -130,7 +134,7 @@ class SweepSession:
         from raysweep.summaries import summarize_sweep
 
         TuneCallback.detach(self.sweep_id)
-        num_trials, num_errors, num_non_finite = self.totals()
+        num_trials, num_errors, num_non_finite = self.manifest.totals()
         sweep, manifest = self.sweep, self.manifest
         waiting = self.logger.flush_all()
         finished = sweep.finish("FINISHED" if not num_errors else "FAILED")

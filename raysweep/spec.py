@@ -6,7 +6,8 @@ in the order they are checked; it is the one list of keys (unknown ones are refu
 resolves every section against the same ``Param`` declarations the trial uses, so an invalid value fails
 here with its key path (exit code 2 in the CLI), before Ray starts or an MLflow run exists.
 
-Two forms of a spec: :attr:`Spec.written` is the spec as written (after ``--set``), which the sweep
+Reading a spec file and ``--set`` overrides is :mod:`raysweep.spec_yaml`'s job. Two forms of a spec:
+:attr:`Spec.written` is the spec as written (after ``--set``), which the sweep
 manifest keeps and ``raysweep resume`` validates again; the :class:`Spec` itself is the expanded one
 (defaults filled, each method's grid expanded into ``methods_expanded``).
 """
@@ -14,16 +15,14 @@ manifest keeps and ``raysweep resume`` validates again; the :class:`Spec` itself
 from __future__ import annotations
 
 import copy
-import importlib
-import re
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import yaml
-
 from raysweep.modes import MODES, SearchMode
+from raysweep.paths import check_name
+from raysweep.resources import check_resolution
 from raysweep.schedulers import Scheduler, resolve_scheduler
+from raysweep.store_check import check_scheme
 from search_spaces import space_for
 from search_spaces.grid import expand_method, factorial
 from trainables.config import TRAIN_PARAMS, resolve_train
@@ -31,9 +30,9 @@ from trainables.data import dataset_params, resolve_dataset
 from trainables.methods import METHODS
 from trainables.models import model_params, resolve_model
 from trainables.params import ConfigError, Param, as_list, resolve
+from trainables.plugins import import_plugins
 
 SEARCH_METRICS = {"val_balanced_acc": "max", "train_loss": "min"}  # never a test metric: no test-set selection
-MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 AXIS_ROOTS = ("dataset", "model", "train")
 
 
@@ -192,33 +191,16 @@ def _mapping(value: Any, key: str) -> dict[str, Any]:
     return value
 
 
-def import_plugins(raw: Any) -> list[str]:
-    """Import the spec's ``plugins`` (module names) so the methods, datasets and models they register exist.
-
-    The driver imports them before validating the rest of the spec, and every trial imports them again in
-    its worker before training (``trainables.tune``), so a plugin must be importable on every node.
-    """
-    if raw is None:
-        return []
-    if not isinstance(raw, list) or not all(isinstance(m, str) and MODULE_NAME.match(m) for m in raw):
-        raise ConfigError("plugins", f"must be a list of importable module names (e.g. [my_methods]), got {raw!r}")
-    for name in raw:
-        try:
-            importlib.import_module(name)
-        except Exception as err:  # a plugin's own bug is still bad input for this spec
-            first = (str(err).splitlines() or [""])[0]
-            raise ConfigError("plugins", f"cannot import {name!r}: {type(err).__name__}: {first}") from None
-    return list(raw)
-
-
 def _plugins(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
+    """The driver imports the plugins before the rest is checked; every trial imports them again in its worker
+    (``trainables.tune``), so a plugin must be importable on every node."""
     return {"plugins": tuple(import_plugins(raw))}
 
 
 def _name(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(raw, str) or not raw or not all(c.isalnum() or c in "-_." for c in raw):
         raise ConfigError("name", f"must be a non-empty string of letters, digits, '-', '_', '.', got {raw!r}")
-    return {"name": raw}
+    return {"name": check_name(raw, "name")}
 
 
 def _description(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
@@ -259,7 +241,19 @@ def _resources(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
     resources = Resources.from_raw(raw, "resources")
     if resources.gpu and resources.trials_per_gpu:
         raise ConfigError("resources.trials_per_gpu", "give either gpu or trials_per_gpu, not both")
+    check_resolution(resources)
     return {"resources": resources}
+
+
+def _tracking(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
+    """A store MLflow can use (its scheme; whether it answers is a preflight) and an experiment name that
+    cannot steer its artifact folder outside the store's artifact root."""
+    tracking = Tracking.from_raw(raw, "tracking")
+    if tracking.uri is not None:
+        check_scheme(tracking.uri)
+    if tracking.experiment is not None:
+        check_name(tracking.experiment, "tracking.experiment")
+    return {"tracking": tracking}
 
 
 def _methods(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
@@ -357,7 +351,7 @@ SECTIONS: tuple[tuple[str, Callable[[Any, dict[str, Any]], dict[str, Any]]], ...
     ("methods", _methods),
     ("axes", _axes),
     ("seeds", _seeds),
-    ("tracking", _section("tracking", Tracking)),
+    ("tracking", _tracking),
     ("storage", _storage),
     ("failure", _section("failure", Failure)),
     ("table", _section("table", Table)),
@@ -378,45 +372,3 @@ def validate_spec(raw: Mapping[str, Any]) -> Spec:
     for key, check in SECTIONS:
         done.update(check(raw.get(key), done))
     return Spec(**done, written=copy.deepcopy(dict(raw)))
-
-
-# ---- reading a spec file and --set overrides ------------------------------------------------------------------
-def load_spec(path: str | Path) -> dict[str, Any]:
-    """Read a YAML spec (``yaml.safe_load``); a file that is not a mapping is a ConfigError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("spec", f"file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError("spec", f"not valid YAML: {err}".replace("\n", " ")) from None
-    if not isinstance(raw, dict):
-        raise ConfigError("spec", "must be a YAML mapping of sections (name, dataset, model, methods, ...)")
-    return raw
-
-
-def apply_overrides(spec: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` overrides (values parsed as YAML) to a copy of ``spec``."""
-    out = copy.deepcopy(dict(spec))
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError("--set", f"expected key.path=value, got {item!r}")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise ConfigError(key, f"value {text!r} is not valid YAML") from None
-        node = out
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if isinstance(child, str) and part == "model":
-                child = {"name": child}
-            if child is None:
-                child = {}
-            if not isinstance(child, dict):
-                raise ConfigError(".".join(parts[: i + 1]), f"is {child!r}, not a section; cannot set {key}")
-            node[part] = child
-            node = child
-        node[parts[-1]] = value
-    return out

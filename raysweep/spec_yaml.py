@@ -1,4 +1,5 @@
-"""Strict, bounded YAML for sweep specs and ``--set`` values: ``yaml.safe_load`` semantics, minus its traps.
+"""Reading a sweep spec: strict, bounded YAML for spec files and ``--set`` values (``yaml.safe_load``
+semantics, minus its traps), and :func:`apply_overrides`.
 
 PyYAML's ``safe_load`` silently keeps the last of two equal keys (a second ``train:`` block wins), expands
 aliases without limit when the result is serialised (a 527-byte "billion laughs" document becomes a 20 MB
@@ -22,8 +23,9 @@ Everything else (tags, scalars, merge keys, one document) behaves exactly as ``y
 from __future__ import annotations
 
 import codecs
+import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -216,3 +218,27 @@ def _check_duplicates(loader: _Loader, node: Node, path: str, seen: set[int] | N
             if first is not None:
                 raise _Duplicate(child_path, first, key_node.start_mark)
         _check_duplicates(loader, value_node, child_path, seen)
+
+
+def apply_overrides(spec: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a copy of ``spec``."""
+    out = copy.deepcopy(dict(spec))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError("--set", f"expected key.path=value, got {item!r}")
+        value = load_yaml_text(text, key, root=key)
+        node = out
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if isinstance(child, str) and part == "model":
+                child = {"name": child}
+            if child is None:
+                child = {}
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(parts[: i + 1]), f"is {child!r}, not a section; cannot set {key}")
+            node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return out

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from analysis import mlflow_tags as tags
 from trainables.params import ConfigError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -47,23 +48,30 @@ def free_port(host: str, start: int, tries: int = 100) -> int:
     raise ConfigError("--port", f"no free port in {start}..{start + tries - 1} on {host}")
 
 
-def runs_url(base: str, experiment_id: str | None) -> str:
-    """The UI's training-runs view of an experiment (MLflow 3.17's hash route), or the root without one."""
+def runs_url(base: str, experiment_id: str | None, view: str | None = None) -> str:
+    """The UI's training-runs view of an experiment (MLflow 3.17's hash route), opened in the saved view
+    ``view`` when given, or the root without an experiment."""
     base = base.rstrip("/")
-    return f"{base}/#/experiments/{experiment_id}/runs" if experiment_id else f"{base}/"
+    if not experiment_id:
+        return f"{base}/"
+    return f"{base}/#/experiments/{experiment_id}/runs" + (f"?viewStateShareKey={view}" if view else "")
 
 
-def experiment_id(tracking_uri: str, name: str | None) -> str | None:
-    """The id of experiment ``name`` in the store, or None (no name, no such experiment, store unreadable)."""
+def experiment_link(tracking_uri: str, name: str | None) -> tuple[str | None, str | None]:
+    """(id of experiment ``name``, its raysweep comparison view if it has one); (None, None) when there is
+    no name, no such experiment, or the store cannot be read."""
     if not name:
-        return None
+        return None, None
     from mlflow import MlflowClient
 
     try:
         found = MlflowClient(tracking_uri).get_experiment_by_name(name)
     except Exception:  # the UI is still useful without the deep link
-        return None
-    return found.experiment_id if found is not None else None
+        return None, None
+    if found is None:
+        return None, None
+    has_view = tags.SHARED_VIEW_PREFIX + tags.COMPARISON_VIEW in found.tags
+    return found.experiment_id, (tags.COMPARISON_VIEW if has_view else None)
 
 
 # ---- processes -----------------------------------------------------------------------------------------
@@ -241,7 +249,7 @@ def serve_ui(tracking_uri: str, experiment: str | None = None, *, host: str = "1
     whole server and return 0; a server that exits by itself is cleaned up too and its code returned
     (1 if it never became ready).
     """
-    exp_id = experiment_id(tracking_uri, experiment)
+    exp_id, view = experiment_link(tracking_uri, experiment)
 
     def on_signal(signum, frame):
         raise _Stopped(signum)
@@ -264,7 +272,7 @@ def serve_ui(tracking_uri: str, experiment: str | None = None, *, host: str = "1
                 echo(f"raysweep: error: the MLflow UI exited with code {code} before answering on {server.url}")
                 return code if code > 0 else 1
             echo(f"warning: the MLflow UI does not answer on {server.url} after {ready_timeout_s:g} s; still waiting")
-        url = runs_url(server.url, exp_id)
+        url = runs_url(server.url, exp_id, view)
         note = "" if exp_id or not experiment else f" (no experiment {experiment!r} in the store yet)"
         echo(f"Open {url}{note}")
         if open_browser:

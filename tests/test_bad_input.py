@@ -17,7 +17,7 @@ from raysweep.cli import main
 
 BASE = {
     "name": "bad",
-    "dataset": {"name": "gaussian", "imbalance": 10, "samples_per_class": 60},
+    "dataset": {"name": "gaussian", "imbalance": 10, "samples_per_class": 100},
     "model": {"name": "mlp", "width": 32},
     "train": {"epochs": 2, "batch_size": 64},
     "methods": {"ce": {}},

@@ -12,7 +12,11 @@ from trainables.loop import Trial, train
 from trainables.methods import METHODS
 from trainables.methods.base import EpochEvaluation
 from trainables.methods.cdb import (
-    cdb_class_weights, class_sampling_probs, dynamic_tau, instance_sampling_probs, performance_bias,
+    cdb_class_weights,
+    class_sampling_probs,
+    dynamic_tau,
+    instance_sampling_probs,
+    performance_bias,
 )
 from trainables.params import ConfigError, InactiveParamError
 
@@ -281,7 +285,8 @@ def test_math_on_gpu():
 
 def test_preset_lays_out_tables_2_and_3():
     from raysweep.plan import plan
-    from raysweep.spec import load_spec, validate_spec
+    from raysweep.spec import validate_spec
+    from raysweep.spec_yaml import load_spec_file as load_spec
 
     spec = validate_spec(load_spec("search_spaces/presets/cdb_tau_x_imbalance.yaml"))
     trials = plan(spec)

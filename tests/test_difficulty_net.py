@@ -12,7 +12,11 @@ from search_spaces.grid import expand_method
 from trainables.loop import Trial, train
 from trainables.methods import METHODS
 from trainables.methods.difficulty_net import (
-    DifficultyNet, difficulty_weights, driver_loss, driver_target, hidden_width,
+    DifficultyNet,
+    difficulty_weights,
+    driver_loss,
+    driver_target,
+    hidden_width,
 )
 from trainables.params import InactiveParamError
 
@@ -183,7 +187,8 @@ def test_runs_on_gpu():
 
 def test_preset_lays_out_supplementary_table_6():
     from raysweep.plan import plan
-    from raysweep.spec import load_spec, validate_spec
+    from raysweep.spec import validate_spec
+    from raysweep.spec_yaml import load_spec_file as load_spec
 
     spec = validate_spec(load_spec("search_spaces/presets/difficulty_net_h.yaml"))
     trials = plan(spec)

@@ -8,7 +8,8 @@ import torch
 from torch.nn import functional as F
 
 from raysweep.plan import plan
-from raysweep.spec import load_spec, validate_spec
+from raysweep.spec import validate_spec
+from raysweep.spec_yaml import load_spec_file as load_spec
 from search_spaces import space_for
 from search_spaces.grid import expand_method
 from trainables.loop import Trial, train

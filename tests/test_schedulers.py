@@ -4,9 +4,10 @@ running a real sweep through the CLI (slow): every trial logged once, stopped on
 import pytest
 from mlflow import MlflowClient
 
-from _cli import run_spec
 from raysweep.schedulers import SCHEDULERS, resolve_scheduler
 from trainables.params import ConfigError
+
+from _cli import run_spec
 
 
 def test_every_scheduler_builds_a_ray_scheduler_on_the_reported_epoch():

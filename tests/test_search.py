@@ -8,13 +8,13 @@ import pytest
 from raysweep.cli import main
 from raysweep.plan import plan
 from raysweep.spec import validate_spec
-from trainables.tune import ENVELOPE, envelope
 from search_spaces import space_for
 from search_spaces.ablation import ofat
 from search_spaces.grid import expand_method
 from search_spaces.methods.dm import BETA_GRID, beta_range
 from search_spaces.sampling import sample
 from trainables.params import ConfigError
+from trainables.tune import ENVELOPE, envelope
 
 PRESETS = sorted(Path(__file__).resolve().parent.parent.glob("search_spaces/presets/*.yaml"))
 

@@ -7,7 +7,8 @@ import yaml
 
 from raysweep.cli import main
 from raysweep.plan import plan
-from raysweep.spec import apply_overrides, validate_spec
+from raysweep.spec import validate_spec
+from raysweep.spec_yaml import apply_overrides
 
 BASE = {
     "name": "t",

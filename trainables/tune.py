@@ -10,7 +10,6 @@ trajectory with the epoch counter continuing. Each result also names the Ray nod
 
 from __future__ import annotations
 
-import importlib
 import math
 import tempfile
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from ray import tune
 
 from trainables.checkpoint import STATE_FILE, load_state, save_state
 from trainables.loop import train
+from trainables.plugins import import_plugins
 
 LAST_METRICS = "last_metrics"  # the reported metrics saved beside the training state in each checkpoint
 ENVELOPE = "envelope"  # the one key of a Tune trial's config
@@ -73,12 +73,6 @@ def read_envelope(config: Mapping[str, Any]) -> Envelope:
                     data.get("experiment_dir"), data.get("gpu_fraction"), data.get("engine", "auto"))
 
 
-def import_plugins(names: list[str] | None) -> None:
-    """Import the spec's plugin modules in this worker, so what they register exists here too."""
-    for name in names or []:
-        importlib.import_module(name)
-
-
 def newest_saved_state(trial_dir: Path) -> dict[str, Any] | None:
     """The most recently written readable checkpoint in a trial's storage folder, if any.
 
@@ -120,7 +114,7 @@ def group_result(configs: Sequence[Mapping[str, Any]], latest: Mapping[str, Mapp
 def run_trial(tune_config: dict[str, Any]) -> None:
     """Ray Tune function trainable: train the envelope's planned trial, or its group (see :class:`Envelope`)."""
     env = read_envelope(tune_config)
-    import_plugins(list(env.plugins))
+    import_plugins(list(env.plugins))  # what they register must exist in this worker too
     gpu_fraction = env.gpu_fraction
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, math.floor(cpus)))
