@@ -1,4 +1,7 @@
-"""GDW: the zero-mean constraint, the class-level step, and GDW with eta_omega = 0 being MW-Net exactly."""
+"""GDW: the zero-mean constraint, the class-level step, the clamped probabilities, and its two stage-2 starts.
+
+Line-by-line parity with GDW's released ``main.py`` is in tests/test_parity.py.
+"""
 
 import copy
 import math
@@ -113,10 +116,27 @@ def test_default_eta_omega_follows_the_number_of_classes():
     assert make_trial("gdw", eta_omega=10)[0].method.eta_omega == 10.0
 
 
+def test_confident_equal_rows_follow_the_formula_with_the_clamped_probability():
+    """GDW's code clamps p before the constraint, so an equal row with p_t > 0.999 is not a fixed point."""
+    omega = torch.full((2, 3), 0.5, dtype=torch.float64)
+    probs = torch.tensor([[0.9996, 0.0003, 0.0001], [0.0002, 0.9995, 0.0003]], dtype=torch.float64)
+    out = zero_mean_target(omega, probs, torch.tensor([0, 0]))
+    # row 0: 0.5 * (0.0003 + 0.0001) / (1 - 0.999) = 0.2; row 1: p_1 clamped: 0.5 * (0.999 + 0.0003) / 0.9998
+    assert out[0, 0].item() == pytest.approx(0.2, rel=1e-12)
+    assert out[1, 0].item() == pytest.approx(0.5 * 0.9993 / 0.9998, rel=1e-12)
+    assert torch.equal(out[:, 1:], omega[:, 1:])
+    assert constraint(out, probs.clamp(max=0.999), torch.tensor([0, 0])).abs().max() < 1e-15
+
+
+def test_default_stage_two_starts_from_the_weights_before_the_meta_step():
+    assert make_trial("gdw")[0].method.hparams["omega_from"] == "previous"
+
+
 @pytest.mark.parametrize("norm", ["mean", "sum"])
-def test_gdw_with_eta_zero_is_exactly_one_mwnet_iteration(norm):
+def test_gdw_updated_with_eta_zero_is_exactly_one_mwnet_iteration(norm):
+    """The identity holds for ``omega_from: updated`` only (GDW's own form starts before the meta step)."""
     mw, x, y, idx = make_trial("mwnet", norm=norm)
-    gdw, *_ = make_trial("gdw", norm=norm, eta_omega=0.0)
+    gdw, *_ = make_trial("gdw", norm=norm, eta_omega=0.0, omega_from="updated")
     for trial in (mw, gdw):
         for _ in range(2):
             trial.method.train_step(trial.model, trial.optimizer, x, y, idx)
@@ -156,6 +176,18 @@ def test_real_step_gradient_is_class_weighted_and_zero_sum():
     assert omega.min() > 0
     assert (omega.max(1).values - omega.min(1).values).max() > 1e-2, "weights must differ across classes"
     assert torch.allclose(zero_mean_target(omega.double(), probs.double(), y).float(), omega, rtol=1e-4)
+
+
+def test_real_step_rows_sum_to_zero_on_a_confident_model():
+    """p clamped at 0.999 in the gradient too (GDW's code): with p_y > 0.999 every row still sums to 0."""
+    trial, x, y, idx = make_trial("gdw")
+    with torch.no_grad():
+        trial.model.classifier.weight.mul_(60.0)  # confident: many p_max > 0.999
+        probs = copy.deepcopy(trial.model)(x).softmax(1)
+    assert (probs.gather(1, y[:, None]) > 0.999).any()
+    seen = capture_logit_grads(trial)
+    trial.method.train_step(trial.model, trial.optimizer, x, y, idx)
+    assert seen[-1].sum(1).abs().max() < 1e-8
 
 
 def test_omega_from_previous_uses_the_weights_before_the_meta_step():

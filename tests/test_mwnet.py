@@ -161,3 +161,15 @@ def test_runs_on_gpu():
     cfg = {"method": {"name": "mwnet"}, "dataset": {"name": "gaussian", "meta_per_class": 8}, "model": "mlp",
            "train": {"epochs": 1, "batch_size": 64, "device": "cuda"}}
     assert train(cfg)["mwnet_w_mean"] > 0
+
+
+def test_detach_loss_is_an_mwnet_option_only():
+    """false = the class-imbalance code's live loss into V (parity in tests/test_parity.py); GDW's code detaches."""
+    from trainables.methods import METHODS
+
+    assert METHODS.get("mwnet").resolve_params({})["detach_loss"] is True
+    assert METHODS.get("mwnet").resolve_params({"detach_loss": False})["detach_loss"] is False
+    with pytest.raises(ConfigError, match="detach_loss"):
+        METHODS.get("gdw").resolve_params({"detach_loss": False})
+    trial, x, y, idx = make_trial(detach_loss=False, norm="sum")
+    assert math.isfinite(float(trial.method.train_step(trial.model, trial.optimizer, x, y, idx)))
