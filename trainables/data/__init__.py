@@ -35,7 +35,9 @@ DATASETS: Registry[DatasetSource] = Registry("dataset")
 PROTOCOL_PARAMS: dict[str, Param] = {
     "imbalance": Param(1.0, (float,), low=1.0, help="rho = n_max / n_min; 1 = balanced"),
     "meta_per_class": Param(10, (int,), low=0, help="clean balanced meta/validation images per class"),
-    "val_per_class": Param(0, (int,), low=0, help="a second balanced set for model selection; 0 = use the meta set"),
+    "val_per_class": Param(None, (int,), low=0, nullable=True,
+                           help="a separate balanced set for model selection; 0 = select on the meta set; null = "
+                                "meta_per_class if a method learns from the meta set, else 0 (trainables.selection)"),
     "test_per_class": Param(None, (int,), low=1, nullable=True, help="balanced test size; null = as many as balance allows"),
     "n_max": Param(None, (int,), low=1, nullable=True, help="head-class count; null = the smallest class left"),
     "noise_type": Param("none", (str,), choices=NOISE_TYPES),
@@ -62,8 +64,15 @@ def resolve_dataset(raw: Mapping[str, Any], path: str = "dataset") -> dict[str, 
 
 
 def load_splits(dataset_cfg: Mapping[str, Any]) -> Splits:
-    """Build (or fetch from this process's cache) the splits a resolved dataset config describes."""
-    return _cached_splits(json.dumps(dict(dataset_cfg), sort_keys=True))
+    """Build (or fetch from this process's cache) the splits a resolved dataset config describes.
+
+    A config resolved without a method (``val_per_class`` still null) has no method that learns from the
+    meta set, so its auto value is 0: the meta set is also the validation set.
+    """
+    cfg = dict(dataset_cfg)
+    if cfg.get("val_per_class", 0) is None:
+        cfg["val_per_class"] = 0
+    return _cached_splits(json.dumps(cfg, sort_keys=True))
 
 
 @functools.lru_cache(maxsize=8)

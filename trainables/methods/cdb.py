@@ -1,7 +1,8 @@
 """Class-wise difficulty-based methods (Sinha, Ohashi & Nakamura, IJCV 2022): CDB-W-CE, CDB-W-FL, CDB-S.
 
-After every epoch the per-class accuracy A_c on the balanced validation set gives the class difficulty
-d_c = 1 - A_c and the class weights w_c = d_c^tau (METHODS.md M3/M4). The next epoch uses them:
+After every epoch the per-class accuracy A_c on the balanced meta set (the paper's validation set) gives
+the class difficulty d_c = 1 - A_c and the class weights w_c = d_c^tau (METHODS.md M3/M4). The next
+epoch uses them:
 
 - ``cdb_w_ce``: loss w_y * CE (paper Eq. 12);
 - ``cdb_w_fl``: loss w_y * focal (Eq. 14, softmax focal as in the CIFAR code);
@@ -25,9 +26,9 @@ import torch
 from torch.nn import functional as F
 
 from trainables.methods import register
-from trainables.methods.base import EpochEvaluation, Method
+from trainables.methods.base import EpochEvaluation, Method, meta_class_accuracy, require_positive_meta
 from trainables.methods.focal import focal_loss
-from trainables.params import ConfigError, InactiveParamError, Param
+from trainables.params import InactiveParamError, Param
 
 PAPER_VARIANTS = ("linear", "poly", "log", "sigmoid")
 CODE_VARIANTS = ("sigmoid_code_cifar", "sigmoid_code_imagenet")
@@ -169,8 +170,16 @@ def instance_sampling_probs(class_probs: torch.Tensor, labels: torch.Tensor, cla
 
 
 class _CDB(Method):
-    """Shared machinery: tau, the class-weight vector, its per-epoch refresh and checkpointing."""
+    """Shared machinery: tau, the class-weight vector, its per-epoch refresh and checkpointing.
 
+    CDB learns from the meta set (``needs_meta``): its weights are a function of the per-class accuracy
+    on those images, so selecting a model on the same images would favour it. It reads them through
+    ``ctx.meta``; the validation split stays for model selection (with ``val_per_class: 0`` the two are
+    the same images, the CDB code's protocol: it also keeps the checkpoint with the best accuracy there).
+    """
+
+    needs_meta: ClassVar[bool] = True
+    meta_use: ClassVar[str] = "sets its class weights from its per-class accuracy on"
     relative_cost: ClassVar[float] = 1.05
     params: ClassVar[dict[str, Param]] = {
         "tau": Param("sigmoid", (float, str), low=0.0, high=100.0, choices=TAU_VARIANTS,
@@ -198,17 +207,18 @@ class _CDB(Method):
 
     def __init__(self, hparams: Mapping[str, Any], ctx: Any) -> None:
         super().__init__(hparams, ctx)
+        require_positive_meta(ctx, self.name)
         self.class_weights = torch.ones(ctx.num_classes, device=ctx.device)
         self.tau = 0.0  # before the first evaluation the weights are uniform, which is what tau = 0 gives
         self.bias = 0.0
         self.updates = 0
 
     def on_epoch_end(self, epoch: int, evaluation: EpochEvaluation) -> dict[str, float]:
-        """Refresh the weights from this epoch's validation accuracy; the next epoch uses them."""
-        acc = evaluation.val_class_acc
-        if torch.isnan(acc).any():
-            raise ConfigError("dataset.meta_per_class", f"method {self.name!r} needs a balanced validation set with "
-                              "every class; set dataset.meta_per_class (or val_per_class) > 0")
+        """Refresh the weights from this epoch's per-class accuracy on the meta set; the next epoch uses them."""
+        return self.update_weights(meta_class_accuracy(self.ctx))
+
+    def update_weights(self, acc: torch.Tensor) -> dict[str, float]:
+        """Set tau, the bias and the class weights from per-class accuracies ``acc`` [C]; return diagnostics."""
         hp = self.hparams
         self.bias = performance_bias(acc, hp["eps"])
         self.tau = resolve_tau(acc, hp["tau"], eps=hp["eps"], t_max=hp["t_max"], p=hp["p"])
@@ -286,8 +296,8 @@ class CDBSampling(_CDB):
         probs = class_sampling_probs(self.class_weights, counts)
         return instance_sampling_probs(probs, self.ctx.train.y, counts)
 
-    def on_epoch_end(self, epoch: int, evaluation: EpochEvaluation) -> dict[str, float]:
-        out = super().on_epoch_end(epoch, evaluation)
+    def update_weights(self, acc: torch.Tensor) -> dict[str, float]:
+        out = super().update_weights(acc)
         probs = class_sampling_probs(self.class_weights, self.ctx.class_counts)
         for group, idx in self.ctx.groups.items():
             if len(idx):

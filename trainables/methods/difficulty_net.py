@@ -30,9 +30,10 @@ from torch.nn import functional as F
 
 from trainables.methods import register
 from trainables.methods.balanced_softmax import balanced_softmax_logits
-from trainables.methods.base import EpochEvaluation, Method, MethodContext, require_positive_meta
+from trainables.methods.base import (
+    EpochEvaluation, Method, MethodContext, meta_class_accuracy, require_positive_meta,
+)
 from trainables.methods.meta import current_lr, forward_with, virtual_step
-from trainables.metrics import class_accuracy
 from trainables.params import InactiveParamError, Param
 
 META_GRADS = ("second_order", "driver_only")
@@ -104,6 +105,7 @@ class DifficultyNetMethod(Method):
                                  help="recompute A on the meta set after every epoch (official code) or every iteration"),
     }
     needs_meta = True
+    meta_use = "meta-trains its Difficulty-Net on"
     relative_cost = 3.5
 
     @classmethod
@@ -126,8 +128,7 @@ class DifficultyNetMethod(Method):
     # ---- pieces of the step --------------------------------------------------------------------
     def meta_accuracy(self) -> torch.Tensor:
         """A: per-class top-1 accuracy of the current model on the whole meta set (eval mode), float32 [C]."""
-        pred = self.ctx.predict(self.ctx.meta.x).argmax(1)
-        return class_accuracy(pred, self.ctx.meta.y, self.ctx.num_classes).float()
+        return meta_class_accuracy(self.ctx).float()
 
     def class_weights(self) -> torch.Tensor:
         """The current class weights C d / sum d for the current A (no graph)."""

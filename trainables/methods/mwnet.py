@@ -103,6 +103,7 @@ class MWNet(Method):
                                                  "false = the live loss (class-imbalance code)"),
     }
     needs_meta = True
+    meta_use = "meta-trains its weighting net on"
     relative_cost = 3.0  # measured 2.7-3.1x CE per epoch (docs/methods/meta_weighting.md)
 
     def __init__(self, hparams: Mapping[str, Any], ctx: MethodContext) -> None:
