@@ -29,7 +29,8 @@ def _pm(cell: dict | None) -> str:
 def method_cost(r: dict) -> list[str]:
     s = r["settings"]
     out = [f"Command: `python -m benchmarks.method_cost --repeats {s['repeats']}`: {s['dataset']} (imbalance "
-           f"{s['imbalance']:g}), {s['model']}, batch {s['batch_size']}, {s['threads']} thread, epochs interleaved in a "
+           f"{s['imbalance']:g}), {s['model']}, batch {s['batch_size']}, {s['threads']} thread, epochs interleaved in "
+           "a "
            "shuffled order, median over repeats after a warm-up epoch. An epoch includes evaluation.", "",
            "| method | s / epoch | x CE |", "|---|---|---|"]
     for name, m in sorted(r["methods"].items(), key=lambda kv: kv[1]["ratio_to_ce"]):
@@ -56,14 +57,16 @@ def overhead(r: dict) -> list[str]:
            "| stage | seconds |", "|---|---|",
            f"| `ray.init` (2 CPUs) | {t['ray_init_s']:.2f} |",
            f"| `fit()` start -> trial started (Tune set-up, actor) | {t['fit_to_trial_start_s']:.2f} |",
-           f"| trial started -> first result (imports, data build, model, first epoch, checkpoint) | {t['trial_start_to_first_result_s']:.2f} |",
+           "| trial started -> first result (imports, data build, model, first epoch, checkpoint) | "
+           f"{t['trial_start_to_first_result_s']:.2f} |",
            f"| first epoch's compute | {t['first_epoch_compute_s']:.3f} |",
            f"| steady epoch's compute (median) | {t['steady_epoch_compute_s']:.3f} |",
            f"| steady interval between results, seen by the driver | {t['steady_result_interval_s']:.3f} |"]
     d = r.get("demo")
     if d:
         out += ["", f"Quickstart (`raysweep demo`'s sweep, {d['trials']} trials over {d['slots']} slots): wall "
-                f"{d['wall_s']:.0f} s, busy {d['busy_s']:.0f} s, so {100 * d['overhead_fraction']:.0f} % of the slot time is "
+                f"{d['wall_s']:.0f} s, busy {d['busy_s']:.0f} s, so {100 * d['overhead_fraction']:.0f} % of the slot "
+                "time is "
                 "overhead: its epochs are tens of milliseconds, the per-trial start-up several seconds."]
     return out + ["", _provenance(r)]
 
@@ -94,7 +97,8 @@ def reproduction(r: dict) -> list[str]:
             return []
         rows = list(dict.fromkeys(c["row"] for c in cells.values()))
         cols = list(dict.fromkeys(c["col"] for c in cells.values()))
-        lines = ["", f"**{title}**", "", "| | " + " | ".join(str(c) for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        header = "| | " + " | ".join(str(c) for c in cols) + " |"
+        lines = ["", f"**{title}**", "", header, "|---" * (len(cols) + 1) + "|"]
         for row in rows:
             lines.append(f"| {row} | " + " | ".join(_pm(cells.get(f"{row}|{c}", {}).get(value)) for c in cols) + " |")
         return lines
@@ -130,7 +134,8 @@ SECTIONS = [
 
 
 def main() -> None:
-    lines = ["# Benchmarks", "", "Produced by `make bench` (`python -m benchmarks.run_all`), which runs every benchmark "
+    lines = ["# Benchmarks", "", "Produced by `make bench` (`python -m benchmarks.run_all`), which runs every "
+                                 "benchmark "
              "below and then this page's generator (`python -m benchmarks.write_report`). Each figure was measured "
              "in one run on the machine named under it; speeds are ratios within that run. GPU benchmarks "
              "(fractional-GPU packing) are not part of the CPU suite.", ""]

@@ -70,7 +70,8 @@ def test_loss_is_the_batch_mean_of_weighted_ce_and_focal():
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0], [0.3, 0.2, 0.1], [1.0, 1.0, 3.0]])
     y = torch.tensor([0, 1, 2, 2])
     w = by_hand(counts, 0.99)
-    ce = [-math.log(math.exp(z[t]) / sum(math.exp(v) for v in z)) for z, t in zip(logits.tolist(), y.tolist(), strict=True)]
+    ce = [-math.log(math.exp(z[t]) / sum(math.exp(v) for v in z))
+          for z, t in zip(logits.tolist(), y.tolist(), strict=True)]
     expected = sum(w[t] * c for t, c in zip(y.tolist(), ce, strict=True)) / 4
     assert float(cb_method(counts, beta=0.99).loss(logits, y, y)) == pytest.approx(expected, rel=1e-6)
     # the softmax focal is a named option, not Cui et al.'s focal

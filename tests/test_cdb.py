@@ -12,7 +12,11 @@ from trainables.loop import Trial, train
 from trainables.methods import METHODS
 from trainables.methods.base import meta_class_accuracy
 from trainables.methods.cdb import (
-    cdb_class_weights, class_sampling_probs, dynamic_tau, instance_sampling_probs, performance_bias,
+    cdb_class_weights,
+    class_sampling_probs,
+    dynamic_tau,
+    instance_sampling_probs,
+    performance_bias,
 )
 from trainables.params import ConfigError, InactiveParamError
 
@@ -302,3 +306,12 @@ def test_preset_lays_out_tables_2_and_3():
         for rho in [10.0, 20.0, 50.0, 100.0, 200.0]}
     config = {**cdb[-1].config, "train": {**cdb[-1].config["train"], "epochs": 1, "device": "cpu"}}
     assert math.isfinite(train(config)["train_loss"])
+
+
+def test_default_tau_is_the_released_cifar_codes_dynamic_form():
+    """cifar_train.py's default ``--tau dynamic``: tau = sigmoid(max A / (min A + 0.01)) (docs: evidence table)."""
+    for name in ("cdb_w_ce", "cdb_w_fl", "cdb_s"):
+        assert METHODS.get(name).resolve_params({})["tau"] == "sigmoid_code_cifar"
+    a = acc(0.9, 0.5, 0.1)
+    raw = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64) ** sig(0.9 / 0.11)
+    torch.testing.assert_close(cdb_class_weights(a, "sigmoid_code_cifar"), raw / raw.sum() * 3)  # ~[0.2, 1.0, 1.8]

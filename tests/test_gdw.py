@@ -140,15 +140,15 @@ def test_gdw_updated_with_eta_zero_is_exactly_one_mwnet_iteration(norm):
     for trial in (mw, gdw):
         for _ in range(2):
             trial.method.train_step(trial.model, trial.optimizer, x, y, idx)
-    for (n, a), b in zip(mw.model.named_parameters(), gdw.model.parameters()):
+    for (n, a), b in zip(mw.model.named_parameters(), gdw.model.parameters(), strict=True):
         assert torch.equal(a, b), n
-    for a, b in zip(mw.method.vnet.parameters(), gdw.method.vnet.parameters()):
+    for a, b in zip(mw.method.vnet.parameters(), gdw.method.vnet.parameters(), strict=True):
         assert torch.equal(a, b)
     # and the class-level step does change the trajectory
     other, *_ = make_trial("gdw", norm=norm)
     other.method.train_step(other.model, other.optimizer, x, y, idx)
     other.method.train_step(other.model, other.optimizer, x, y, idx)
-    assert not all(torch.equal(a, b) for a, b in zip(mw.model.parameters(), other.model.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(mw.model.parameters(), other.model.parameters(), strict=True))
 
 
 def capture_logit_grads(trial):
@@ -202,7 +202,8 @@ def test_omega_from_previous_uses_the_weights_before_the_meta_step():
         expected = w * (logits.softmax(1) - F.one_hot(y, logits.shape[1])) / len(y)
     trial.method.train_step(trial.model, trial.optimizer, x, y, idx)
     assert torch.allclose(seen[-1], expected, atol=1e-7)
-    assert not all(torch.equal(a, b) for a, b in zip(vnet_old.parameters(), trial.method.vnet.parameters()))
+    pairs = zip(vnet_old.parameters(), trial.method.vnet.parameters(), strict=True)
+    assert not all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_diagnostics_report_class_level_weights_on_noisy_examples():
@@ -218,8 +219,11 @@ def test_paper_grid_is_eta_by_clip_by_meta_lr_and_every_point_trains():
         (e, c, lr) for e in (10.0, 100.0, 1000.0) for c in (0.1, 0.2, 0.5) for lr in (1e-4, 1e-3)}
     for hp in configs + [{"omega_from": "previous", "norm": "sum"}]:
         metrics = train({"method": {"name": "gdw", **hp},
-                         "dataset": {"name": "gaussian", "imbalance": 5, "samples_per_class": 60, "meta_per_class": 8},
-                         "model": {"name": "mlp", "width": 16}, "train": {"epochs": 1, "batch_size": 128, "device": "cpu"}})
+                         # val_per_class 0: this small pool has no room for the separate validation set auto adds
+                         "dataset": {"name": "gaussian", "imbalance": 5, "samples_per_class": 60, "meta_per_class": 8,
+                                     "val_per_class": 0},
+                         "model": {"name": "mlp", "width": 16},
+                         "train": {"epochs": 1, "batch_size": 128, "device": "cpu"}})
         assert math.isfinite(metrics["train_loss"]) and "gdw_nontarget_shift" in metrics
 
 
@@ -230,7 +234,8 @@ def test_presets_compare_ce_mwnet_and_gdw_in_every_cell(preset, cells):
     assert {t.config["method"]["name"] for t in trials} == {"ce", "mwnet", "gdw"}
     gdw = next(t.config for t in trials if t.config["method"]["name"] == "gdw")
     assert (gdw["method"]["eta_omega"], gdw["method"]["clip"], gdw["method"]["meta_lr"]) == (100.0, 0.2, 1e-3)
-    cfg = {**gdw, "dataset": {**gdw["dataset"], "num_samples": 600}, "train": {**gdw["train"], "epochs": 1, "device": "cpu"}}
+    cfg = {**gdw, "dataset": {**gdw["dataset"], "num_samples": 600},
+           "train": {**gdw["train"], "epochs": 1, "device": "cpu"}}
     assert math.isfinite(train(cfg)["train_loss"])
 
 

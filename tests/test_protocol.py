@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from trainables.data import load_splits, resolve_dataset
-from trainables.data.protocol import (SourceData, add_label_noise, balanced_holdout, build_splits,
-                                      long_tail_counts, shot_groups)
+from trainables.data.protocol import (
+    SourceData,
+    add_label_noise,
+    balanced_holdout,
+    build_splits,
+    long_tail_counts,
+    shot_groups,
+)
 
 
 def test_long_tail_counts_match_the_published_cifar_lt_sizes():

@@ -248,7 +248,8 @@ def test_image_lists_keep_the_listed_long_tail(tmp_path):
 
 def test_image_lists_one_epoch_with_resnet10_and_a_decode_cache(tmp_path):
     root = write_image_lists(tmp_path / "data", {"train": [4, 2], "val": [1, 1], "test": [1, 1]})
-    cfg = {"name": "places_lt", "root": str(root), "image_size": 32, "meta_per_class": 1, "cache_dir": str(tmp_path / "c"),
+    cfg = {"name": "places_lt", "root": str(root), "image_size": 32, "meta_per_class": 1,
+           "cache_dir": str(tmp_path / "c"),
            **{f"{s}_list": f"ImageNet_LT_{s}.txt" for s in ("train", "val", "test")}}
     one_epoch(cfg, "resnet10", batch_size=3)
     assert len(os.listdir(tmp_path / "c")) == 3

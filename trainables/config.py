@@ -36,7 +36,8 @@ def resolve_train(raw: Mapping[str, Any] | None, path: str = "train") -> dict[st
     cfg = resolve(TRAIN_PARAMS, raw, path)
     ms = cfg["milestones"]
     if not all(isinstance(m, int) and not isinstance(m, bool) and 0 < m < cfg["epochs"] for m in ms):
-        raise ConfigError(f"{path}.milestones", f"must be a list of integers in (0, epochs={cfg['epochs']}), got {ms!r}")
+        raise ConfigError(f"{path}.milestones",
+                          f"must be a list of integers in (0, epochs={cfg['epochs']}), got {ms!r}")
     if sorted(set(ms)) != list(ms):
         raise ConfigError(f"{path}.milestones", f"must be strictly increasing, got {ms!r}")
     if cfg["schedule"] == "multistep" and not ms:

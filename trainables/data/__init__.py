@@ -38,7 +38,8 @@ PROTOCOL_PARAMS: dict[str, Param] = {
     "val_per_class": Param(None, (int,), low=0, nullable=True,
                            help="a separate balanced set for model selection; 0 = select on the meta set; null = "
                                 "meta_per_class if a method learns from the meta set, else 0 (trainables.selection)"),
-    "test_per_class": Param(None, (int,), low=1, nullable=True, help="balanced test size; null = as many as balance allows"),
+    "test_per_class": Param(None, (int,), low=1, nullable=True, help="balanced test size; null = as many as balance "
+                                                                     "allows"),
     "n_max": Param(None, (int,), low=1, nullable=True, help="head-class count; null = the smallest class left"),
     "noise_type": Param("none", (str,), choices=NOISE_TYPES),
     "noise_rate": Param(0.0, (float,), low=0.0, high=1.0, high_open=True),
@@ -86,8 +87,13 @@ def _cached_splits(key: str) -> Splits:
 
 
 # Register the built-in sources (import for side effects, after DATASETS exists).
-from trainables.data import embedded  # noqa: E402,F401
-from trainables.data import cifar, image_lists, mnist, tabular  # noqa: E402,F401  (real datasets)
+from trainables.data import (  # noqa: E402,F401  (real datasets)
+    cifar,
+    embedded,  # noqa: E402,F401
+    image_lists,
+    mnist,
+    tabular,
+)
 
 __all__ = ["DATASETS", "DatasetSource", "PROTOCOL_PARAMS", "SourceData", "Split", "Splits",
            "dataset_params", "load_splits", "resolve_dataset"]

@@ -36,7 +36,8 @@ from trainables.params import ConfigError, Param
 
 
 def root_param(what: str) -> Param:
-    return Param(None, (str,), nullable=True, help=f"folder holding {what}; required (nothing is downloaded unless download: true)")
+    return Param(None, (str,), nullable=True, help=f"folder holding {what}; required (nothing is downloaded unless "
+                                                   "download: true)")
 
 
 DOWNLOAD = Param(False, (bool,), help="download into root when files are missing (needs internet); never by default")
@@ -50,7 +51,8 @@ def local_root(options: Mapping[str, Any], preflight: bool = False) -> str | Non
         return None
     root = os.path.expandvars(os.path.expanduser(root))
     if preflight and not os.path.isabs(root):
-        raise ConfigError("dataset.root", f"must be an absolute path (or start with ~) for a sweep, got {options['root']!r}")
+        raise ConfigError("dataset.root", "must be an absolute path (or start with ~) for a sweep, got "
+                                          f"{options['root']!r}")
     return root
 
 
@@ -167,8 +169,10 @@ def _params(name: str) -> dict[str, Param]:
                             help="holdout_from_train: meta/val held out of the training images, n_max = what is "
                                  "left; holdout_from_test: n_max = all images (Cui, LDAM), meta/val from test"),
         "augment": Param("standard", (str,), choices=AUGMENTS,
-                         help="standard: pad 4 + random crop 32 + flip; autoaugment: + AutoAugment (CIFAR-10 policy) + Cutout"),
-        "pad_mode": Param("zeros", (str,), choices=("zeros", "reflect"), help="crop padding (LDAM/CDB: zeros; MW-Net/GDW: reflect)"),
+                         help="standard: pad 4 + random crop 32 + flip; autoaugment: + AutoAugment (CIFAR-10 policy) "
+                              "+ Cutout"),
+        "pad_mode": Param("zeros", (str,), choices=("zeros", "reflect"), help="crop padding (LDAM/CDB: zeros; "
+                                                                              "MW-Net/GDW: reflect)"),
         "cutout": Param(16, (int,), low=1, high=32, help="Cutout square side with augment: autoaugment"),
     }
 

@@ -35,7 +35,8 @@ FOCAL_BASES = ("focal", "softmax_focal")
 def checked_counts(class_counts: torch.Tensor) -> torch.Tensor:
     """``class_counts`` as float64, after checking it is 1-D, finite, non-negative and not all zero."""
     if class_counts.dim() != 1 or class_counts.numel() == 0:
-        raise ValueError(f"class_counts must be a non-empty 1-D tensor [classes], got shape {tuple(class_counts.shape)}")
+        raise ValueError("class_counts must be a non-empty 1-D tensor [classes], got shape "
+                         f"{tuple(class_counts.shape)}")
     n = class_counts.detach().double()
     if not bool(torch.isfinite(n).all()) or bool((n < 0).any()) or not bool((n > 0).any()):
         raise ValueError("class_counts must be finite, non-negative and not all zero")

@@ -35,9 +35,11 @@ OMEGA_MIN, OMEGA_MAX = 1e-6, 1e6  # the bounds GDW's code clamps the class-level
 
 def _check_batch(omega: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor) -> None:
     if omega.dim() != 2 or probs.shape != omega.shape:
-        raise ValueError(f"omega and probs must both be batch x classes, got {tuple(omega.shape)} and {tuple(probs.shape)}")
+        raise ValueError(f"omega and probs must both be batch x classes, got {tuple(omega.shape)} and "
+                         f"{tuple(probs.shape)}")
     if targets.dim() != 1 or targets.shape[0] != omega.shape[0]:
-        raise ValueError(f"targets must have one entry per row of omega ({omega.shape[0]}), got shape {tuple(targets.shape)}")
+        raise ValueError(f"targets must have one entry per row of omega ({omega.shape[0]}), got shape "
+                         f"{tuple(targets.shape)}")
     if targets.dtype not in (torch.int64, torch.int32) or (len(targets) and
                                                           (targets.min() < 0 or targets.max() >= omega.shape[1])):
         raise ValueError(f"targets must be integer class indices in [0, {omega.shape[1]})")
@@ -52,8 +54,9 @@ def _zero_mean_target(omega: torch.Tensor, probs: torch.Tensor, targets: torch.T
     w_t = omega.gather(1, targets[:, None])
     others = (omega * p).sum(1, keepdim=True) - w_t * p_t
     new_t = others / (1.0 - p_t)
-    # An equal row with no clamped probability is a fixed point of the formula (p sums to 1): keep it exactly.
-    fixed = (omega == omega[:, :1]).all(1, keepdim=True) & (probs <= P_MAX).all(1, keepdim=True)
+    # An equal row whose probabilities are all below the clamp is a fixed point of the formula (p sums to 1):
+    # keep it exactly. "Below", not "at most": probabilities that were clamped already read exactly P_MAX.
+    fixed = (omega == omega[:, :1]).all(1, keepdim=True) & (probs < P_MAX).all(1, keepdim=True)
     return omega.scatter(1, targets[:, None], torch.where(fixed, w_t, new_t))
 
 
@@ -63,7 +66,7 @@ def zero_mean_target(omega: torch.Tensor, probs: torch.Tensor, targets: torch.Te
     Then sum_j omega_j (p_j - y_j) = 0 for the clamped p, the p GDW's code uses in the gradient too: the
     manipulated gradient omega * (p - e_y) keeps CE's zero sum over the logits (GDW Eqs. 3-6), and
     omega_t acts as the instance weight. Rows whose entries are all equal and whose probabilities are
-    all <= 0.999 come back unchanged, exactly (for p summing to 1 that is what the formula gives; it is
+    all below 0.999 come back unchanged, exactly (for p summing to 1 that is what the formula gives; it is
     not left to rounding); with a clamped probability the formula applies (a confident example's equal
     row gets a smaller target weight, as in the code). A new tensor is returned; the inputs are not
     modified. omega, probs: batch x classes; targets: batch class indices.
@@ -108,7 +111,8 @@ class GDW(MWNet):
         # every MW-Net knob but detach_loss: GDW's code feeds the weighting net the detached loss
         **{k: v for k, v in MWNet.params.items() if k != "detach_loss"},
         "eta_omega": Param(None, (float,), low=0.0, nullable=True,
-                           help="class-level step on the L1-normalised gradient; null = 100 (1000 with >= 100 classes)"),
+                           help="class-level step on the L1-normalised gradient; null = 100 (1000 with >= 100 "
+                                "classes)"),
         "clip": Param(0.2, (float,), low=0.0, low_open=True, help="largest change of a class-level weight per step"),
         "omega_from": Param("previous", (str,), choices=("previous", "updated"),
                             help="stage-2 start: the net's output before this meta step (previous: paper Eq. 11, "

@@ -79,9 +79,11 @@ def weighted_logit_grad(omega: torch.Tensor, probs: torch.Tensor, targets: torch
     is differentiable in the weighting parameters (the virtual step needs that).
     """
     if probs.dim() != 2 or targets.shape != probs.shape[:1]:
-        raise ValueError(f"probs must be batch x classes and targets batch, got {tuple(probs.shape)} and {tuple(targets.shape)}")
+        raise ValueError(f"probs must be batch x classes and targets batch, got {tuple(probs.shape)} and "
+                         f"{tuple(targets.shape)}")
     if omega.dim() != 2 or omega.shape[0] != probs.shape[0] or omega.shape[1] not in (1, probs.shape[1]):
-        raise ValueError(f"omega must be batch x 1 or batch x classes for probs {tuple(probs.shape)}, got {tuple(omega.shape)}")
+        raise ValueError(f"omega must be batch x 1 or batch x classes for probs {tuple(probs.shape)}, got "
+                         f"{tuple(omega.shape)}")
     onehot = F.one_hot(targets, probs.shape[1]).to(probs.dtype)
     return omega * (probs - onehot) / weight_normaliser(omega, targets, norm)
 
@@ -98,7 +100,8 @@ class MWNet(Method):
                                 help="adam (MW-Net noise code, GDW) or sgd (momentum 0.9, Nesterov; MW-Net LT code)"),
         "meta_batch_size": Param(100, (int,), low=1, help="meta-set examples per meta step"),
         "hidden": Param(100, (int,), low=1, help="hidden width of the weighting net"),
-        "norm": Param("mean", (str,), choices=NORMS, help="divide the weighted loss by the batch size or the weights' sum"),
+        "norm": Param("mean", (str,), choices=NORMS, help="divide the weighted loss by the batch size or the weights' "
+                                                          "sum"),
         "detach_loss": Param(True, (bool,), help="virtual step: V reads the detached loss (paper, MW-Net.py); "
                                                  "false = the live loss (class-imbalance code)"),
     }
