@@ -84,25 +84,55 @@ def asha(r: dict) -> list[str]:
     return out + ["", _provenance(r)]
 
 
+def _rows(cells: dict, section: str) -> list[str]:
+    """Row labels in the benchmark's own job order (a merged re-run appends its rows at the end)."""
+    from benchmarks.reproduction import jobs
+
+    order: dict[str, int] = {}
+    for job in jobs([section], 1, 1):
+        order.setdefault(job["row"], len(order))
+    rows = list(dict.fromkeys(c["row"] for c in cells.values()))
+    return sorted(rows, key=lambda row: order.get(row, len(order) + rows.index(row)))
+
+
+def _grid(cells: dict, value: str, title: str, extra: str | None = None, section: str = "") -> list[str]:
+    """A rows x columns table of one value (mean ± std), with an optional second value in brackets."""
+    if not cells:
+        return []
+    rows = _rows(cells, section)
+    cols = list(dict.fromkeys(c["col"] for c in cells.values()))
+    header = "| | " + " | ".join(str(c) for c in cols) + " |"
+    lines = ["", f"**{title}**", "", header, "|---" * (len(cols) + 1) + "|"]
+    for row in rows:
+        out = []
+        for c in cols:
+            cell = cells.get(f"{row}|{c}", {})
+            text = _pm(cell.get(value))
+            if extra and cell.get(extra):
+                text += f" [{cell[extra]['mean']:.2f}]"
+            out.append(text)
+        lines.append(f"| {row} | " + " | ".join(out) + " |")
+    return lines
+
+
+def _reruns(r: dict) -> list[str]:
+    """Provenance of a results file updated by ``--methods`` re-runs: the first run and each re-run."""
+    if "reruns" not in r:
+        return [_provenance(r)]
+    first = {**r, **r["first_run"]}
+    out = ["_First measured " + _provenance(first)[len("_Measured "):]]
+    for run in r["reruns"]:
+        out.append(f"_Re-run of {', '.join(run['methods'])} ({run['runs']} runs, {run['wall_s'] / 60:.1f} min) "
+                   f"{run['time']} at commit `{run['git_commit'][:12]}`; the other rows are the first run's._")
+    return out
+
+
 def reproduction(r: dict) -> list[str]:
     t = r["tables"]
     s = r["settings"]
     out = [f"Command: `python -m benchmarks.reproduction` ({s['seeds']} seeds, {s['epochs']} epochs, cnn1d, SGD 0.1 "
-           "cosine, batch 128, 10 meta/val images per class; 20 per class under noise). Test accuracy %, "
-           "mean ± sample std over seeds."]
-
-    def grid(section: str, value: str, title: str) -> list[str]:
-        cells = t.get(section, {})
-        if not cells:
-            return []
-        rows = list(dict.fromkeys(c["row"] for c in cells.values()))
-        cols = list(dict.fromkeys(c["col"] for c in cells.values()))
-        header = "| | " + " | ".join(str(c) for c in cols) + " |"
-        lines = ["", f"**{title}**", "", header, "|---" * (len(cols) + 1) + "|"]
-        for row in rows:
-            lines.append(f"| {row} | " + " | ".join(_pm(cells.get(f"{row}|{c}", {}).get(value)) for c in cols) + " |")
-        return lines
-
+           "cosine, batch 128, 10 meta/val images per class, `val_per_class: 0`; 20 per class under noise). Test "
+           "accuracy %, mean ± sample std over seeds. No model is selected: final and best-epoch test accuracy."]
     if "sanity" in t:
         cell = t["sanity"]["ce|balanced"]
         out += ["", f"**Sanity**: CE + 1-D CNN on balanced mnist1d: {_pm(cell['final'])} % (best epoch "
@@ -110,16 +140,31 @@ def reproduction(r: dict) -> list[str]:
     if "long_tail" in t:
         out += ["", "**Long-tailed mnist1d** (final test accuracy; many / medium / few at rho 100)", "",
                 "| method | rho 10 | rho 100 | many | medium | few |", "|---|---|---|---|---|---|"]
-        rows = list(dict.fromkeys(c["row"] for c in t["long_tail"].values()))
-        for row in rows:
+        for row in _rows(t["long_tail"], "long_tail"):
             c10, c100 = t["long_tail"].get(f"{row}|10", {}), t["long_tail"].get(f"{row}|100", {})
             out.append(f"| {row} | {_pm(c10.get('final'))} | {_pm(c100.get('final'))} | {_pm(c100.get('many'))} | "
                        f"{_pm(c100.get('medium'))} | {_pm(c100.get('few'))} |")
-    out += grid("noise", "best", "Symmetric noise: best-epoch test accuracy (columns: noise rate)")
-    out += grid("noise", "final", "Symmetric noise: final test accuracy (columns: noise rate)")
-    out += grid("cdb_tau", "final", "CDB-W-CE tau sensitivity (final test accuracy; columns: imbalance)")
-    out += grid("dm_grid", "final", "DM lambda x beta at 40% symmetric noise (final test accuracy)")
-    out += grid("dm_grid", "best", "DM lambda x beta at 40% symmetric noise (best-epoch test accuracy)")
+    out += _grid(t.get("noise", {}), "best", "Symmetric noise: best-epoch test accuracy (columns: noise rate)",
+                 section="noise")
+    out += _grid(t.get("noise", {}), "final", "Symmetric noise: final test accuracy (columns: noise rate)",
+                 section="noise")
+    out += _grid(t.get("cdb_tau", {}), "final", "CDB-W-CE tau sensitivity (final test accuracy; columns: imbalance; "
+                 "[mean tau used])", extra="tau_mean", section="cdb_tau")
+    out += _grid(t.get("dm_grid", {}), "final", "DM lambda x beta at 40% symmetric noise (final test accuracy)",
+                 section="dm_grid")
+    out += _grid(t.get("dm_grid", {}), "best", "DM lambda x beta at 40% symmetric noise (best-epoch test accuracy)",
+                 section="dm_grid")
+    return out + ["", f"Wall time {r['wall_s'] / 60:.1f} min (first run).", ""] + _reruns(r)
+
+
+def cdb_tau_evidence(r: dict) -> list[str]:
+    s = r["settings"]
+    out = [f"Command: `python -m benchmarks.cdb_tau_evidence` ({s['seeds']} seeds, {s['epochs']} epochs, the "
+           "reproduction settings, in-process). Final test accuracy %, mean ± sample std over seeds; in brackets "
+           "the tau CDB used, averaged over the epochs. The choice of CDB's default tau rests on this table "
+           "(docs/methods/class_difficulty.md)."]
+    out += _grid(r["tables"]["cdb_tau_evidence"], "final", "CE vs CDB-W-CE and CDB-S per tau (columns: imbalance)",
+                 extra="tau_mean")
     return out + ["", f"Wall time {r['wall_s'] / 60:.1f} min.", "", _provenance(r)]
 
 
@@ -130,6 +175,7 @@ SECTIONS = [
     ("Per-trial overhead", "trial_overhead", overhead),
     ("ASHA versus the full grid", "asha_vs_grid", asha),
     ("Reproduction on embedded data", "reproduction", reproduction),
+    ("CDB's default tau: the evidence", "cdb_tau_evidence", cdb_tau_evidence),
 ]
 
 
