@@ -34,7 +34,8 @@ def meta_learners(method_names: Iterable[str]) -> list[str]:
 
 
 def _resolved(dataset: Mapping[str, Any]) -> dict[str, Any]:
-    return resolve_dataset({k: v for k, v in dataset.items()})
+    """The dataset section validated, with the source's defaults filled (raises ConfigError on bad input)."""
+    return resolve_dataset(dict(dataset))
 
 
 def resolve_val_per_class(dataset_raw: Mapping[str, Any], method_names: Iterable[str]) -> int:
