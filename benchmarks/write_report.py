@@ -29,7 +29,8 @@ def _pm(cell: dict | None) -> str:
 def method_cost(r: dict) -> list[str]:
     s = r["settings"]
     out = [f"Command: `python -m benchmarks.method_cost --repeats {s['repeats']}`: {s['dataset']} (imbalance "
-           f"{s['imbalance']:g}), {s['model']}, batch {s['batch_size']}, {s['threads']} thread, epochs interleaved in a "
+           f"{s['imbalance']:g}), {s['model']}, batch {s['batch_size']}, {s['threads']} thread, epochs interleaved in "
+           "a "
            "shuffled order, median over repeats after a warm-up epoch. An epoch includes evaluation.", "",
            "| method | s / epoch | x CE |", "|---|---|---|"]
     for name, m in sorted(r["methods"].items(), key=lambda kv: kv[1]["ratio_to_ce"]):
@@ -56,14 +57,16 @@ def overhead(r: dict) -> list[str]:
            "| stage | seconds |", "|---|---|",
            f"| `ray.init` (2 CPUs) | {t['ray_init_s']:.2f} |",
            f"| `fit()` start -> trial started (Tune set-up, actor) | {t['fit_to_trial_start_s']:.2f} |",
-           f"| trial started -> first result (imports, data build, model, first epoch, checkpoint) | {t['trial_start_to_first_result_s']:.2f} |",
+           "| trial started -> first result (imports, data build, model, first epoch, checkpoint) | "
+           f"{t['trial_start_to_first_result_s']:.2f} |",
            f"| first epoch's compute | {t['first_epoch_compute_s']:.3f} |",
            f"| steady epoch's compute (median) | {t['steady_epoch_compute_s']:.3f} |",
            f"| steady interval between results, seen by the driver | {t['steady_result_interval_s']:.3f} |"]
     d = r.get("demo")
     if d:
         out += ["", f"Quickstart (`raysweep demo`'s sweep, {d['trials']} trials over {d['slots']} slots): wall "
-                f"{d['wall_s']:.0f} s, busy {d['busy_s']:.0f} s, so {100 * d['overhead_fraction']:.0f} % of the slot time is "
+                f"{d['wall_s']:.0f} s, busy {d['busy_s']:.0f} s, so {100 * d['overhead_fraction']:.0f} % of the slot "
+                "time is "
                 "overhead: its epochs are tens of milliseconds, the per-trial start-up several seconds."]
     return out + ["", _provenance(r)]
 
@@ -81,24 +84,55 @@ def asha(r: dict) -> list[str]:
     return out + ["", _provenance(r)]
 
 
+def _rows(cells: dict, section: str) -> list[str]:
+    """Row labels in the benchmark's own job order (a merged re-run appends its rows at the end)."""
+    from benchmarks.reproduction import jobs
+
+    order: dict[str, int] = {}
+    for job in jobs([section], 1, 1):
+        order.setdefault(job["row"], len(order))
+    rows = list(dict.fromkeys(c["row"] for c in cells.values()))
+    return sorted(rows, key=lambda row: order.get(row, len(order) + rows.index(row)))
+
+
+def _grid(cells: dict, value: str, title: str, extra: str | None = None, section: str = "") -> list[str]:
+    """A rows x columns table of one value (mean ± std), with an optional second value in brackets."""
+    if not cells:
+        return []
+    rows = _rows(cells, section)
+    cols = list(dict.fromkeys(c["col"] for c in cells.values()))
+    header = "| | " + " | ".join(str(c) for c in cols) + " |"
+    lines = ["", f"**{title}**", "", header, "|---" * (len(cols) + 1) + "|"]
+    for row in rows:
+        out = []
+        for c in cols:
+            cell = cells.get(f"{row}|{c}", {})
+            text = _pm(cell.get(value))
+            if extra and cell.get(extra):
+                text += f" [{cell[extra]['mean']:.2f}]"
+            out.append(text)
+        lines.append(f"| {row} | " + " | ".join(out) + " |")
+    return lines
+
+
+def _reruns(r: dict) -> list[str]:
+    """Provenance of a results file updated by ``--methods`` re-runs: the first run and each re-run."""
+    if "reruns" not in r:
+        return [_provenance(r)]
+    first = {**r, **r["first_run"]}
+    out = ["_First measured " + _provenance(first)[len("_Measured "):]]
+    for run in r["reruns"]:
+        out.append(f"_Re-run of {', '.join(run['methods'])} ({run['runs']} runs, {run['wall_s'] / 60:.1f} min) "
+                   f"{run['time']} at commit `{run['git_commit'][:12]}`; the other rows are the first run's._")
+    return out
+
+
 def reproduction(r: dict) -> list[str]:
     t = r["tables"]
     s = r["settings"]
     out = [f"Command: `python -m benchmarks.reproduction` ({s['seeds']} seeds, {s['epochs']} epochs, cnn1d, SGD 0.1 "
-           "cosine, batch 128, 10 meta/val images per class; 20 per class under noise). Test accuracy %, "
-           "mean ± sample std over seeds."]
-
-    def grid(section: str, value: str, title: str) -> list[str]:
-        cells = t.get(section, {})
-        if not cells:
-            return []
-        rows = list(dict.fromkeys(c["row"] for c in cells.values()))
-        cols = list(dict.fromkeys(c["col"] for c in cells.values()))
-        lines = ["", f"**{title}**", "", "| | " + " | ".join(str(c) for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        for row in rows:
-            lines.append(f"| {row} | " + " | ".join(_pm(cells.get(f"{row}|{c}", {}).get(value)) for c in cols) + " |")
-        return lines
-
+           "cosine, batch 128, 10 meta/val images per class, `val_per_class: 0`; 20 per class under noise). Test "
+           "accuracy %, mean ± sample std over seeds. No model is selected: final and best-epoch test accuracy."]
     if "sanity" in t:
         cell = t["sanity"]["ce|balanced"]
         out += ["", f"**Sanity**: CE + 1-D CNN on balanced mnist1d: {_pm(cell['final'])} % (best epoch "
@@ -106,16 +140,31 @@ def reproduction(r: dict) -> list[str]:
     if "long_tail" in t:
         out += ["", "**Long-tailed mnist1d** (final test accuracy; many / medium / few at rho 100)", "",
                 "| method | rho 10 | rho 100 | many | medium | few |", "|---|---|---|---|---|---|"]
-        rows = list(dict.fromkeys(c["row"] for c in t["long_tail"].values()))
-        for row in rows:
+        for row in _rows(t["long_tail"], "long_tail"):
             c10, c100 = t["long_tail"].get(f"{row}|10", {}), t["long_tail"].get(f"{row}|100", {})
             out.append(f"| {row} | {_pm(c10.get('final'))} | {_pm(c100.get('final'))} | {_pm(c100.get('many'))} | "
                        f"{_pm(c100.get('medium'))} | {_pm(c100.get('few'))} |")
-    out += grid("noise", "best", "Symmetric noise: best-epoch test accuracy (columns: noise rate)")
-    out += grid("noise", "final", "Symmetric noise: final test accuracy (columns: noise rate)")
-    out += grid("cdb_tau", "final", "CDB-W-CE tau sensitivity (final test accuracy; columns: imbalance)")
-    out += grid("dm_grid", "final", "DM lambda x beta at 40% symmetric noise (final test accuracy)")
-    out += grid("dm_grid", "best", "DM lambda x beta at 40% symmetric noise (best-epoch test accuracy)")
+    out += _grid(t.get("noise", {}), "best", "Symmetric noise: best-epoch test accuracy (columns: noise rate)",
+                 section="noise")
+    out += _grid(t.get("noise", {}), "final", "Symmetric noise: final test accuracy (columns: noise rate)",
+                 section="noise")
+    out += _grid(t.get("cdb_tau", {}), "final", "CDB-W-CE tau sensitivity (final test accuracy; columns: imbalance; "
+                 "[mean tau used])", extra="tau_mean", section="cdb_tau")
+    out += _grid(t.get("dm_grid", {}), "final", "DM lambda x beta at 40% symmetric noise (final test accuracy)",
+                 section="dm_grid")
+    out += _grid(t.get("dm_grid", {}), "best", "DM lambda x beta at 40% symmetric noise (best-epoch test accuracy)",
+                 section="dm_grid")
+    return out + ["", f"Wall time {r['wall_s'] / 60:.1f} min (first run).", ""] + _reruns(r)
+
+
+def cdb_tau_evidence(r: dict) -> list[str]:
+    s = r["settings"]
+    out = [f"Command: `python -m benchmarks.cdb_tau_evidence` ({s['seeds']} seeds, {s['epochs']} epochs, the "
+           "reproduction settings, in-process). Final test accuracy %, mean ± sample std over seeds; in brackets "
+           "the tau CDB used, averaged over the epochs. The choice of CDB's default tau rests on this table "
+           "(docs/methods/class_difficulty.md)."]
+    out += _grid(r["tables"]["cdb_tau_evidence"], "final", "CE vs CDB-W-CE and CDB-S per tau (columns: imbalance)",
+                 extra="tau_mean")
     return out + ["", f"Wall time {r['wall_s'] / 60:.1f} min.", "", _provenance(r)]
 
 
@@ -126,11 +175,13 @@ SECTIONS = [
     ("Per-trial overhead", "trial_overhead", overhead),
     ("ASHA versus the full grid", "asha_vs_grid", asha),
     ("Reproduction on embedded data", "reproduction", reproduction),
+    ("CDB's default tau: the evidence", "cdb_tau_evidence", cdb_tau_evidence),
 ]
 
 
 def main() -> None:
-    lines = ["# Benchmarks", "", "Produced by `make bench` (`python -m benchmarks.run_all`), which runs every benchmark "
+    lines = ["# Benchmarks", "", "Produced by `make bench` (`python -m benchmarks.run_all`), which runs every "
+                                 "benchmark "
              "below and then this page's generator (`python -m benchmarks.write_report`). Each figure was measured "
              "in one run on the machine named under it; speeds are ratios within that run. GPU benchmarks "
              "(fractional-GPU packing) are not part of the CPU suite.", ""]

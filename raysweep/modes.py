@@ -192,4 +192,5 @@ class OptunaSpace:
 
     def __call__(self, ot: Any) -> dict[str, Any]:
         draw = sample(ot, self.methods, self.tune_train)
-        return self.trial_config([sampled_trial(self.sections, draw, seed, ot.number) for seed in self.seeds])
+        draws = [sampled_trial(self.sections, list(self.methods), draw, seed, ot.number) for seed in self.seeds]
+        return self.trial_config(draws)

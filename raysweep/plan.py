@@ -98,7 +98,7 @@ def plan(spec: Spec, seeds: Iterable[int] | None = None) -> list[PlannedTrial]:
     varying = {m: _varying([hp for mm, hp, _ in points if mm == m]) for m in methods}
     trials: list[PlannedTrial] = []
     for method, hp, axes in points:
-        resolved = resolve_point(spec.sections(), method, hp, axes)
+        resolved = resolve_point(spec.sections(), list(spec.methods_written), method, hp, axes)
         params = resolved["method"]
         label = " ".join([method] + [f"{k}={fmt(params[k])}" for k in varying[method]])
         cid = config_id(resolved)
@@ -155,6 +155,10 @@ def describe_plan(spec: Spec, trials: list[PlannedTrial]) -> list[str]:
     """What ``raysweep plan`` prints: the trials (or the sampled space), phase 2, the scheduler, warnings."""
     lines = [f"sweep {spec.name}: {spec.description}".rstrip(": ")]
     lines += spec.mode.describe(spec, trials)
+    selection, warning = spec.selection()
+    lines.append(f"selection: {selection} (search metric {spec.search.metric})")
+    if warning:
+        lines.append(f"warning: {warning}")
     search, scheduler = spec.search, spec.scheduler
     if search.two_phase:
         confirmed = search.top_k + (1 if search.baseline else 0)

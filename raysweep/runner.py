@@ -27,8 +27,10 @@ from trainables.params import ConfigError
 
 def parent_tags(spec: Spec, sweep_dir: str) -> dict[str, str]:
     """The parent run's tags: provenance plus what the report needs to rebuild the sweep's tables."""
+    selection, warning = spec.selection()
     values = {
         **provenance(), tags.SPEC_NAME: spec.name, tags.AXES: json.dumps(list(spec.axes)),
+        tags.SELECTION: selection, **({tags.SELECTION_WARNING: warning} if warning else {}),
         tags.METRIC: spec.search.metric, tags.DIRECTION: spec.search.direction,
         tags.TABLE: json.dumps(spec.table.as_dict()), tags.STORAGE: sweep_dir, tags.MODE: spec.search.mode,
         tags.TWO_PHASE: spec.search.two_phase, tags.SCHEDULER: spec.scheduler.name,

@@ -31,6 +31,7 @@ from trainables.methods import METHODS
 from trainables.models import model_params, resolve_model
 from trainables.params import ConfigError, Param, as_list, resolve
 from trainables.plugins import import_plugins
+from trainables.selection import selection_split
 
 SEARCH_METRICS = {"val_balanced_acc": "max", "train_loss": "min"}  # never a test metric: no test-set selection
 AXIS_ROOTS = ("dataset", "model", "train")
@@ -165,6 +166,10 @@ class Spec:
     def phase_seeds(self, phase: str) -> tuple[int, ...]:
         """The seeds a phase runs: two-phase searches with the first seed and confirms with all of them."""
         return self.seeds[:1] if self.search.two_phase and phase == "search" else self.seeds
+
+    def selection(self) -> tuple[str, str | None]:
+        """(which split selects configurations, a warning when a method learns from it) for the whole sweep."""
+        return selection_split(self.dataset, list(self.methods_written))
 
     def axis_points(self) -> list[dict[str, Any]]:
         """The factorial of the spec's axes as a list of ``{dotted key: value}`` (one empty dict if none)."""

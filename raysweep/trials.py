@@ -12,11 +12,12 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from trainables.config import resolve_trial
 from trainables.methods import METHODS
 from trainables.params import ConfigError
+from trainables.selection import resolve_val_per_class
 
 # The ids a planned trial adds to its resolved config in the Tune config (see as_tune_config).
 ID_KEYS = ("config_id", "label", "trial_key", "phase", "axes", "plan_index", "draw")
@@ -63,12 +64,15 @@ def fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def resolve_point(sections: Mapping[str, Mapping[str, Any]], method: str, hparams: Mapping[str, Any],
-                  axes: Mapping[str, Any], train: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def resolve_point(sections: Mapping[str, Mapping[str, Any]], sweep_methods: Sequence[str], method: str,
+                  hparams: Mapping[str, Any], axes: Mapping[str, Any],
+                  train: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The resolved trial config (seed 0) of one point: a method config, axis values, train overrides.
 
     ``sections`` holds the spec's ``dataset``, ``model`` and ``train`` sections as written; axis values
-    (dotted keys under those three) replace what they name.
+    (dotted keys under those three) replace what they name. ``dataset.val_per_class: null`` (auto) is
+    resolved over all ``sweep_methods``, so every trial of a sweep selects on the same split (see
+    :mod:`trainables.selection`).
     """
     merged = {"dataset": copy.deepcopy(dict(sections["dataset"])), "model": copy.deepcopy(dict(sections["model"])),
               "train": {**copy.deepcopy(dict(sections["train"])), **(train or {})}}
@@ -76,17 +80,19 @@ def resolve_point(sections: Mapping[str, Mapping[str, Any]], method: str, hparam
         root, leaf = key.split(".", 1)
         merged[root][leaf] = value
     try:
+        if merged["dataset"].get("val_per_class") is None:
+            merged["dataset"]["val_per_class"] = resolve_val_per_class(merged["dataset"], sweep_methods)
         return resolve_trial({"method": {"name": method, **hparams}, **merged, "seed": 0})
     except ConfigError as err:
         where = ", ".join(f"{k}={v}" for k, v in axes.items())
         raise ConfigError(err.path, f"{err.message}" + (f" (with {where})" if where else "")) from None
 
 
-def sampled_trial(sections: Mapping[str, Mapping[str, Any]], draw: Mapping[str, Any], seed: int,
-                  number: int) -> PlannedTrial:
+def sampled_trial(sections: Mapping[str, Mapping[str, Any]], sweep_methods: Sequence[str], draw: Mapping[str, Any],
+                  seed: int, number: int) -> PlannedTrial:
     """A trial drawn by Optuna (``search_spaces.sampling.sample``), resolved like a planned one."""
     method = draw["method"]
-    resolved = resolve_point(sections, method, draw["hparams"], {}, draw["train"])
+    resolved = resolve_point(sections, sweep_methods, method, draw["hparams"], {}, draw["train"])
     shown = {**{k: v for k, v in resolved["method"].items() if k != "name" and k in draw["hparams"]},
              **{f"train.{k}": resolved["train"][k] for k in draw["train"]}}
     label = " ".join([method] + [f"{k}={fmt(v)}" for k, v in shown.items()])

@@ -34,8 +34,8 @@ def test_loss_by_hand_and_frequencies_give_the_same_loss():
     counts = [50.0, 5.0, 1.0]
     logits = torch.tensor([[0.5, 1.0, -0.5], [2.0, 0.0, 1.0]])
     y = torch.tensor([1, 2])
-    by_hand = [-math.log(counts[t] * math.exp(z[t]) / sum(n * math.exp(v) for n, v in zip(counts, z)))
-               for z, t in zip(logits.tolist(), y.tolist())]
+    by_hand = [-math.log(counts[t] * math.exp(z[t]) / sum(n * math.exp(v) for n, v in zip(counts, z, strict=True)))
+               for z, t in zip(logits.tolist(), y.tolist(), strict=True)]
     cls = METHODS.get("balanced_softmax")
     for scale in (1.0, 1 / sum(counts)):
         method = cls({}, SimpleNamespace(class_counts=torch.tensor(counts) * scale, device=torch.device("cpu")))

@@ -1,4 +1,7 @@
-"""Class-balanced loss: effective-number weights by hand, the loss on CE and focal, its knobs and grid."""
+"""Class-balanced loss: effective-number weights by hand, the loss on each base, its knobs and grid.
+
+Parity with Cui et al.'s released code is in tests/test_parity.py.
+"""
 
 import math
 from types import SimpleNamespace
@@ -11,7 +14,7 @@ from search_spaces import space_for
 from search_spaces.grid import expand_method
 from trainables.methods import METHODS
 from trainables.methods.cb import effective_number_weights
-from trainables.methods.focal import focal_loss
+from trainables.methods.focal import focal_loss, sigmoid_focal_loss
 from trainables.params import InactiveParamError
 
 
@@ -67,14 +70,44 @@ def test_loss_is_the_batch_mean_of_weighted_ce_and_focal():
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0], [0.3, 0.2, 0.1], [1.0, 1.0, 3.0]])
     y = torch.tensor([0, 1, 2, 2])
     w = by_hand(counts, 0.99)
-    ce = [-math.log(math.exp(z[t]) / sum(math.exp(v) for v in z)) for z, t in zip(logits.tolist(), y.tolist())]
-    expected = sum(w[t] * c for t, c in zip(y.tolist(), ce)) / 4
+    ce = [-math.log(math.exp(z[t]) / sum(math.exp(v) for v in z))
+          for z, t in zip(logits.tolist(), y.tolist(), strict=True)]
+    expected = sum(w[t] * c for t, c in zip(y.tolist(), ce, strict=True)) / 4
     assert float(cb_method(counts, beta=0.99).loss(logits, y, y)) == pytest.approx(expected, rel=1e-6)
+    # the softmax focal is a named option, not Cui et al.'s focal
     fl = focal_loss(logits, y, 2.0, reduction="none")
-    expected = sum(w[t] * float(f) for t, f in zip(y.tolist(), fl)) / 4
-    got = cb_method(counts, beta=0.99, base="focal", gamma=2.0).loss(logits, y, y)
+    expected = sum(w[t] * float(f) for t, f in zip(y.tolist(), fl, strict=True)) / 4
+    got = cb_method(counts, beta=0.99, base="softmax_focal", gamma=2.0).loss(logits, y, y)
     assert float(got) == pytest.approx(expected, rel=1e-6)
     assert float(cb_method(counts, beta=0.0).loss(logits, y, y)) == pytest.approx(float(F.cross_entropy(logits, y)))
+
+
+def sigmoid_focal_by_hand(z, t, gamma):
+    """sum_j (1 - p_t)^gamma * -log p_t, p = sigmoid(z_j), p_t = p for the target class and 1 - p otherwise."""
+    total = 0.0
+    for j, zj in enumerate(z):
+        p = 1 / (1 + math.exp(-zj))
+        pt = p if j == t else 1 - p
+        total += (1 - pt) ** gamma * -math.log(pt)
+    return total
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_cb_focal_is_cuis_sigmoid_focal_summed_over_classes(gamma):
+    counts = [100.0, 10.0, 1.0]
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0], [0.3, 0.2, 0.1], [1.0, 1.0, 3.0]])
+    y = torch.tensor([0, 1, 2, 2])
+    per = [sigmoid_focal_by_hand(z, t, gamma) for z, t in zip(logits.tolist(), y.tolist(), strict=True)]
+    torch.testing.assert_close(sigmoid_focal_loss(logits, y, gamma), torch.tensor(per), rtol=1e-6, atol=1e-7)
+    w = by_hand(counts, 0.999)
+    expected = sum(w[t] * v for t, v in zip(y.tolist(), per, strict=True)) / 4
+    assert float(cb_method(counts, beta=0.999, base="focal", gamma=gamma).loss(logits, y, y)) == pytest.approx(expected)
+    if gamma == 0.0:  # the sigmoid base is the focal with gamma 0
+        assert float(cb_method(counts, beta=0.999, base="sigmoid").loss(logits, y, y)) == pytest.approx(expected)
+    # and it is not the softmax focal (the issue's example: 2.67 vs 6.16 at beta 0.999, gamma 0.5)
+    if gamma == 0.5:
+        soft = cb_method(counts, beta=0.999, base="softmax_focal", gamma=gamma).loss(logits, y, y)
+        assert abs(float(soft) - expected) > 0.1
 
 
 def test_gamma_only_with_focal():
@@ -82,6 +115,9 @@ def test_gamma_only_with_focal():
     with pytest.raises(InactiveParamError, match="gamma"):
         cls.resolve_params({"base": "ce", "gamma": 2.0})
     assert cls.resolve_params({"base": "focal", "gamma": 2.0})["gamma"] == 2.0
+    assert cls.resolve_params({"base": "softmax_focal", "gamma": 2.0})["gamma"] == 2.0
+    with pytest.raises(InactiveParamError, match="gamma"):
+        cls.resolve_params({"base": "sigmoid", "gamma": 2.0})
     configs = expand_method("cb", {"base": ["ce", "focal"], "beta": [0.9], "gamma": [0.5, 2]}, "m")
     assert [(c["base"], c["gamma"]) for c in configs] == [("focal", 0.5), ("focal", 2.0)]
 

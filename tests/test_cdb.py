@@ -10,7 +10,7 @@ from search_spaces import space_for
 from search_spaces.grid import expand_method
 from trainables.loop import Trial, train
 from trainables.methods import METHODS
-from trainables.methods.base import EpochEvaluation
+from trainables.methods.base import meta_class_accuracy
 from trainables.methods.cdb import (
     cdb_class_weights,
     class_sampling_probs,
@@ -168,7 +168,7 @@ def test_sampling_frequencies_match_class_probabilities():
                    "model": "mlp", "train": {"epochs": 1, "device": "cpu"}, "seed": 0})
     method, C = trial.method, trial.splits.num_classes
     val_acc = torch.tensor([0.9, 0.7, 0.5, 0.2], dtype=torch.float64)
-    method.on_epoch_end(0, EpochEvaluation(val_acc, val_acc, {}))
+    method.update_weights(val_acc)
     d = 1 - val_acc
     expected = d ** 2 / (d ** 2).sum()
     weights = method.sample_weights(1)
@@ -199,14 +199,24 @@ def _cfg(method, **hp):
 
 
 @pytest.mark.parametrize("method", ["cdb_w_ce", "cdb_w_fl", "cdb_s"])
-def test_weights_follow_previous_epoch_validation_accuracy(method):
+def test_weights_follow_previous_epoch_meta_set_accuracy(method):
+    """CDB learns from the meta set (the paper's validation set); the loop's validation split is not read.
+
+    With ``val_per_class`` auto the trial holds out a separate validation set: the weights must come from
+    the meta set's accuracy (before item 7 of the fidelity issue they came from the validation split).
+    """
     trial = Trial(_cfg(method, tau=1.5))
+    assert trial.config["dataset"]["val_per_class"] == 10 and trial.method.learns_from() == ("train", "meta")
+    rows = lambda t: {tuple(r) for r in t.tolist()}  # noqa: E731
+    assert not rows(trial.splits.val.x) & rows(trial.splits.meta.x)
     assert torch.equal(trial.method.class_weights, torch.ones(4))  # epoch 1: no evaluation yet
     for _ in range(2):
         metrics = trial.run_epoch()
-        expected = cdb_class_weights(trial._val_class_acc, 1.5).float()
+        expected = cdb_class_weights(meta_class_accuracy(trial.ctx), 1.5).float()
         torch.testing.assert_close(trial.method.class_weights, expected)
         assert metrics["cdb_tau"] == 1.5
+    with pytest.raises(ConfigError, match="meta_per_class"):
+        Trial({**_cfg(method), "dataset": {"name": "gaussian", "meta_per_class": 0, "val_per_class": 5}})
 
 
 def test_loss_uses_the_class_weights():
@@ -297,3 +307,12 @@ def test_preset_lays_out_tables_2_and_3():
         for rho in [10.0, 20.0, 50.0, 100.0, 200.0]}
     config = {**cdb[-1].config, "train": {**cdb[-1].config["train"], "epochs": 1, "device": "cpu"}}
     assert math.isfinite(train(config)["train_loss"])
+
+
+def test_default_tau_is_the_released_cifar_codes_dynamic_form():
+    """cifar_train.py's default ``--tau dynamic``: tau = sigmoid(max A / (min A + 0.01)) (docs: evidence table)."""
+    for name in ("cdb_w_ce", "cdb_w_fl", "cdb_s"):
+        assert METHODS.get(name).resolve_params({})["tau"] == "sigmoid_code_cifar"
+    a = acc(0.9, 0.5, 0.1)
+    raw = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64) ** sig(0.9 / 0.11)
+    torch.testing.assert_close(cdb_class_weights(a, "sigmoid_code_cifar"), raw / raw.sum() * 3)  # ~[0.2, 1.0, 1.8]

@@ -99,7 +99,7 @@ def test_driver_only_gradient_is_lambda_times_the_driver_gradient():
                                      *trial.ctx.meta_batch(8), lr=0.1)
     ref = torch.autograd.grad(0.3 * driver_loss(method.net(method.class_acc), method.class_acc),
                               list(method.net.parameters()))
-    for g, r in zip(grads, ref):
+    for g, r in zip(grads, ref, strict=True):
         torch.testing.assert_close(g, r)
 
 
@@ -114,7 +114,7 @@ def test_virtual_step_leaves_the_model_alone_and_real_step_uses_updated_weights(
     # the reference real step: CE weighted by the weights of the net after its meta step, plain SGD
     gen_state = trial.generator.get_state()
     loss = method.train_step(model, trial.optimizer, x, y, torch.arange(64))
-    assert any(not torch.equal(a, b) for a, b in zip(net_before, method.net.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(net_before, method.net.parameters(), strict=True))
     w = method.class_weights()
     ref_model = copy.deepcopy(model)
     ref_model.load_state_dict({**params, **buffers}, strict=True)

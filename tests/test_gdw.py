@@ -1,4 +1,7 @@
-"""GDW: the zero-mean constraint, the class-level step, and GDW with eta_omega = 0 being MW-Net exactly."""
+"""GDW: the zero-mean constraint, the class-level step, the clamped probabilities, and its two stage-2 starts.
+
+Line-by-line parity with GDW's released ``main.py`` is in tests/test_parity.py.
+"""
 
 import copy
 import math
@@ -114,22 +117,39 @@ def test_default_eta_omega_follows_the_number_of_classes():
     assert make_trial("gdw", eta_omega=10)[0].method.eta_omega == 10.0
 
 
+def test_confident_equal_rows_follow_the_formula_with_the_clamped_probability():
+    """GDW's code clamps p before the constraint, so an equal row with p_t > 0.999 is not a fixed point."""
+    omega = torch.full((2, 3), 0.5, dtype=torch.float64)
+    probs = torch.tensor([[0.9996, 0.0003, 0.0001], [0.0002, 0.9995, 0.0003]], dtype=torch.float64)
+    out = zero_mean_target(omega, probs, torch.tensor([0, 0]))
+    # row 0: 0.5 * (0.0003 + 0.0001) / (1 - 0.999) = 0.2; row 1: p_1 clamped: 0.5 * (0.999 + 0.0003) / 0.9998
+    assert out[0, 0].item() == pytest.approx(0.2, rel=1e-12)
+    assert out[1, 0].item() == pytest.approx(0.5 * 0.9993 / 0.9998, rel=1e-12)
+    assert torch.equal(out[:, 1:], omega[:, 1:])
+    assert constraint(out, probs.clamp(max=0.999), torch.tensor([0, 0])).abs().max() < 1e-15
+
+
+def test_default_stage_two_starts_from_the_weights_before_the_meta_step():
+    assert make_trial("gdw")[0].method.hparams["omega_from"] == "previous"
+
+
 @pytest.mark.parametrize("norm", ["mean", "sum"])
-def test_gdw_with_eta_zero_is_exactly_one_mwnet_iteration(norm):
+def test_gdw_updated_with_eta_zero_is_exactly_one_mwnet_iteration(norm):
+    """The identity holds for ``omega_from: updated`` only (GDW's own form starts before the meta step)."""
     mw, x, y, idx = make_trial("mwnet", norm=norm)
-    gdw, *_ = make_trial("gdw", norm=norm, eta_omega=0.0)
+    gdw, *_ = make_trial("gdw", norm=norm, eta_omega=0.0, omega_from="updated")
     for trial in (mw, gdw):
         for _ in range(2):
             trial.method.train_step(trial.model, trial.optimizer, x, y, idx)
-    for (n, a), b in zip(mw.model.named_parameters(), gdw.model.parameters()):
+    for (n, a), b in zip(mw.model.named_parameters(), gdw.model.parameters(), strict=True):
         assert torch.equal(a, b), n
-    for a, b in zip(mw.method.vnet.parameters(), gdw.method.vnet.parameters()):
+    for a, b in zip(mw.method.vnet.parameters(), gdw.method.vnet.parameters(), strict=True):
         assert torch.equal(a, b)
     # and the class-level step does change the trajectory
     other, *_ = make_trial("gdw", norm=norm)
     other.method.train_step(other.model, other.optimizer, x, y, idx)
     other.method.train_step(other.model, other.optimizer, x, y, idx)
-    assert not all(torch.equal(a, b) for a, b in zip(mw.model.parameters(), other.model.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(mw.model.parameters(), other.model.parameters(), strict=True))
 
 
 def capture_logit_grads(trial):
@@ -159,6 +179,18 @@ def test_real_step_gradient_is_class_weighted_and_zero_sum():
     assert torch.allclose(zero_mean_target(omega.double(), probs.double(), y).float(), omega, rtol=1e-4)
 
 
+def test_real_step_rows_sum_to_zero_on_a_confident_model():
+    """p clamped at 0.999 in the gradient too (GDW's code): with p_y > 0.999 every row still sums to 0."""
+    trial, x, y, idx = make_trial("gdw")
+    with torch.no_grad():
+        trial.model.classifier.weight.mul_(60.0)  # confident: many p_max > 0.999
+        probs = copy.deepcopy(trial.model)(x).softmax(1)
+    assert (probs.gather(1, y[:, None]) > 0.999).any()
+    seen = capture_logit_grads(trial)
+    trial.method.train_step(trial.model, trial.optimizer, x, y, idx)
+    assert seen[-1].sum(1).abs().max() < 1e-8
+
+
 def test_omega_from_previous_uses_the_weights_before_the_meta_step():
     """GDW's code: omega' starts from the virtual step's omega; with eta = 0 that is V_old(l) on every class."""
     trial, x, y, idx = make_trial("gdw", eta_omega=0.0, omega_from="previous")
@@ -171,7 +203,8 @@ def test_omega_from_previous_uses_the_weights_before_the_meta_step():
         expected = w * (logits.softmax(1) - F.one_hot(y, logits.shape[1])) / len(y)
     trial.method.train_step(trial.model, trial.optimizer, x, y, idx)
     assert torch.allclose(seen[-1], expected, atol=1e-7)
-    assert not all(torch.equal(a, b) for a, b in zip(vnet_old.parameters(), trial.method.vnet.parameters()))
+    pairs = zip(vnet_old.parameters(), trial.method.vnet.parameters(), strict=True)
+    assert not all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_diagnostics_report_class_level_weights_on_noisy_examples():
@@ -187,8 +220,11 @@ def test_paper_grid_is_eta_by_clip_by_meta_lr_and_every_point_trains():
         (e, c, lr) for e in (10.0, 100.0, 1000.0) for c in (0.1, 0.2, 0.5) for lr in (1e-4, 1e-3)}
     for hp in configs + [{"omega_from": "previous", "norm": "sum"}]:
         metrics = train({"method": {"name": "gdw", **hp},
-                         "dataset": {"name": "gaussian", "imbalance": 5, "samples_per_class": 60, "meta_per_class": 8},
-                         "model": {"name": "mlp", "width": 16}, "train": {"epochs": 1, "batch_size": 128, "device": "cpu"}})
+                         # val_per_class 0: this small pool has no room for the separate validation set auto adds
+                         "dataset": {"name": "gaussian", "imbalance": 5, "samples_per_class": 60, "meta_per_class": 8,
+                                     "val_per_class": 0},
+                         "model": {"name": "mlp", "width": 16},
+                         "train": {"epochs": 1, "batch_size": 128, "device": "cpu"}})
         assert math.isfinite(metrics["train_loss"]) and "gdw_nontarget_shift" in metrics
 
 
@@ -199,7 +235,8 @@ def test_presets_compare_ce_mwnet_and_gdw_in_every_cell(preset, cells):
     assert {t.config["method"]["name"] for t in trials} == {"ce", "mwnet", "gdw"}
     gdw = next(t.config for t in trials if t.config["method"]["name"] == "gdw")
     assert (gdw["method"]["eta_omega"], gdw["method"]["clip"], gdw["method"]["meta_lr"]) == (100.0, 0.2, 1e-3)
-    cfg = {**gdw, "dataset": {**gdw["dataset"], "num_samples": 600}, "train": {**gdw["train"], "epochs": 1, "device": "cpu"}}
+    cfg = {**gdw, "dataset": {**gdw["dataset"], "num_samples": 600},
+           "train": {**gdw["train"], "epochs": 1, "device": "cpu"}}
     assert math.isfinite(train(cfg)["train_loss"])
 
 

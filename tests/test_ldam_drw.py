@@ -50,7 +50,7 @@ def test_loss_by_hand_before_and_after_drw():
         s = [30 * (v - (margins[t] if j == t else 0.0)) for j, v in enumerate(row)]
         return -(s[t] - math.log(sum(math.exp(v) for v in s)))
 
-    losses = [ce(row, t) for row, t in zip(z.tolist(), y.tolist())]
+    losses = [ce(row, t) for row, t in zip(z.tolist(), y.tolist(), strict=True)]
     method = ldam_method(counts, epochs=10, drw_fraction=0.8)
     assert method.drw_start == 8
     method.on_epoch_start(7)

@@ -87,7 +87,8 @@ def test_meta_step_follows_the_chain_rule_and_the_real_step_uses_the_new_weights
     xm, ym = trial.ctx.meta_batch(method.hparams["meta_batch_size"])
 
     def ce_at(params, xb, yb):
-        return F.cross_entropy(functional_call(model, {**copy.deepcopy(buffers), **params}, (xb,)), yb, reduction="none")
+        logits = functional_call(model, {**copy.deepcopy(buffers), **params}, (xb,))
+        return F.cross_entropy(logits, yb, reduction="none")
 
     leaf = {n: t.clone().requires_grad_(True) for n, t in theta.items()}
     losses = ce_at(leaf, x, y)
@@ -102,10 +103,11 @@ def test_meta_step_follows_the_chain_rule_and_the_real_step_uses_the_new_weights
     phi_grads = torch.autograd.grad(w, list(vnet_before.parameters()), grad_outputs=dl_dw)
     expected_vnet = copy.deepcopy(vnet_before)
     opt = torch.optim.SGD(expected_vnet.parameters(), lr=0.5, momentum=0.9, nesterov=True)
-    for p, g in zip(expected_vnet.parameters(), phi_grads):
+    for p, g in zip(expected_vnet.parameters(), phi_grads, strict=True):
         p.grad = g
     opt.step()
-    for got, want, old in zip(method.vnet.parameters(), expected_vnet.parameters(), vnet_before.parameters()):
+    triples = zip(method.vnet.parameters(), expected_vnet.parameters(), vnet_before.parameters(), strict=True)
+    for got, want, old in triples:
         assert not torch.equal(got, old), "the meta step must change the weighting net"
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
 
@@ -152,7 +154,8 @@ def test_paper_grid_is_the_two_meta_learning_rates_and_every_point_trains():
     for hp in configs + [{"norm": "sum", "meta_optimizer": "sgd"}]:
         metrics = train({"method": {"name": "mwnet", **hp},
                          "dataset": {"name": "gaussian", "imbalance": 5, "samples_per_class": 100, "meta_per_class": 8},
-                         "model": {"name": "mlp", "width": 32}, "train": {"epochs": 1, "batch_size": 64, "device": "cpu"}})
+                         "model": {"name": "mlp", "width": 32},
+                         "train": {"epochs": 1, "batch_size": 64, "device": "cpu"}})
         assert math.isfinite(metrics["train_loss"]) and "mwnet_w_mean" in metrics
 
 
@@ -161,3 +164,15 @@ def test_runs_on_gpu():
     cfg = {"method": {"name": "mwnet"}, "dataset": {"name": "gaussian", "meta_per_class": 8}, "model": "mlp",
            "train": {"epochs": 1, "batch_size": 64, "device": "cuda"}}
     assert train(cfg)["mwnet_w_mean"] > 0
+
+
+def test_detach_loss_is_an_mwnet_option_only():
+    """false = the class-imbalance code's live loss into V (parity in tests/test_parity.py); GDW's code detaches."""
+    from trainables.methods import METHODS
+
+    assert METHODS.get("mwnet").resolve_params({})["detach_loss"] is True
+    assert METHODS.get("mwnet").resolve_params({"detach_loss": False})["detach_loss"] is False
+    with pytest.raises(ConfigError, match="detach_loss"):
+        METHODS.get("gdw").resolve_params({"detach_loss": False})
+    trial, x, y, idx = make_trial(detach_loss=False, norm="sum")
+    assert math.isfinite(float(trial.method.train_step(trial.model, trial.optimizer, x, y, idx)))

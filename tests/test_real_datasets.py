@@ -122,15 +122,15 @@ def assert_balanced_disjoint(splits, ids=_cifar_ids):
 
 
 # ---- CIFAR ------------------------------------------------------------------------------------------------------
-def test_ldam_profile_gives_the_standard_cifar_lt_sizes():
-    # LDAM-DRW's int(img_max * (1/rho)^(c/(C-1))) with every training image of a class as img_max.
+def test_holdout_from_test_profile_gives_the_standard_cifar_lt_sizes():
+    # Cui et al.'s and LDAM-DRW's int(img_max * (1/rho)^(c/(C-1))) with every training image of a class as img_max.
     assert sum(long_tail_counts(5000, 10, 100)) == 12406
     assert sum(long_tail_counts(500, 100, 100)) == 10847
     assert sum(long_tail_counts(500, 100, 10)) == 19573
     assert long_tail_counts(5000, 10, 100) == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
 
-def test_cifar10_cui_profile_holds_meta_out_first(tmp_path):
+def test_cifar10_holdout_from_train_profile_holds_meta_out_first(tmp_path):
     root = write_cifar10(tmp_path)
     s = splits_of(name="cifar10", root=str(root), imbalance=10, meta_per_class=5)
     # n_max = 30 - 5 = 25; n_c = floor(25 * 0.1^(c/9)) by hand: 25, 19.37, 15.00 (- slack), 11.60, ...
@@ -143,9 +143,9 @@ def test_cifar10_cui_profile_holds_meta_out_first(tmp_path):
     assert _cifar_ids(s.test.x) == set(range(100000, 100120))
 
 
-def test_cifar10_ldam_profile_takes_meta_from_the_test_pool(tmp_path):
+def test_cifar10_holdout_from_test_profile_takes_meta_from_the_test_pool(tmp_path):
     root = write_cifar10(tmp_path)
-    s = splits_of(name="cifar10", root=str(root), imbalance=10, meta_per_class=5, lt_profile="ldam")
+    s = splits_of(name="cifar10", root=str(root), imbalance=10, meta_per_class=5, lt_profile="holdout_from_test")
     # n_max = all 30 images of a class: floor(30 * 0.1^(c/9)) = 30, 23.2, 17.99, 13.9, 10.8, ...
     assert s.class_counts.tolist() == [30, 23, 17, 13, 10, 8, 6, 5, 3, 3]
     assert torch.bincount(s.meta.y).tolist() == [5] * 10 and torch.bincount(s.test.y).tolist() == [7] * 10
@@ -248,7 +248,8 @@ def test_image_lists_keep_the_listed_long_tail(tmp_path):
 
 def test_image_lists_one_epoch_with_resnet10_and_a_decode_cache(tmp_path):
     root = write_image_lists(tmp_path / "data", {"train": [4, 2], "val": [1, 1], "test": [1, 1]})
-    cfg = {"name": "places_lt", "root": str(root), "image_size": 32, "meta_per_class": 1, "cache_dir": str(tmp_path / "c"),
+    cfg = {"name": "places_lt", "root": str(root), "image_size": 32, "meta_per_class": 1,
+           "cache_dir": str(tmp_path / "c"),
            **{f"{s}_list": f"ImageNet_LT_{s}.txt" for s in ("train", "val", "test")}}
     one_epoch(cfg, "resnet10", batch_size=3)
     assert len(os.listdir(tmp_path / "c")) == 3

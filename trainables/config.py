@@ -12,6 +12,7 @@ from trainables.data import resolve_dataset
 from trainables.methods import METHODS
 from trainables.models import resolve_model
 from trainables.params import ConfigError, Param, resolve, resolve_named
+from trainables.selection import resolve_val_per_class
 
 SCHEDULES = ("constant", "cosine", "multistep")
 
@@ -35,7 +36,8 @@ def resolve_train(raw: Mapping[str, Any] | None, path: str = "train") -> dict[st
     cfg = resolve(TRAIN_PARAMS, raw, path)
     ms = cfg["milestones"]
     if not all(isinstance(m, int) and not isinstance(m, bool) and 0 < m < cfg["epochs"] for m in ms):
-        raise ConfigError(f"{path}.milestones", f"must be a list of integers in (0, epochs={cfg['epochs']}), got {ms!r}")
+        raise ConfigError(f"{path}.milestones",
+                          f"must be a list of integers in (0, epochs={cfg['epochs']}), got {ms!r}")
     if sorted(set(ms)) != list(ms):
         raise ConfigError(f"{path}.milestones", f"must be strictly increasing, got {ms!r}")
     if cfg["schedule"] == "multistep" and not ms:
@@ -55,15 +57,23 @@ TRIAL_KEYS = ("method", "dataset", "model", "train", "seed")
 
 
 def resolve_trial(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate a whole trial config and fill defaults. Extra top-level keys (ids, tags) pass through."""
+    """Validate a whole trial config and fill defaults. Extra top-level keys (ids, tags) pass through.
+
+    ``dataset.val_per_class: null`` (auto) is resolved for this trial's method: meta_per_class when the
+    method learns from the meta set, else 0 (:func:`trainables.selection.resolve_val_per_class`; a sweep
+    resolves it once over all its methods before its trials, so they share one split).
+    """
     for key in ("method", "dataset", "model"):
         if key not in raw:
             raise ConfigError(key, "missing")
     seed = Param(0, (int,), low=0).validate(raw.get("seed", 0), "seed")
     out = {k: v for k, v in raw.items() if k not in TRIAL_KEYS}
+    method = resolve_method(raw["method"])
+    dataset = resolve_dataset(raw["dataset"])
+    dataset["val_per_class"] = resolve_val_per_class(dataset, [method["name"]])
     out.update(
-        method=resolve_method(raw["method"]),
-        dataset=resolve_dataset(raw["dataset"]),
+        method=method,
+        dataset=dataset,
         model=resolve_model(raw["model"]),
         train=resolve_train(raw.get("train")),
         seed=seed,

@@ -1,8 +1,11 @@
 """MW-Net: the weighting net's meta learning rate, the one knob its papers set per setting.
 
-Paper grid: meta lr 1e-5 (long-tailed: MW-Net's class-imbalance code, SGD) and 1e-3 (label noise:
-MW-Net.py and GDW's code, Adam). The Optuna / random space samples it log-uniformly over 1e-6 .. 1e-2
-and also picks the weight normalisation (batch sum or plain mean, both in MW-Net's official code).
+Paper grid: meta lr 1e-5 (the long-tailed value of MW-Net's class-imbalance code) and 1e-3 (label noise:
+MW-Net.py and GDW's code), with the other knobs at their defaults (Adam, plain mean, detached loss). The
+class-imbalance code itself is more than its lr: ``{meta_optimizer: sgd, meta_weight_decay: 5e-4, norm:
+sum, detach_loss: false}`` (docs/methods/meta_weighting.md). The Optuna / random space samples the lr
+log-uniformly over 1e-6 .. 1e-2 and also picks the weight normalisation (batch sum or plain mean, both in
+MW-Net's official code).
 """
 
 from __future__ import annotations

@@ -39,8 +39,11 @@ DATASETS: Registry[DatasetSource] = Registry("dataset")
 PROTOCOL_PARAMS: dict[str, Param] = {
     "imbalance": Param(1.0, (float,), low=1.0, help="rho = n_max / n_min; 1 = balanced"),
     "meta_per_class": Param(10, (int,), low=0, help="clean balanced meta/validation images per class"),
-    "val_per_class": Param(0, (int,), low=0, help="a second balanced set for model selection; 0 = use the meta set"),
-    "test_per_class": Param(None, (int,), low=1, nullable=True, help="balanced test size; null = as many as balance allows"),
+    "val_per_class": Param(None, (int,), low=0, nullable=True,
+                           help="a separate balanced set for model selection; 0 = select on the meta set; null = "
+                                "meta_per_class if a method learns from the meta set, else 0 (trainables.selection)"),
+    "test_per_class": Param(None, (int,), low=1, nullable=True, help="balanced test size; null = as many as balance "
+                                                                     "allows"),
     "n_max": Param(None, (int,), low=1, nullable=True, help="head-class count; null = the smallest class left"),
     "noise_type": Param("none", (str,), choices=NOISE_TYPES),
     "noise_rate": Param(0.0, (float,), low=0.0, high=1.0, high_open=True),
@@ -74,9 +77,16 @@ def resolve_dataset(raw: Mapping[str, Any], path: str = "dataset") -> dict[str, 
 
 
 def split_inputs(cfg: Mapping[str, Any]) -> tuple[DatasetSource, dict[str, Any], dict[str, Any]]:
-    """(source, its own options, the protocol's options) of a resolved dataset config."""
+    """(source, its own options, the protocol's options) of a resolved dataset config.
+
+    A config resolved without a method (``val_per_class`` still null) has no method that learns from the
+    meta set, so its auto value is 0: the meta set is also the validation set.
+    """
     source = DATASETS.get(cfg["name"])
-    return source, {k: cfg[k] for k in source.params}, {k: cfg[k] for k in PROTOCOL_PARAMS}
+    protocol = {k: cfg[k] for k in PROTOCOL_PARAMS}
+    if protocol["val_per_class"] is None:
+        protocol["val_per_class"] = 0
+    return source, {k: cfg[k] for k in source.params}, protocol
 
 
 def load_splits(dataset_cfg: Mapping[str, Any]) -> Splits:
@@ -91,8 +101,13 @@ def _cached_splits(key: str) -> Splits:
 
 
 # Register the built-in sources (import for side effects, after DATASETS exists).
-from trainables.data import embedded  # noqa: E402,F401
-from trainables.data import cifar, image_lists, mnist, tabular  # noqa: E402,F401  (real datasets)
+from trainables.data import (  # noqa: E402,F401  (real datasets)
+    cifar,
+    embedded,  # noqa: E402,F401
+    image_lists,
+    mnist,
+    tabular,
+)
 
 __all__ = ["DATASETS", "DatasetSource", "PROTOCOL_PARAMS", "SourceData", "Split", "Splits",
            "dataset_params", "load_splits", "resolve_dataset", "split_inputs"]

@@ -4,14 +4,16 @@ Also the local-root convention every real source shares (``root``, ``download``,
 Images stay uint8 (N, 3, 32, 32); the model normalises them with the dataset's mean/std, and training
 batches are augmented on their device (:mod:`trainables.data.augment`).
 
-Long-tail profiles (``lt_profile``), both n_c = floor(n_max * mu^(c/(C-1))), head class 0:
+Long-tail profiles (``lt_profile``), both n_c = floor(n_max * mu^(c/(C-1))), head class 0, named after
+where the balanced meta/val hold-out comes from:
 
-- ``cui`` (default, METHODS.md 0.1; CDB, Difficulty-Net, MW-Net, GDW): the balanced meta/val set is held
-  out of the training images first and n_max is what is left per class (500 - 25 = 475 for CIFAR-100 with
-  25 per class);
-- ``ldam`` (Cao et al., ``kaidic/LDAM-DRW``): n_max is every training image of a class (5000 / 500), so the
-  training set is the standard 12406 (CIFAR-10) / 10847 (CIFAR-100) images at rho = 100; LDAM has no
-  meta set, so the meta/val set is held out of the test images and the test set is the rest.
+- ``holdout_from_train`` (default, METHODS.md 0.1; the MW-Net, CDB, GDW and Difficulty-Net code): the
+  meta/val set is held out of the training images first and n_max is what is left per class, e.g.
+  CIFAR-10 with 10 per class: [4990, 2991, ..., 49] at rho = 100; CIFAR-100 with 25: n_max = 475;
+- ``holdout_from_test`` (Cui et al.'s ``class-balanced-loss`` and ``kaidic/LDAM-DRW``, neither of which
+  has a meta set): n_max is every training image of a class (5000 / 500), so the training set is the
+  standard [5000, 2997, ..., 50] = 12406 (CIFAR-10) / 10847 (CIFAR-100) images at rho = 100; the meta/val
+  set is held out of the test images and the test set is the rest.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from trainables.params import ConfigError, Param
 
 
 def root_param(what: str) -> Param:
-    return Param(None, (str,), nullable=True, help=f"folder holding {what}; required (nothing is downloaded unless download: true)")
+    return Param(None, (str,), nullable=True, help=f"folder holding {what}; required (nothing is downloaded unless "
+                                                   "download: true)")
 
 
 DOWNLOAD = Param(False, (bool,), help="download into root when files are missing (needs internet); never by default")
@@ -48,7 +51,8 @@ def local_root(options: Mapping[str, Any], preflight: bool = False) -> str | Non
         return None
     root = os.path.expandvars(os.path.expanduser(root))
     if preflight and not os.path.isabs(root):
-        raise ConfigError("dataset.root", f"must be an absolute path (or start with ~) for a sweep, got {options['root']!r}")
+        raise ConfigError("dataset.root", "must be an absolute path (or start with ~) for a sweep, got "
+                                          f"{options['root']!r}")
     return root
 
 
@@ -93,7 +97,7 @@ NORMS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-LT_PROFILES = ("cui", "ldam")
+LT_PROFILES = ("holdout_from_train", "holdout_from_test")
 AUGMENTS = ("standard", "autoaugment", "none")
 
 
@@ -142,7 +146,8 @@ def _loader(name: str):
             augment = ImageAugment(crop="pad", padding=4, pad_mode=options["pad_mode"], flip=True,
                                    policy="cifar10" if auto else None, cutout=options["cutout"] if auto else 0)
         return SourceData(x_train=x_train, y_train=y_train, num_classes=classes, x_test=x_test, y_test=y_test,
-                          holdout_from_test=options["lt_profile"] == "ldam", augment=augment, input_norm=NORMS[name])
+                          holdout_from_test=options["lt_profile"] == "holdout_from_test", augment=augment,
+                          input_norm=NORMS[name])
 
     return load
 
@@ -160,11 +165,14 @@ def _params(name: str) -> dict[str, Param]:
     return {
         "root": root_param(f"{LAYOUT[name][0]}/ (the python version)"),
         "download": DOWNLOAD,
-        "lt_profile": Param("cui", (str,), choices=LT_PROFILES,
-                            help="cui: meta held out first, n_max = what is left; ldam: n_max = all images, meta from test"),
+        "lt_profile": Param("holdout_from_train", (str,), choices=LT_PROFILES,
+                            help="holdout_from_train: meta/val held out of the training images, n_max = what is "
+                                 "left; holdout_from_test: n_max = all images (Cui, LDAM), meta/val from test"),
         "augment": Param("standard", (str,), choices=AUGMENTS,
-                         help="standard: pad 4 + random crop 32 + flip; autoaugment: + AutoAugment (CIFAR-10 policy) + Cutout"),
-        "pad_mode": Param("zeros", (str,), choices=("zeros", "reflect"), help="crop padding (LDAM/CDB: zeros; MW-Net/GDW: reflect)"),
+                         help="standard: pad 4 + random crop 32 + flip; autoaugment: + AutoAugment (CIFAR-10 policy) "
+                              "+ Cutout"),
+        "pad_mode": Param("zeros", (str,), choices=("zeros", "reflect"), help="crop padding (LDAM/CDB: zeros; "
+                                                                              "MW-Net/GDW: reflect)"),
         "cutout": Param(16, (int,), low=1, high=32, help="Cutout square side with augment: autoaugment"),
     }
 

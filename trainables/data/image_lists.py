@@ -69,7 +69,7 @@ def decode_image(path: str, size: int) -> np.ndarray:
 def decode_all(root: str, paths: list[str], size: int, workers: int) -> np.ndarray:
     """Decode every listed image into one (N, 3, size, size) uint8 array; missing files are a root error."""
     full = [os.path.join(root, p) for p in paths]
-    missing = [p for p, f in zip(paths, full) if not os.path.isfile(f)]
+    missing = [p for p, f in zip(paths, full, strict=True) if not os.path.isfile(f)]
     if missing:
         require_files(root, missing, "listed images", downloadable=False)
     out = np.empty((len(full), 3, size, size), dtype=np.uint8)
@@ -117,7 +117,8 @@ def _loader(what: str):
                                              lambda s=s: decode_all(root, parsed[s][0], size, options["workers"])))
                  for s in SPLITS}
         num_classes = int(max(parsed[s][1].max() for s in SPLITS)) + 1
-        augment = None if options["augment"] == "none" else ImageAugment(crop="resized" if options["augment"] == "resized" else "none")
+        crop = "resized" if options["augment"] == "resized" else "none"
+        augment = None if options["augment"] == "none" else ImageAugment(crop=crop)
         return SourceData(
             x_train=pools["train"], y_train=parsed["train"][1], num_classes=num_classes,
             x_test=pools["test"], y_test=parsed["test"][1], x_val=pools["val"], y_val=parsed["val"][1],
@@ -130,7 +131,8 @@ def _loader(what: str):
 def _preflight(what: str):
     def check(cfg: Mapping[str, Any]) -> None:
         if cfg["imbalance"] != 1 or cfg["n_max"] is not None:
-            raise ConfigError("dataset.imbalance", f"{what} is long-tailed already: leave imbalance at 1 and n_max unset")
+            raise ConfigError("dataset.imbalance", f"{what} is long-tailed already: leave imbalance at 1 and n_max "
+                                                   "unset")
         root = local_root(cfg, preflight=True)
         lists = _require_lists(root, cfg, what)
         for split, path in lists.items():  # cheap: only the first image of each list
@@ -143,12 +145,14 @@ def _preflight(what: str):
 def _params(prefix: str) -> dict[str, Param]:
     return {
         "root": root_param("the images and the split lists"),
-        **{f"{s}_list": Param(f"{prefix}_{s}.txt", (str,), help=f"{s} list of 'relative/path label' lines (relative to root)")
+        **{f"{s}_list": Param(f"{prefix}_{s}.txt", (str,), help=f"{s} list of 'relative/path label' lines (relative "
+                                                                "to root)")
            for s in SPLITS},
         "image_size": Param(224, (int,), low=16, high=1024, help="stored square side (memory: N x 3 x S x S bytes)"),
         "augment": Param("resized", (str,), choices=AUGMENTS, help="resized: random-resized crop + flip; flip; none"),
         "workers": Param(8, (int,), low=1, high=256, help="decoding threads"),
-        "cache_dir": Param(None, (str,), nullable=True, help="folder for decoded .npy arrays reused by later processes"),
+        "cache_dir": Param(None, (str,), nullable=True,
+                           help="folder for decoded .npy arrays reused by later processes"),
     }
 
 

@@ -96,7 +96,9 @@ def _load(options: Mapping[str, Any]) -> SourceData:
     x_te, d_te = read_idx(files[FILES[2]]), read_idx(files[FILES[3]])
     keep, y_tr = task_labels(d_tr, task)
     keep_te, y_te = task_labels(d_te, task)
-    size = options["train_size"] if options["train_size"] is not None else (FOUR_NINE_SIZE if task == "four_nine" else None)
+    size = options["train_size"]
+    if size is None:
+        size = FOUR_NINE_SIZE if task == "four_nine" else None
     return SourceData(
         x_train=torch.from_numpy(x_tr[keep].copy()).unsqueeze(1), y_train=y_tr, num_classes=int(y_tr.max()) + 1,
         x_test=torch.from_numpy(x_te[keep_te].copy()).unsqueeze(1), y_test=y_te,
@@ -120,7 +122,8 @@ DATASETS.register("mnist", "MNIST from root (IDX files); tasks: digits, odd_even
             "download": DOWNLOAD,
             "task": Param("digits", (str,), choices=TASKS, help="digits | odd_even (per-digit long tail) | four_nine"),
             "train_size": Param(None, (int,), low=2, nullable=True,
-                                help="training-set size the long tail is fitted to; null = 5000 for four_nine, else n_max rules"),
+                                help="training-set size the long tail is fitted to; null = 5000 for four_nine, else "
+                                     "n_max rules"),
         },
         defaults={"meta_per_class": 10},
         preflight=_preflight,

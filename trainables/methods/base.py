@@ -15,6 +15,12 @@ The loop (:func:`trainables.loop.train`) calls these hooks, in this order::
 
 A method overrides only what it changes: a loss-only method overrides :meth:`Method.loss`; a sampler
 overrides :meth:`Method.sample_weights`; a bi-level meta method overrides :meth:`Method.train_step`.
+
+Which data a method learns from is declared, not inferred: every method learns from the training split;
+a method with ``needs_meta`` also learns from the balanced meta split (MW-Net, GDW and Difficulty-Net
+meta-train on it; CDB sets its class weights from its per-class accuracy on it), reads it only through
+``ctx.meta`` and never sees the validation split, which is reserved for model selection
+(:func:`Method.learns_from`; :mod:`trainables.selection` turns this into the protocol's ``val_per_class``).
 Hyperparameters are declared in ``params`` (see :mod:`trainables.params`); that declaration is the single
 source the spec validator and the search spaces check against.
 """
@@ -29,6 +35,7 @@ import torch
 from torch import nn
 
 from trainables.data.protocol import Split
+from trainables.metrics import class_accuracy
 from trainables.params import ConfigError, Param, resolve
 
 
@@ -70,7 +77,10 @@ class Method:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
-    needs_meta: ClassVar[bool] = False  # True: consumes the meta set for optimisation (meta_per_class > 0)
+    # True: the method learns from the meta set (meta-trains on it or sets its weights from it), so it needs
+    # meta_per_class > 0 and model selection needs a separate validation set to be fair (trainables.selection).
+    needs_meta: ClassVar[bool] = False
+    meta_use: ClassVar[str] = ""  # how, for messages: "<name> <meta_use> the meta set"
     relative_cost: ClassVar[float] = 1.0  # epoch cost relative to CE, for `raysweep plan` estimates
     # The fused trial-group engine (trainables.fused) may train members of this method in one stacked
     # forward/backward: it calls only ``loss`` per member per batch (never ``train_step``), so a method
@@ -83,6 +93,14 @@ class Method:
         self.ctx = ctx
 
     # ---- configuration -------------------------------------------------------------------------
+    @classmethod
+    def learns_from(cls) -> tuple[str, ...]:
+        """The splits whose data the trained model depends on: ("train",) or ("train", "meta").
+
+        The validation split is never among them: the loop only evaluates on it.
+        """
+        return ("train", "meta") if cls.needs_meta else ("train",)
+
     @classmethod
     def resolve_params(cls, raw: Mapping[str, Any] | None, path: str = "method") -> dict[str, Any]:
         """Validate hyperparameters, fill defaults, then run the cross-field :meth:`check`."""
@@ -153,6 +171,12 @@ class Method:
 
 
 def require_positive_meta(ctx: MethodContext, method: str) -> None:
-    """Meta-learning methods call this in __init__: they cannot run without a meta set."""
+    """Methods that learn from the meta set call this in __init__: they cannot run without one."""
     if len(ctx.meta) == 0:
         raise ConfigError("dataset.meta_per_class", f"method {method!r} needs a meta set; set it > 0")
+
+
+def meta_class_accuracy(ctx: MethodContext) -> torch.Tensor:
+    """Per-class top-1 accuracy of the current model on the whole meta set (eval mode, no grad), float64 [C]."""
+    pred = ctx.predict(ctx.meta.x).argmax(1)
+    return class_accuracy(pred, ctx.meta.y, ctx.num_classes)

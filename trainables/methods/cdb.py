@@ -1,19 +1,29 @@
 """Class-wise difficulty-based methods (Sinha, Ohashi & Nakamura, IJCV 2022): CDB-W-CE, CDB-W-FL, CDB-S.
 
-After every epoch the per-class accuracy A_c on the balanced validation set gives the class difficulty
-d_c = 1 - A_c and the class weights w_c = d_c^tau (METHODS.md M3/M4). The next epoch uses them:
+After every epoch the per-class accuracy A_c on the balanced meta set (the paper's validation set) gives
+the class difficulty d_c = 1 - A_c and the class weights w_c = d_c^tau (METHODS.md M3/M4). The next
+epoch uses them:
 
 - ``cdb_w_ce``: loss w_y * CE (paper Eq. 12);
-- ``cdb_w_fl``: loss w_y * focal (Eq. 14, softmax focal as in the CIFAR code);
+- ``cdb_w_fl``: loss w_y * softmax focal (Eq. 14, with the gradient of that loss). The released code has
+  no working CDB-W-FL: ``CIFAR-LT/losses/focal_loss.py`` detaches p_t in (1 - p_t)^gamma (the same value,
+  a different gradient) and, like ``ImageNet-LT/loss/FocalLoss.py`` (a sigmoid one-vs-all focal), reads
+  undefined names (``reduction``, ``size_average``), so neither runs as released;
 - ``cdb_s``: plain CE, classes drawn with probability w_c / sum w (Eq. 15), instances uniformly inside a
   class, N draws per epoch with replacement.
 
 tau is a fixed number or a dynamic variant computed from the performance bias (Eq. 5):
 ``linear`` (Eq. 7), ``poly`` (Eq. 8), ``log`` (Eq. 9 with its sign corrected so tau increases with the
-bias), ``sigmoid`` (Eq. 10), and the released code's two forms ``sigmoid_code_cifar`` (tau =
-sigmoid(max A / (min A + eps)), in (0.5, 1)) and ``sigmoid_code_imagenet`` (tau = 2 sigmoid(max A /
-(min A + eps) - 1), in (0, 2)). Before the first evaluation every weight is 1 (the official code
-initialises the difficulty to ones), so epoch 1 is plain CE / focal and CDB-S starts class-balanced.
+bias), ``sigmoid`` (Eq. 10, T_M = 5), and the released code's two forms ``sigmoid_code_cifar`` (tau =
+sigmoid(max A / (min A + eps)), in (0.5, 1); ``hitachi-rd-cv/CDB-loss`` ``CIFAR-LT/losses/cdb_loss.py``,
+the default ``--tau dynamic`` of its ``cifar_train.py``, and the EGTEA code) and ``sigmoid_code_imagenet``
+(tau = 2 sigmoid(max A / (min A + eps) - 1), in (0, 2); ``ImageNet-LT/loss/CDBSoftmaxLoss.py``).
+
+The default is ``sigmoid_code_cifar``: the dynamic tau the released CIFAR code runs (Eq. 10 with T_M = 5
+is in no released file), and on mnist1d-LT the best dynamic variant for CDB-W-CE and CDB-S at rho 10 and
+100, where Eq. 10 saturates at tau = 5 (docs/methods/class_difficulty.md has the numbers). Before the
+first evaluation every weight is 1 (the official code initialises the difficulty to ones), so epoch 1 is
+plain CE / focal and CDB-S starts class-balanced.
 """
 
 from __future__ import annotations
@@ -25,9 +35,9 @@ import torch
 from torch.nn import functional as F
 
 from trainables.methods import register
-from trainables.methods.base import EpochEvaluation, Method
+from trainables.methods.base import EpochEvaluation, Method, meta_class_accuracy, require_positive_meta
 from trainables.methods.focal import focal_loss
-from trainables.params import ConfigError, InactiveParamError, Param
+from trainables.params import InactiveParamError, Param
 
 PAPER_VARIANTS = ("linear", "poly", "log", "sigmoid")
 CODE_VARIANTS = ("sigmoid_code_cifar", "sigmoid_code_imagenet")
@@ -38,9 +48,11 @@ REDUCTIONS = ("mean", "weighted_mean")
 def _check_class_acc(class_acc: torch.Tensor) -> torch.Tensor:
     acc = torch.as_tensor(class_acc)
     if acc.dim() != 1 or acc.numel() == 0:
-        raise ValueError(f"class_acc must be a non-empty 1-D tensor of per-class accuracies, got shape {tuple(acc.shape)}")
+        raise ValueError("class_acc must be a non-empty 1-D tensor of per-class accuracies, got shape "
+                         f"{tuple(acc.shape)}")
     if torch.isnan(acc).any():
-        raise ValueError("class_acc contains NaN: some class has no validation examples (set dataset.meta_per_class > 0)")
+        raise ValueError("class_acc contains NaN: some class has no validation examples "
+                         "(set dataset.meta_per_class > 0)")
     if (acc < 0).any() or (acc > 1).any():
         raise ValueError(f"class accuracies must lie in [0, 1], got min {float(acc.min())}, max {float(acc.max())}")
     return acc
@@ -108,7 +120,8 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def resolve_tau(class_acc: torch.Tensor, tau: float | str, *, eps: float = 0.01, t_max: float = 5.0, p: int = 2) -> float:
+def resolve_tau(class_acc: torch.Tensor, tau: float | str, *, eps: float = 0.01, t_max: float = 5.0,
+                p: int = 2) -> float:
     """The exponent tau for these accuracies: ``tau`` itself if it is a number, else its variant's value."""
     if isinstance(tau, str):
         if tau not in TAU_VARIANTS:
@@ -160,27 +173,39 @@ def class_sampling_probs(class_weights: torch.Tensor, class_counts: torch.Tensor
     return w / w.sum()
 
 
-def instance_sampling_probs(class_probs: torch.Tensor, labels: torch.Tensor, class_counts: torch.Tensor) -> torch.Tensor:
+def instance_sampling_probs(class_probs: torch.Tensor, labels: torch.Tensor,
+                            class_counts: torch.Tensor) -> torch.Tensor:
     """Per-instance probabilities P_{y_i} / n_{y_i}: classes drawn by P, instances uniformly inside a class."""
     if class_probs.shape != class_counts.shape:
-        raise ValueError(f"class_probs {tuple(class_probs.shape)} and class_counts {tuple(class_counts.shape)} disagree")
+        raise ValueError(f"class_probs {tuple(class_probs.shape)} and class_counts {tuple(class_counts.shape)} "
+                         "disagree")
     per_instance = class_probs.double() / class_counts.double().clamp_min(1)
     return per_instance[labels]
 
 
 class _CDB(Method):
-    """Shared machinery: tau, the class-weight vector, its per-epoch refresh and checkpointing."""
+    """Shared machinery: tau, the class-weight vector, its per-epoch refresh and checkpointing.
 
+    CDB learns from the meta set (``needs_meta``): its weights are a function of the per-class accuracy
+    on those images, so selecting a model on the same images would favour it. It reads them through
+    ``ctx.meta``; the validation split stays for model selection (with ``val_per_class: 0`` the two are
+    the same images, the CDB code's protocol: it also keeps the checkpoint with the best accuracy there).
+    """
+
+    needs_meta: ClassVar[bool] = True
+    meta_use: ClassVar[str] = "sets its class weights from its per-class accuracy on"
     relative_cost: ClassVar[float] = 1.05
     params: ClassVar[dict[str, Param]] = {
-        "tau": Param("sigmoid", (float, str), low=0.0, high=100.0, choices=TAU_VARIANTS,
-                     help="fixed exponent (paper grid 0.5, 1, 1.5, 2, 5) or a dynamic variant"),
+        "tau": Param("sigmoid_code_cifar", (float, str), low=0.0, high=100.0, choices=TAU_VARIANTS,
+                     help="fixed exponent (paper grid 0.5, 1, 1.5, 2, 5) or a dynamic variant; default: the "
+                          "CDB CIFAR code's dynamic tau"),
         "p": Param(2, (int,), low=2, high=10, help="poly only: degree of the polynomial variant"),
         "t_max": Param(5.0, (float,), low=0.0, high=100.0, help="T_M, cap of the paper's dynamic variants"),
         "eps": Param(0.01, (float,), low=0.0, high=1.0, low_open=True, high_open=True,
                      help="bias smoothing of Eq. 5 (dynamic tau only); B_M = 1/eps - 1"),
         "normalize": Param(True, (bool,), help="rescale the weights to mean 1 (official code); false = raw d^tau"),
-        "floor": Param(0.0, (float,), low=0.0, high=1.0, help="minimum difficulty (0 = paper: a perfect class gets weight 0)"),
+        "floor": Param(0.0, (float,), low=0.0, high=1.0, help="minimum difficulty (0 = paper: a perfect class gets "
+                                                              "weight 0)"),
     }
 
     @classmethod
@@ -198,17 +223,18 @@ class _CDB(Method):
 
     def __init__(self, hparams: Mapping[str, Any], ctx: Any) -> None:
         super().__init__(hparams, ctx)
+        require_positive_meta(ctx, self.name)
         self.class_weights = torch.ones(ctx.num_classes, device=ctx.device)
         self.tau = 0.0  # before the first evaluation the weights are uniform, which is what tau = 0 gives
         self.bias = 0.0
         self.updates = 0
 
     def on_epoch_end(self, epoch: int, evaluation: EpochEvaluation) -> dict[str, float]:
-        """Refresh the weights from this epoch's validation accuracy; the next epoch uses them."""
-        acc = evaluation.val_class_acc
-        if torch.isnan(acc).any():
-            raise ConfigError("dataset.meta_per_class", f"method {self.name!r} needs a balanced validation set with "
-                              "every class; set dataset.meta_per_class (or val_per_class) > 0")
+        """Refresh the weights from this epoch's per-class accuracy on the meta set; the next epoch uses them."""
+        return self.update_weights(meta_class_accuracy(self.ctx))
+
+    def update_weights(self, acc: torch.Tensor) -> dict[str, float]:
+        """Set tau, the bias and the class weights from per-class accuracies ``acc`` [C]; return diagnostics."""
         hp = self.hparams
         self.bias = performance_bias(acc, hp["eps"])
         self.tau = resolve_tau(acc, hp["tau"], eps=hp["eps"], t_max=hp["t_max"], p=hp["p"])
@@ -219,11 +245,13 @@ class _CDB(Method):
                "cdb_weight_min": float(self.class_weights.min()), "cdb_weight_max": float(self.class_weights.max())}
         for group, idx in self.ctx.groups.items():
             if len(idx):
-                out[f"cdb_weight_{group}"] = float(self.class_weights[torch.as_tensor(idx, device=self.ctx.device)].mean())
+                members = torch.as_tensor(idx, device=self.ctx.device)
+                out[f"cdb_weight_{group}"] = float(self.class_weights[members].mean())
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"class_weights": self.class_weights.clone(), "tau": self.tau, "bias": self.bias, "updates": self.updates}
+        return {"class_weights": self.class_weights.clone(), "tau": self.tau, "bias": self.bias,
+                "updates": self.updates}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.class_weights = state["class_weights"].to(self.ctx.device, torch.float32).clone()
@@ -236,7 +264,8 @@ class _CDBWeighted(_CDB):
     params: ClassVar[dict[str, Param]] = {
         **_CDB.params,
         "reduction": Param("mean", (str,), choices=REDUCTIONS,
-                           help="mean = (1/B) sum w_y l (CIFAR code); weighted_mean = sum w_y l / sum w_y (ImageNet code)"),
+                           help="mean = (1/B) sum w_y l (CIFAR code); weighted_mean = sum w_y l / sum w_y (ImageNet "
+                                "code)"),
     }
 
     def per_sample_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -277,7 +306,8 @@ class CDBSampling(_CDB):
     description = "CDB-S: plain CE, classes sampled with probability proportional to (1 - val acc)^tau (Sinha et al.)"
     params = {**_CDB.params,
               "first_epoch": Param("class_balanced", (str,), choices=("class_balanced", "instance_uniform"),
-                                   help="sampling before the first evaluation: equal class probabilities (d = 1) or a plain shuffle")}
+                                   help="sampling before the first evaluation: equal class probabilities (d = 1) or a "
+                                        "plain shuffle")}
 
     def sample_weights(self, epoch: int) -> torch.Tensor | None:
         if self.updates == 0 and self.hparams["first_epoch"] == "instance_uniform":
@@ -286,8 +316,8 @@ class CDBSampling(_CDB):
         probs = class_sampling_probs(self.class_weights, counts)
         return instance_sampling_probs(probs, self.ctx.train.y, counts)
 
-    def on_epoch_end(self, epoch: int, evaluation: EpochEvaluation) -> dict[str, float]:
-        out = super().on_epoch_end(epoch, evaluation)
+    def update_weights(self, acc: torch.Tensor) -> dict[str, float]:
+        out = super().update_weights(acc)
         probs = class_sampling_probs(self.class_weights, self.ctx.class_counts)
         for group, idx in self.ctx.groups.items():
             if len(idx):

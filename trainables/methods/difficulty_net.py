@@ -30,9 +30,14 @@ from torch.nn import functional as F
 
 from trainables.methods import register
 from trainables.methods.balanced_softmax import balanced_softmax_logits
-from trainables.methods.base import EpochEvaluation, Method, MethodContext, require_positive_meta
+from trainables.methods.base import (
+    EpochEvaluation,
+    Method,
+    MethodContext,
+    meta_class_accuracy,
+    require_positive_meta,
+)
 from trainables.methods.meta import current_lr, forward_with, virtual_step
-from trainables.metrics import class_accuracy
 from trainables.params import InactiveParamError, Param
 
 META_GRADS = ("second_order", "driver_only")
@@ -89,7 +94,8 @@ class DifficultyNetMethod(Method):
     params = {
         "hidden": Param(None, (int,), low=1, high=65536, nullable=True,
                         help="hidden width H; null = hidden_factor x the rule 2^n, 2^(n-1) <= C < 2^n"),
-        "hidden_factor": Param(1.0, (float,), low=1 / 64, high=64.0, help="multiplies the rule's H (grid 0.5, 1, 2, 4)"),
+        "hidden_factor": Param(1.0, (float,), low=1 / 64, high=64.0,
+                               help="multiplies the rule's H (grid 0.5, 1, 2, 4)"),
         "lam": Param(0.3, (float,), low=0.0, high=100.0, help="driver-loss weight lambda (0 = no driver)"),
         "meta_lr": Param(1e-3, (float,), low=0.0, high=1.0, low_open=True,
                          help="Adam lr of the Difficulty-Net (supp. 1e-3; CIFAR code 1e-5)"),
@@ -101,10 +107,12 @@ class DifficultyNetMethod(Method):
                            help="weighted CE, or weighted Balanced Softmax ('+ Bal. Softmax')"),
         "mlp_bias": Param(True, (bool,), help="bias terms in the MLP (ImageNet code: yes; CIFAR code: no)"),
         "accuracy_update": Param("epoch", (str,), choices=("epoch", "iteration"),
-                                 help="recompute A on the meta set after every epoch (official code) or every iteration"),
+                                 help="recompute A on the meta set after every epoch (official code) or every "
+                                      "iteration"),
     }
     needs_meta = True
     fusable = False  # bi-level train_step: in a trial group its members run one after another
+    meta_use = "meta-trains its Difficulty-Net on"
     relative_cost = 3.5
 
     @classmethod
@@ -119,7 +127,8 @@ class DifficultyNetMethod(Method):
         hp, C = self.hparams, ctx.num_classes
         self.hidden = hp["hidden"] or max(1, round(hp["hidden_factor"] * hidden_width(C)))
         self.net = DifficultyNet(C, self.hidden, hp["mlp_bias"]).to(ctx.device)
-        self.meta_optimizer = torch.optim.Adam(self.net.parameters(), lr=hp["meta_lr"], weight_decay=hp["meta_weight_decay"])
+        self.meta_optimizer = torch.optim.Adam(self.net.parameters(), lr=hp["meta_lr"],
+                                               weight_decay=hp["meta_weight_decay"])
         self.class_acc = torch.zeros(C, device=ctx.device)  # A before the first evaluation (CIFAR code)
         self.class_counts = ctx.class_counts.float()
         self._stats: dict[str, torch.Tensor] = {}
@@ -127,8 +136,7 @@ class DifficultyNetMethod(Method):
     # ---- pieces of the step --------------------------------------------------------------------
     def meta_accuracy(self) -> torch.Tensor:
         """A: per-class top-1 accuracy of the current model on the whole meta set (eval mode), float32 [C]."""
-        pred = self.ctx.predict(self.ctx.meta.x).argmax(1)
-        return class_accuracy(pred, self.ctx.meta.y, self.ctx.num_classes).float()
+        return meta_class_accuracy(self.ctx).float()
 
     def class_weights(self) -> torch.Tensor:
         """The current class weights C d / sum d for the current A (no graph)."""
@@ -144,7 +152,8 @@ class DifficultyNetMethod(Method):
 
     def meta_gradients(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                        x_meta: torch.Tensor, y_meta: torch.Tensor, lr: float,
-                       keep_forward: dict[str, Any] | None = None) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+                       keep_forward: dict[str, Any] | None = None
+                       ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """Gradient of the meta objective with respect to theta (one tensor per net parameter), and its terms.
 
         second_order: CE(f(x_meta; phi'(theta))) + lambda L_drv(theta), phi' the differentiable virtual step;
@@ -174,7 +183,7 @@ class DifficultyNetMethod(Method):
         params = list(self.net.parameters())
         grads = torch.autograd.grad(objective, params, allow_unused=True,
                                     retain_graph=keep_forward is not None and "logits" in keep_forward)
-        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)], terms
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)], terms
 
     # ---- hooks ---------------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int) -> None:
@@ -189,7 +198,7 @@ class DifficultyNetMethod(Method):
         virtual: dict[str, Any] = {}
         grads, terms = self.meta_gradients(model, x, y, x_meta, y_meta, current_lr(optimizer), keep_forward=virtual)
         self.meta_optimizer.zero_grad(set_to_none=True)
-        for p, g in zip(self.net.parameters(), grads):
+        for p, g in zip(self.net.parameters(), grads, strict=True):
             p.grad = g
         self.meta_optimizer.step()
         # Eq. 11: real step with the weights of the updated net, detached; it reuses the virtual pass's

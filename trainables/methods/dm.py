@@ -98,8 +98,11 @@ def dm_loss(logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float
     Only lam and beta are checked here (gather rejects out-of-range targets), to keep the step free of syncs.
     """
     _check_emphasis(lam, beta)
-    ce = -F.log_softmax(logits.float(), dim=1).gather(1, targets[:, None].long()).squeeze(1)  # d ce / dz = p - e_y
-    weights, scale = _coefficients(torch.exp(-ce.detach()), lam, beta)
+    z = logits.float()
+    ce = -F.log_softmax(z, dim=1).gather(1, targets[:, None].long()).squeeze(1)  # d ce / dz = p - e_y
+    # p_y from the softmax, as the authors' layer takes it (exp(-ce) rounds 1 - p differently when p -> 1)
+    p_y = torch.softmax(z.detach(), dim=1).gather(1, targets[:, None].long()).squeeze(1)
+    weights, scale = _coefficients(p_y, lam, beta)
     surrogate = (scale * ce).sum()
     value = (weights * ce.detach()).sum()
     return value + (surrogate - surrogate.detach()), weights

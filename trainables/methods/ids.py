@@ -95,7 +95,8 @@ class InstanceDifficultySampling(Method):
     name = "ids"
     description = "instance-difficulty sampling: resample by D = (c + sum unlearning)/(c + sum learning) (Yu et al.)"
     params = {
-        "c": Param(10.0, (float,), low=0.0, low_open=True, high=1e6, help="prior pseudo-count; larger = smoother D (grid 0.1, 1, 10)"),
+        "c": Param(10.0, (float,), low=0.0, low_open=True, high=1e6, help="prior pseudo-count; larger = smoother D "
+                                                                          "(grid 0.1, 1, 10)"),
         "gamma": Param(0.001, (float,), low=0.0, high=1.0, high_open=True,
                        help="assumed noise rate: the top int(gamma N) weights are zeroed (paper range [0, 0.001])"),
         "init_pred": Param("uniform", (str,), choices=("uniform", "init_net"),

@@ -46,7 +46,7 @@ def virtual_step(
     buffers = scratch_buffers(model)
     loss = loss_of_logits(forward_with(model, params, buffers, x))
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=True, allow_unused=True)
-    updated = {n: (p if g is None else p - lr * g) for (n, p), g in zip(params.items(), grads)}
+    updated = {n: (p if g is None else p - lr * g) for (n, p), g in zip(params.items(), grads, strict=True)}
     return updated, buffers
 
 

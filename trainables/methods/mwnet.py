@@ -1,23 +1,28 @@
 """MW-Net (Shu et al., NeurIPS 2019): a small net maps each example's loss to its weight, meta-learned.
 
-The weighting net V(l; phi) (1 -> 100 -> 1, ReLU, sigmoid) reads the detached per-sample CE loss. Each
-iteration runs the three-step bi-level loop:
+The weighting net V(l; phi) (1 -> 100 -> 1, ReLU, sigmoid) reads the per-sample CE loss. Each iteration
+runs the three-step bi-level loop:
 
 1. virtual step: theta'(phi) = theta - lr * grad_theta sum_i w_i CE_i / Z, kept in the graph
    (:func:`trainables.methods.meta.virtual_step`; scratch BatchNorm buffers);
-2. meta step: CE of f(x_meta; theta') on a clean meta batch, back-propagated to phi, one Adam step;
+2. meta step: CE of f(x_meta; theta') on a clean meta batch, back-propagated to phi, one optimiser step;
 3. real step: theta <- SGD with the weights of the updated net, detached. It back-propagates through
    the virtual step's forward pass (same theta, same batch, train mode) instead of running a second
    one, and copies the BatchNorm statistics that pass left in its scratch buffers into the model.
 
-Z is the batch size (``norm: mean``, MW-Net's noise code and GDW's ``--mode mw-net``) or the batch sum
-of the weights (``norm: sum``, MW-Net's class-imbalance code).
+Z is the batch size (``norm: mean``, ``MW-Net.py`` and GDW's ``--mode mw-net``) or the batch sum of the
+weights (``norm: sum``, the class-imbalance code ``meta-weight-net-class-imbalance.py``).
 
-Every weighted loss here is expressed through its gradient with respect to the logits,
+``detach_loss`` (default true) feeds V the detached loss in the virtual step, as the paper and
+``MW-Net.py`` do: theta' depends on theta only through CE. The class-imbalance code feeds V the live
+loss (``vnet(cost_v)``), so its virtual step also differentiates V(CE(theta)) and the normaliser with
+respect to theta; ``detach_loss: false`` is that form (its meta-gradient on phi is about twice as large).
+
+Every weighted loss with a detached input is expressed through its gradient with respect to the logits,
 G = omega * (p - e_y) / Z with class-level weights omega (batch x classes); MW-Net's omega is the
 instance weight repeated over the classes, so G is exactly the gradient of sum_i w_i CE_i / Z.
-GDW (:mod:`trainables.methods.gdw`) subclasses this class and changes only how the real step's omega
-is made, so the two share every line of the loop and GDW with eta_omega = 0 reproduces MW-Net exactly.
+GDW (:mod:`trainables.methods.gdw`) subclasses this class and changes how the probabilities in G, the
+virtual step's omega and the real step's omega are made, so the two share every line of the loop.
 """
 
 from __future__ import annotations
@@ -74,9 +79,11 @@ def weighted_logit_grad(omega: torch.Tensor, probs: torch.Tensor, targets: torch
     is differentiable in the weighting parameters (the virtual step needs that).
     """
     if probs.dim() != 2 or targets.shape != probs.shape[:1]:
-        raise ValueError(f"probs must be batch x classes and targets batch, got {tuple(probs.shape)} and {tuple(targets.shape)}")
+        raise ValueError(f"probs must be batch x classes and targets batch, got {tuple(probs.shape)} and "
+                         f"{tuple(targets.shape)}")
     if omega.dim() != 2 or omega.shape[0] != probs.shape[0] or omega.shape[1] not in (1, probs.shape[1]):
-        raise ValueError(f"omega must be batch x 1 or batch x classes for probs {tuple(probs.shape)}, got {tuple(omega.shape)}")
+        raise ValueError(f"omega must be batch x 1 or batch x classes for probs {tuple(probs.shape)}, got "
+                         f"{tuple(omega.shape)}")
     onehot = F.one_hot(targets, probs.shape[1]).to(probs.dtype)
     return omega * (probs - onehot) / weight_normaliser(omega, targets, norm)
 
@@ -93,10 +100,14 @@ class MWNet(Method):
                                 help="adam (MW-Net noise code, GDW) or sgd (momentum 0.9, Nesterov; MW-Net LT code)"),
         "meta_batch_size": Param(100, (int,), low=1, help="meta-set examples per meta step"),
         "hidden": Param(100, (int,), low=1, help="hidden width of the weighting net"),
-        "norm": Param("mean", (str,), choices=NORMS, help="divide the weighted loss by the batch size or the weights' sum"),
+        "norm": Param("mean", (str,), choices=NORMS, help="divide the weighted loss by the batch size or the weights' "
+                                                          "sum"),
+        "detach_loss": Param(True, (bool,), help="virtual step: V reads the detached loss (paper, MW-Net.py); "
+                                                 "false = the live loss (class-imbalance code)"),
     }
     needs_meta = True
     fusable = False  # bi-level train_step: in a trial group its members run one after another
+    meta_use = "meta-trains its weighting net on"
     relative_cost = 3.0  # measured 2.7-3.1x CE per epoch (docs/methods/meta_weighting.md)
 
     def __init__(self, hparams: Mapping[str, Any], ctx: MethodContext) -> None:
@@ -119,15 +130,20 @@ class MWNet(Method):
     # ---- the three-step loop -------------------------------------------------------------------
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                    x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        norm, C = self.hparams["norm"], self.ctx.num_classes
+        norm = self.hparams["norm"]
         seen: dict[str, torch.Tensor] = {}
 
         def weighted_surrogate(logits: torch.Tensor) -> torch.Tensor:
-            # Its gradient in the logits is G(phi) = omega(phi) * (p - e_y) / Z, i.e. that of sum w CE / Z.
             seen["logits"], z = logits, logits.detach().float()
             seen["ce"] = F.cross_entropy(z, y, reduction="none")
-            seen["probs"] = z.softmax(1)
-            seen["omega"] = self.vnet(seen["ce"][:, None]).expand(-1, C)
+            seen["probs"] = self.gradient_probs(z.softmax(1))
+            if self.reads_live_loss():
+                # The class-imbalance code: V reads the live loss, so theta' also moves through V and Z.
+                ce = F.cross_entropy(logits.float(), y, reduction="none")
+                seen["omega"] = self.vnet(ce[:, None])
+                return (seen["omega"][:, 0] * ce).sum() / weight_normaliser(seen["omega"], y, norm)
+            # Its gradient in the logits is G(phi) = omega(phi) * (p - e_y) / Z, i.e. that of sum w CE / Z.
+            seen["omega"] = self.stage_one_weights(self.vnet(seen["ce"][:, None]), seen["probs"], y)
             return (weighted_logit_grad(seen["omega"], seen["probs"], y, norm) * logits.float()).sum()
 
         # 1. virtual step (same lr as the model's optimizer; no momentum or weight decay, as in the papers)
@@ -141,7 +157,7 @@ class MWNet(Method):
         phi = list(self.vnet.parameters())
         *phi_grads, omega_grad = torch.autograd.grad(meta_loss, phi + [seen["omega"]])
         self.meta_optimizer.zero_grad(set_to_none=True)
-        for p, g in zip(phi, phi_grads):
+        for p, g in zip(phi, phi_grads, strict=True):
             p.grad = g
         self.meta_optimizer.step()
         del theta, buffers
@@ -158,6 +174,24 @@ class MWNet(Method):
             instance = _target_entries(omega, y)
             self.record(y, indices, omega, meta_loss.detach())
             return (instance * seen["ce"]).sum() / weight_normaliser(omega, y, norm)
+
+    def reads_live_loss(self) -> bool:
+        """Whether V reads the non-detached loss in the virtual step (``detach_loss: false``)."""
+        return not self.hparams["detach_loss"]
+
+    def gradient_probs(self, probs: torch.Tensor) -> torch.Tensor:
+        """The probabilities p in the logit gradient omega * (p - e_y): the softmax itself (CE's gradient).
+
+        GDW clamps them at 0.999, as its code does.
+        """
+        return probs
+
+    def stage_one_weights(self, weights: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The virtual step's omega: the weighting net's output (batch x 1) repeated over the classes.
+
+        Keeps the graph to phi. GDW also applies its zero-mean constraint here, as its code does.
+        """
+        return weights.expand(-1, probs.shape[1])
 
     def real_step_weights(self, loss: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor,
                           omega: torch.Tensor, omega_grad: torch.Tensor) -> torch.Tensor:
