@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(BIN)/raysweep demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -44,7 +44,8 @@ def sweep(scheduler: dict, epochs: int, workdir: Path) -> dict:
     result = run_sweep(spec, plan(spec), echo=lambda line: None)
     wall = time.perf_counter() - start
     client, runs = trial_runs(result)
-    curves = {r.info.run_id: sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_balanced_acc"))
+    curves = {r.info.run_id: sorted((m.step, m.value)
+                                    for m in client.get_metric_history(r.info.run_id, "val_balanced_acc"))
               for r in runs}
     best = max(runs, key=lambda r: (int(r.data.tags["raysweep.epochs_run"]), r.data.metrics["val_balanced_acc"]))
     return {"scheduler": scheduler, "wall_s": wall, "trials": len(runs),
@@ -61,7 +62,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         grid = sweep({"name": "fifo"}, args.epochs, Path(tmp) / "grid")
-        asha = sweep({"name": "asha", "grace_period": args.grace, "reduction_factor": 2}, args.epochs, Path(tmp) / "asha")
+        asha = sweep({"name": "asha", "grace_period": args.grace, "reduction_factor": 2}, args.epochs,
+                     Path(tmp) / "asha")
     finals = [c[-1] for c in grid["curves"].values()]
     rungs, r = [], args.grace
     while r < args.epochs:

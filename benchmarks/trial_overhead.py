@@ -56,7 +56,7 @@ def one_trial(workdir: Path) -> dict:
     finally:
         ray.shutdown()
     epochs = list(results[0].metrics_dataframe["epoch_seconds"])
-    gaps = [b - a for a, b in zip(marks["results"], marks["results"][1:])]
+    gaps = [b - a for a, b in zip(marks["results"], marks["results"][1:], strict=False)]
     return {"ray_init_s": t_init, "fit_to_trial_start_s": marks["start"][0] - t_fit,
             "trial_start_to_first_result_s": marks["results"][0] - marks["start"][0],
             "first_epoch_compute_s": epochs[0], "steady_epoch_compute_s": statistics.median(epochs[1:]),
@@ -93,7 +93,8 @@ def main() -> None:
         print(", ".join(f"{k} {v:.2f}" for k, v in single.items()))
         sweep = None if args.skip_demo else demo(Path(tmp) / "demo")
         if sweep:
-            print(f"quickstart: wall {sweep['wall_s']:.0f} s, busy {sweep['busy_s']:.0f} s over {sweep['slots']} slots, "
+            print(f"quickstart: wall {sweep['wall_s']:.0f} s, busy {sweep['busy_s']:.0f} s over {sweep['slots']} "
+                  "slots, "
                   f"overhead {100 * sweep['overhead_fraction']:.0f} %")
     print("saved", save("trial_overhead", {"single_trial": single, "demo": sweep}))
 

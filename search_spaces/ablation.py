@@ -15,7 +15,8 @@ def ofat(factors: Mapping[str, list[Any]], base: Mapping[str, Any], path: str = 
     """
     missing = [k for k in factors if k not in base]
     if missing:
-        raise ConfigError(f"{path}.{missing[0]}", f"ofat needs a base value for every swept factor: {', '.join(factors)}")
+        raise ConfigError(f"{path}.{missing[0]}",
+                          f"ofat needs a base value for every swept factor: {', '.join(factors)}")
     point = {k: base[k] for k in factors}
     for key, values in factors.items():
         if point[key] not in values:

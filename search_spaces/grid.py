@@ -13,7 +13,7 @@ from trainables.params import ConfigError, InactiveParamError, as_list
 def factorial(values: Mapping[str, Any]) -> list[dict[str, Any]]:
     """All combinations of ``{key: [values]}`` (scalars count as one value), keys in the given order."""
     keys = list(values)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(as_list(values[k]) for k in keys))]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(as_list(values[k]) for k in keys))]
 
 
 def dedupe(configs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -14,7 +14,8 @@ def raysweep_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "raysweep.cli", *args]
 
 
-def raysweep(*args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def raysweep(*args: str, cwd: Path, env: Mapping[str, str] | None = None,
+             timeout: int = 600) -> subprocess.CompletedProcess:
     """``raysweep ARGS`` in ``cwd``; output captured as text."""
     return subprocess.run(raysweep_cmd(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 

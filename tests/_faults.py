@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from trainables.methods import register
+from trainables.methods import METHODS
 from trainables.methods.base import Method
 from trainables.params import Param
 
@@ -25,7 +25,7 @@ def _log(tag, epoch):
         f.write(f"{tag} {epoch}\\n")
 
 
-@register
+@METHODS.add
 class Slow(Method):
     name = "slow"
     description = "CE that sleeps `sleep` seconds per epoch and logs each epoch it runs"
@@ -36,7 +36,7 @@ class Slow(Method):
         time.sleep(self.hparams["sleep"])
 
 
-@register
+@METHODS.add
 class NanAt(Method):
     name = "nan_at"
     description = "CE whose loss turns NaN from epoch `at` (1-based; 0 = never)"
@@ -51,7 +51,7 @@ class NanAt(Method):
         return loss * float("nan") if at and self.epoch + 1 >= at else loss
 
 
-@register
+@METHODS.add
 class FailOnce(Method):
     name = "fail_once"
     description = "CE that raises once, at epoch `at` (1-based), remembered by a marker file"

@@ -80,7 +80,8 @@ CASES = [
     ("noise rate negative", section("dataset", noise_rate=-0.1, noise_type="uniform"), [], "dataset.noise_rate"),
     ("noise rate of 1", section("dataset", noise_rate=1.0, noise_type="uniform"), [], "dataset.noise_rate"),
     ("noise rate override 1.5", {}, ["dataset.noise_rate=1.5"], "dataset.noise_rate"),
-    ("cifar10 root that does not exist", {"dataset": {"name": "cifar10", "root": "/nonexistent/cifar", "imbalance": 10}},
+    ("cifar10 root that does not exist",
+     {"dataset": {"name": "cifar10", "root": "/nonexistent/cifar", "imbalance": 10}},
      [], "dataset.root"),
     ("trials_per_gpu zero", section("resources", trials_per_gpu=0), [], "resources.trials_per_gpu"),
     ("trials_per_gpu fractional", section("resources", trials_per_gpu=1.5), [], "resources.trials_per_gpu"),
@@ -127,7 +128,8 @@ CASES = [
      "scheduler.reduction_factor"),
     ("an option fifo does not have", {"scheduler": {"name": "fifo", "grace_period": 1}}, [], "scheduler.grace_period"),
     ("zero cpus", section("resources", cpu=0), [], "resources.cpu"),
-    ("gpu and trials_per_gpu together", section("resources", gpu=0.5, trials_per_gpu=2), [], "resources.trials_per_gpu"),
+    ("gpu and trials_per_gpu together", section("resources", gpu=0.5, trials_per_gpu=2), [],
+     "resources.trials_per_gpu"),
     ("axis value out of range", {"axes": {"dataset.imbalance": [0.5, 10]}}, [], "axes.dataset.imbalance"),
     ("axis outside dataset/model/train", {"axes": {"foo.bar": [1]}}, [], "axes.foo.bar"),
     ("a set without a value", {}, ["novalue"], "--set"),
@@ -193,9 +195,10 @@ def test_resume_and_sync_of_something_that_is_not_a_sweep_exit_2(tmp_path, monke
 
 def test_a_plugin_registers_a_method_the_spec_can_use(tmp_path, monkeypatch, capsys):
     (tmp_path / "my_bad_input_plugin.py").write_text(
-        "from trainables.methods import register\nfrom trainables.methods.base import Method\n"
-        "from trainables.params import Param\n\n@register\nclass Scaled(Method):\n    name = 'scaled_ce_plugin'\n"
-        "    description = 'CE times a factor'\n    params = {'factor': Param(1.0, (float,), low=0.0, low_open=True)}\n")
+        "from trainables.methods import METHODS\nfrom trainables.methods.base import Method\n"
+        "from trainables.params import Param\n\n@METHODS.add\nclass Scaled(Method):\n    name = 'scaled_ce_plugin'\n"
+        "    description = 'CE times a factor'\n"
+        "    params = {'factor': Param(1.0, (float,), low=0.0, low_open=True)}\n")
     from trainables.methods import METHODS
 
     # The plugin's registration is undone afterwards, so later tests see the built-in registry only.

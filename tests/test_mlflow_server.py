@@ -38,7 +38,8 @@ SPEC = {
 def server(request, tmp_path_factory):
     """`mlflow server` on a free loopback port with the backend of the param; artifacts proxied by it."""
     root = tmp_path_factory.mktemp(f"server-{request.param}")
-    backend = f"sqlite:///{root / 'mlflow.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_uri")
+    backend = (f"sqlite:///{root / 'mlflow.db'}" if request.param == "sqlite"
+               else request.getfixturevalue("postgres_uri"))
     tracked = Tracked()
     try:
         url, _ = start_mlflow_server(tracked, root, backend, root / "server.log")
@@ -101,9 +102,12 @@ def test_sweep_and_report_through_the_server_rest_api(swept):
     assert {"config.json", "per_class_test_acc.csv"} <= _artifacts(url, trial["info"]["run_id"]), \
         "100 classes: the final per-class accuracy is one CSV artifact"
     assert {"spec.yaml", "plan-search.json", "report"} <= _artifacts(url, parent_id)
-    assert {"report/tables", "report/plots", "report/report.html", "report/importance.csv"} <= _artifacts(url, parent_id, "report")
-    assert {"report/tables/main.md", "report/tables/main.tex", "report/tables/main.html"} <= _artifacts(url, parent_id, "report/tables")
-    assert {"report/plots/main.png", "report/plots/learning_curves_test_acc.png"} <= _artifacts(url, parent_id, "report/plots")
+    assert {"report/tables", "report/plots", "report/report.html", "report/importance.csv"} \
+        <= _artifacts(url, parent_id, "report")
+    assert {"report/tables/main.md", "report/tables/main.tex", "report/tables/main.html"} \
+        <= _artifacts(url, parent_id, "report/tables")
+    assert {"report/plots/main.png", "report/plots/learning_curves_test_acc.png"} \
+        <= _artifacts(url, parent_id, "report/plots")
     summary = {m["key"]: m["value"] for m in by_role["summary"][0]["data"]["metrics"]}
     assert summary["n_seeds"] == 2 and 0 <= summary["test_acc"] <= 1
 

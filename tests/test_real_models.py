@@ -133,7 +133,10 @@ def test_virtual_step_runs_through_resnet32():
     y = torch.tensor([0, 1, 2, 0])
     x = images((3, 32, 32))
     before = {n: b.clone() for n, b in net.named_buffers()}
-    params, _ = virtual_step(net, x, lambda logits: (w * nn.functional.cross_entropy(logits, y, reduction="none")).mean(), 0.1)
+    def weighted(logits):
+        return (w * nn.functional.cross_entropy(logits, y, reduction="none")).mean()
+
+    params, _ = virtual_step(net, x, weighted, 0.1)
     (grad,) = torch.autograd.grad(sum(p.sum() for p in params.values()), w)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
     assert all(torch.equal(b, before[n]) for n, b in net.named_buffers())

@@ -54,7 +54,8 @@ def test_ofat_runs_the_base_once_and_each_factor_alone():
 
 
 def test_ofat_plan_counts_base_plus_values_minus_one_per_factor():
-    spec = _spec(methods={"focal": {"gamma": [0.5, 1, 2]}}, axes={"dataset.imbalance": [1, 10, 100], "train.lr": [0.05, 0.1]},
+    spec = _spec(methods={"focal": {"gamma": [0.5, 1, 2]}},
+                 axes={"dataset.imbalance": [1, 10, 100], "train.lr": [0.05, 0.1]},
                  search={"mode": "ofat", "base": {"focal.gamma": 1, "dataset.imbalance": 10, "train.lr": 0.1}})
     trials = plan(spec)
     assert len({t.config_id for t in trials}) == 1 + 2 + 2 + 1
@@ -124,7 +125,8 @@ def test_top_configs_rank_survivors_then_validation_and_add_the_baseline():
     assert [t.label for t in top_configs(results, "val_balanced_acc", "max", 2)] == ["focal gamma=1", "focal gamma=0.5"]
     with_ce = top_configs(results, "val_balanced_acc", "max", 2, baseline="ce")
     assert [t.label for t in with_ce] == ["focal gamma=1", "focal gamma=0.5", "ce"]
-    assert [t.label for t in top_configs(results, "val_balanced_acc", "min", 1, baseline="focal")] == ["focal gamma=0.5"]
+    lowest = top_configs(results, "val_balanced_acc", "min", 1, baseline="focal")
+    assert [t.label for t in lowest] == ["focal gamma=0.5"]
 
 
 def test_baseline_must_be_one_of_the_spec_methods():

@@ -45,7 +45,8 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def epoch_batches(n: int, batch_size: int, weights: torch.Tensor | None, generator: torch.Generator) -> list[torch.Tensor]:
+def epoch_batches(n: int, batch_size: int, weights: torch.Tensor | None,
+                  generator: torch.Generator) -> list[torch.Tensor]:
     """Index batches for one epoch: a shuffle, or n weighted draws with replacement.
 
     A trailing batch of a single example is dropped (BatchNorm cannot train on it).

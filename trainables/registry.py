@@ -1,7 +1,10 @@
-"""A tiny name -> object registry shared by methods, datasets and models.
+"""A tiny name -> object registry shared by methods, search spaces, datasets, models, search modes and
+schedulers.
 
-Modelled on timm's registry: objects register themselves by name with a one-line description, lookups
-of unknown names fail with a message that lists every valid option.
+Modelled on timm's registry. One style everywhere: an entry describes itself (``name``, ``description``)
+and a module registers it with ``REGISTRY.add(entry)`` (a class decorator too); a package's modules are
+found by :func:`discover`, so adding an entry is adding a file. Lookups of unknown names fail with a
+message that lists every valid option.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ class UnknownNameError(KeyError):
 class Registry(Generic[T]):
     """Maps names to registered objects (classes or factories) with a short description each."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, check: Callable[[T], None] | None = None) -> None:
         self.kind = kind
+        self._check = check  # runs on every entry added (e.g. a search space must name a registered method)
         self._entries: dict[str, T] = {}
         self._descriptions: dict[str, str] = {}
 
@@ -33,19 +37,13 @@ class Registry(Generic[T]):
         name, description = getattr(entry, "name", ""), getattr(entry, "description", "")
         if not name or not description:
             raise ValueError(f"a {self.kind} needs a name and a description to register, got {entry!r}")
-        return self.register(name, description)(entry)
-
-    def register(self, name: str, description: str) -> Callable[[T], T]:
-        """Decorator: register the decorated object under ``name``."""
-
-        def decorate(obj: T) -> T:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._entries[name] = obj
-            self._descriptions[name] = description
-            return obj
-
-        return decorate
+        if self._check is not None:
+            self._check(entry)
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._entries[name] = entry
+        self._descriptions[name] = description
+        return entry
 
     def get(self, name: str) -> T:
         """Return the object registered as ``name``; unknown names raise with the allowed values."""

@@ -4,7 +4,7 @@ The sampled space also offers the sigmoid cross-entropy base, the third loss of 
 
 from typing import Any
 
-from search_spaces import MethodSpace, register_space
+from search_spaces import SPACES, MethodSpace
 
 BETAS = [0.9, 0.99, 0.999, 0.9999]
 
@@ -19,7 +19,8 @@ def suggest(trial: Any) -> dict[str, Any]:
     return out
 
 
-register_space("cb", "CB loss beta on softmax CE and on Cui's sigmoid focal", MethodSpace(
+SPACES.add(MethodSpace(
+    "cb", "CB loss beta on softmax CE and on Cui's sigmoid focal",
     grid=[{"base": ["ce"], "beta": BETAS}, {"base": ["focal"], "beta": BETAS, "gamma": [0.5, 1.0, 2.0]}],
     suggest=suggest,
 ))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_spaces import MethodSpace, register_space
+from search_spaces import SPACES, MethodSpace
 from trainables.methods.cdb import PAPER_VARIANTS, TAU_VARIANTS
 
 PAPER_FIXED_TAU = [0.5, 1.0, 1.5, 2.0, 5.0]
@@ -40,9 +40,9 @@ def _suggest_fl(trial: Any) -> dict[str, Any]:
     return {**suggest_tau(trial), "gamma": trial.suggest_float("gamma", 0.0, 5.0)}
 
 
-register_space("cdb_w_ce", "CDB tau: fixed {0.5..5} or dynamic variants (p only for poly)",
-               MethodSpace(grid=tau_grid(), suggest=suggest_tau))
-register_space("cdb_s", "CDB tau: fixed {0.5..5} or dynamic variants (p only for poly)",
-               MethodSpace(grid=tau_grid(), suggest=suggest_tau))
-register_space("cdb_w_fl", "CDB tau x focal gamma {0.5, 1, 2}",
-               MethodSpace(grid=[{**block, "gamma": FOCAL_GAMMAS} for block in tau_grid()], suggest=_suggest_fl))
+SPACES.add(MethodSpace("cdb_w_ce", "CDB tau: fixed {0.5..5} or dynamic variants (p only for poly)",
+                       grid=tau_grid(), suggest=suggest_tau))
+SPACES.add(MethodSpace("cdb_s", "CDB tau: fixed {0.5..5} or dynamic variants (p only for poly)",
+                       grid=tau_grid(), suggest=suggest_tau))
+SPACES.add(MethodSpace("cdb_w_fl", "CDB tau x focal gamma {0.5, 1, 2}",
+                       grid=[{**block, "gamma": FOCAL_GAMMAS} for block in tau_grid()], suggest=_suggest_fl))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_spaces import MethodSpace, register_space
+from search_spaces import SPACES, MethodSpace
 
 HIDDEN_FACTORS = [0.5, 1.0, 2.0, 4.0]
 LAMBDAS = [0.0, 0.1, 0.3, 1.0]
@@ -24,6 +24,8 @@ def _suggest(trial: Any) -> dict[str, Any]:
             "meta_lr": trial.suggest_float("meta_lr", 1e-5, 1e-2, log=True)}
 
 
-register_space("difficulty_net", "H factor {0.5, 1, 2, 4} of the rule; lambda {0..1} x meta lr {1e-5..1e-3}",
-               MethodSpace(grid=[{"hidden_factor": HIDDEN_FACTORS}, {"lam": LAMBDAS, "meta_lr": META_LRS}],
-                           suggest=_suggest))
+SPACES.add(MethodSpace(
+    "difficulty_net", "H factor {0.5, 1, 2, 4} of the rule; lambda {0..1} x meta lr {1e-5..1e-3}",
+    grid=[{"hidden_factor": HIDDEN_FACTORS}, {"lam": LAMBDAS, "meta_lr": META_LRS}],
+    suggest=_suggest,
+))

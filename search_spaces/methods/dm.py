@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces import MethodSpace, register_space
+from search_spaces import SPACES, MethodSpace
 
 BETA_GRID: dict[float, list[float]] = {
     0.0: [0.5, 1.0, 2.0, 4.0],
@@ -38,7 +38,8 @@ def suggest(trial: Any) -> dict[str, Any]:
     return {"lam": lam, "beta": trial.suggest_float("beta", *beta_range(lam))}
 
 
-register_space("dm", "DM lambda x beta (beta per lambda) plus the beta = 0 control", MethodSpace(
+SPACES.add(MethodSpace(
+    "dm", "DM lambda x beta (beta per lambda) plus the beta = 0 control",
     grid=[{"lam": [lam], "beta": betas} for lam, betas in BETA_GRID.items()] + [{"lam": [0.0], "beta": [0.0]}],
     suggest=suggest,
 ))

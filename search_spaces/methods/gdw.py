@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_spaces import MethodSpace, register_space
+from search_spaces import SPACES, MethodSpace
 from search_spaces.methods.mwnet import suggest_meta_lr
 
 ETAS = [10.0, 100.0, 1000.0]
@@ -24,7 +24,8 @@ def _suggest(trial: Any) -> dict[str, Any]:
             **suggest_meta_lr(trial)}
 
 
-register_space("gdw", "eta_omega {10, 100, 1000} x clip {0.1, 0.2, 0.5} x meta lr {1e-4, 1e-3}", MethodSpace(
+SPACES.add(MethodSpace(
+    "gdw", "eta_omega {10, 100, 1000} x clip {0.1, 0.2, 0.5} x meta lr {1e-4, 1e-3}",
     grid=[{"eta_omega": ETAS, "clip": CLIPS, "meta_lr": META_LRS}],
     suggest=_suggest,
 ))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_spaces import MethodSpace, register_space
+from search_spaces import SPACES, MethodSpace
 
 C_GRID = [0.1, 1.0, 10.0]
 GAMMA_GRID = [0.0, 2.5e-4, 5e-4, 1e-3]
@@ -28,5 +28,5 @@ def _suggest(trial: Any) -> dict[str, Any]:
             "gamma": trial.suggest_float("gamma", 0.0, 1e-3)}
 
 
-register_space("ids", "IDS c {0.1, 1, 10} x gamma {0, 2.5e-4, 5e-4, 1e-3}",
-               MethodSpace(grid=[{"c": C_GRID, "gamma": GAMMA_GRID}], suggest=_suggest))
+SPACES.add(MethodSpace("ids", "IDS c {0.1, 1, 10} x gamma {0, 2.5e-4, 5e-4, 1e-3}",
+                       grid=[{"c": C_GRID, "gamma": GAMMA_GRID}], suggest=_suggest))

@@ -3,7 +3,7 @@ where re-weighting starts (1.0 = plain LDAM, no DRW), the knobs its ablations mo
 
 from typing import Any
 
-from search_spaces import MethodSpace, register_space
+from search_spaces import SPACES, MethodSpace
 
 
 def suggest(trial: Any) -> dict[str, Any]:
@@ -11,7 +11,8 @@ def suggest(trial: Any) -> dict[str, Any]:
             "drw_fraction": trial.suggest_float("drw_fraction", 0.5, 1.0)}
 
 
-register_space("ldam_drw", "LDAM max margin and DRW start", MethodSpace(
+SPACES.add(MethodSpace(
+    "ldam_drw", "LDAM max margin and DRW start",
     grid=[{"max_m": [0.25, 0.5, 1.0], "drw_fraction": [0.6, 0.8, 1.0]}],
     suggest=suggest,
 ))

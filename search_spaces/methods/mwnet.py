@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_spaces import MethodSpace, register_space
+from search_spaces import SPACES, MethodSpace
 
 META_LRS = [1e-5, 1e-3]
 
@@ -26,7 +26,8 @@ def _suggest(trial: Any) -> dict[str, Any]:
     return {**suggest_meta_lr(trial), "norm": trial.suggest_categorical("norm", ["mean", "sum"])}
 
 
-register_space("mwnet", "meta lr {1e-5 (long-tailed), 1e-3 (noise)}", MethodSpace(
+SPACES.add(MethodSpace(
+    "mwnet", "meta lr {1e-5 (long-tailed), 1e-3 (noise)}",
     grid=[{"meta_lr": META_LRS}],
     suggest=_suggest,
 ))

@@ -14,13 +14,18 @@ from typing import Any, Callable, Mapping
 
 from trainables.data.protocol import NOISE_TYPES, SourceData, Split, Splits, build_splits
 from trainables.params import ConfigError, Param, resolve, resolve_named
-from trainables.registry import Registry
+from trainables.registry import Registry, discover
 
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """A registered dataset: ``load(options)`` returns the raw pools; ``params`` are its own options."""
+    """A registered dataset: ``load(options)`` returns the raw pools; ``params`` are its own options.
 
+    Registered with ``DATASETS.add(DatasetSource(name, description, load, ...))`` in a module of this package.
+    """
+
+    name: str
+    description: str
     load: Callable[[Mapping[str, Any]], SourceData]
     params: Mapping[str, Param] = field(default_factory=dict)
     # Protocol defaults this source prefers (e.g. a smaller test hold-out for a small dataset).
@@ -100,14 +105,7 @@ def _cached_splits(key: str) -> Splits:
     return build_splits(source.load(own), **protocol)
 
 
-# Register the built-in sources (import for side effects, after DATASETS exists).
-from trainables.data import (  # noqa: E402,F401  (real datasets)
-    cifar,
-    embedded,  # noqa: E402,F401
-    image_lists,
-    mnist,
-    tabular,
-)
+discover(__name__, __path__)  # every module of this package registers its sources (after DATASETS exists)
 
 __all__ = ["DATASETS", "DatasetSource", "PROTOCOL_PARAMS", "SourceData", "Split", "Splits",
            "dataset_params", "load_splits", "resolve_dataset", "split_inputs"]

@@ -178,6 +178,6 @@ def _params(name: str) -> dict[str, Param]:
 
 
 for _name, _label in (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100")):
-    DATASETS.register(_name, f"{_label} from root (python pickles), long-tailed by `imbalance`; uint8 on the device")(
-        DatasetSource(_loader(_name), _params(_name), defaults={"meta_per_class": 10}, preflight=_preflight(_name))
-    )
+    DATASETS.add(DatasetSource(
+        _name, f"{_label} from root (python pickles), long-tailed by `imbalance`; uint8 on the device",
+        _loader(_name), _params(_name), defaults={"meta_per_class": 10}, preflight=_preflight(_name)))

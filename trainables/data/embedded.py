@@ -49,11 +49,10 @@ def _load_gaussian(options: Mapping[str, Any]) -> SourceData:
     return SourceData(x_train=torch.as_tensor(x[perm], dtype=torch.float32), y_train=y[perm], num_classes=C)
 
 
-DATASETS.register("digits", "scikit-learn's 8x8 digits (1797 x 64, 10 classes); embedded")(
-    DatasetSource(_load_digits, defaults={"test_per_class": 50, "meta_per_class": 10})
-)
-DATASETS.register("mnist1d", "mnist1d generated offline (40-step 1-D signals, 10 classes); embedded")(
-    DatasetSource(
+DATASETS.add(DatasetSource("digits", "scikit-learn's 8x8 digits (1797 x 64, 10 classes); embedded", _load_digits,
+                           defaults={"test_per_class": 50, "meta_per_class": 10}))
+DATASETS.add(DatasetSource(
+        "mnist1d", "mnist1d generated offline (40-step 1-D signals, 10 classes); embedded",
         _load_mnist1d,
         params={
             "num_samples": Param(5000, (int,), low=200, help="train + test samples generated (80/20)"),
@@ -61,8 +60,8 @@ DATASETS.register("mnist1d", "mnist1d generated offline (40-step 1-D signals, 10
         },
     )
 )
-DATASETS.register("gaussian", "synthetic Gaussian mixture for fast tests; embedded")(
-    DatasetSource(
+DATASETS.add(DatasetSource(
+        "gaussian", "synthetic Gaussian mixture for fast tests; embedded",
         _load_gaussian,
         params={
             "num_classes": Param(4, (int,), low=2, high=1000),

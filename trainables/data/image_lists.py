@@ -157,6 +157,6 @@ def _params(prefix: str) -> dict[str, Param]:
 
 
 for _name, _prefix, _what in (("imagenet_lt", "ImageNet_LT", "ImageNet-LT"), ("places_lt", "Places_LT", "Places-LT")):
-    DATASETS.register(_name, f"{_what} from an image root + split lists (relative/path label); long-tailed as listed")(
-        DatasetSource(_loader(_what), _params(_prefix), defaults={"meta_per_class": 10}, preflight=_preflight(_what))
-    )
+    DATASETS.add(DatasetSource(
+        _name, f"{_what} from an image root + split lists (relative/path label); long-tailed as listed",
+        _loader(_what), _params(_prefix), defaults={"meta_per_class": 10}, preflight=_preflight(_what)))

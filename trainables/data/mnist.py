@@ -114,8 +114,8 @@ def _preflight(cfg: Mapping[str, Any]) -> None:
         _require(root)
 
 
-DATASETS.register("mnist", "MNIST from root (IDX files); tasks: digits, odd_even (IDS), four_nine (CDB); uint8")(
-    DatasetSource(
+DATASETS.add(DatasetSource(
+        "mnist", "MNIST from root (IDX files); tasks: digits, odd_even (IDS), four_nine (CDB); uint8",
         _load,
         params={
             "root": root_param("MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]"),

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import torch
 from torch.nn import functional as F
 
-from trainables.methods import register
+from trainables.methods import METHODS
 from trainables.methods.base import Method, MethodContext
 
 
@@ -30,7 +30,7 @@ def balanced_softmax_logits(logits: torch.Tensor, class_counts: torch.Tensor) ->
     return logits + torch.log(class_counts.to(device=logits.device, dtype=torch.float32)).to(logits.dtype)
 
 
-@register
+@METHODS.add
 class BalancedSoftmax(Method):
     name = "balanced_softmax"
     description = "Balanced Softmax (Ren et al.): CE on z + log n_c in training, plain argmax at test"

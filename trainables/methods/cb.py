@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import torch
 from torch.nn import functional as F
 
-from trainables.methods import register
+from trainables.methods import METHODS
 from trainables.methods.base import Method, MethodContext
 from trainables.methods.focal import focal_loss, sigmoid_focal_loss
 from trainables.params import InactiveParamError, Param
@@ -60,7 +60,7 @@ def effective_number_weights(class_counts: torch.Tensor, beta: float) -> torch.T
     return (raw * (len(n) / raw.sum())).float()
 
 
-@register
+@METHODS.add
 class ClassBalanced(Method):
     name = "cb"
     description = "class-balanced loss (Cui et al.): softmax CE, sigmoid CE or sigmoid focal times 1/effective number"

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch.nn import functional as F
 
-from trainables.methods import register
+from trainables.methods import METHODS
 from trainables.methods.base import EpochEvaluation, Method, meta_class_accuracy, require_positive_meta
 from trainables.methods.focal import focal_loss
 from trainables.params import InactiveParamError, Param
@@ -280,7 +280,7 @@ class _CDBWeighted(_CDB):
         return weighted.sum() / w.sum().clamp_min(1e-12)
 
 
-@register
+@METHODS.add
 class CDBWeightedCE(_CDBWeighted):
     name = "cdb_w_ce"
     description = "CDB-W-CE: CE weighted by class difficulty (1 - val acc)^tau, fixed or dynamic tau (Sinha et al.)"
@@ -289,7 +289,7 @@ class CDBWeightedCE(_CDBWeighted):
         return F.cross_entropy(logits.float(), targets, reduction="none")
 
 
-@register
+@METHODS.add
 class CDBWeightedFocal(_CDBWeighted):
     name = "cdb_w_fl"
     description = "CDB-W-FL: softmax focal loss weighted by class difficulty (1 - val acc)^tau (Sinha et al.)"
@@ -300,7 +300,7 @@ class CDBWeightedFocal(_CDBWeighted):
         return focal_loss(logits, targets, self.hparams["gamma"], reduction="none")
 
 
-@register
+@METHODS.add
 class CDBSampling(_CDB):
     name = "cdb_s"
     description = "CDB-S: plain CE, classes sampled with probability proportional to (1 - val acc)^tau (Sinha et al.)"

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainables.methods import register
+from trainables.methods import METHODS
 from trainables.methods.balanced_softmax import balanced_softmax_logits
 from trainables.methods.base import (
     EpochEvaluation,
@@ -87,7 +87,7 @@ class DifficultyNet(nn.Module):
         return self.layers(class_acc)
 
 
-@register
+@METHODS.add
 class DifficultyNetMethod(Method):
     name = "difficulty_net"
     description = "Difficulty-Net (Sinha & Ohashi): meta-learned MLP val accuracies -> class weights, driver loss"

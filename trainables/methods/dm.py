@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import torch
 from torch.nn import functional as F
 
-from trainables.methods import register
+from trainables.methods import METHODS
 from trainables.methods.base import EpochEvaluation, Method, MethodContext
 from trainables.params import InactiveParamError, Param
 
@@ -113,7 +113,7 @@ def weight_entropy(weights: torch.Tensor) -> torch.Tensor:
     return -(weights * weights.clamp_min(1e-30).log()).sum()
 
 
-@register
+@METHODS.add
 class DerivativeManipulation(Method):
     name = "dm"
     description = "Derivative Manipulation: CE direction, magnitude exp(beta p^lam (1-p)) normalised per batch"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from trainables.methods import register
+from trainables.methods import METHODS
 from trainables.methods.base import Method
 from trainables.params import Param
 
@@ -49,7 +49,7 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float
     return (modulator * bce).sum(1)
 
 
-@register
+@METHODS.add
 class Focal(Method):
     name = "focal"
     description = "focal loss -(1-p_y)^gamma log p_y (Lin et al.); gamma grid 0.5, 1, 2"

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import torch
 
-from trainables.methods import register
+from trainables.methods import METHODS
 from trainables.methods.base import EpochEvaluation, MethodContext
 from trainables.methods.mwnet import MWNet
 from trainables.params import Param
@@ -103,7 +103,7 @@ def default_eta_omega(num_classes: int) -> float:
     return 1000.0 if num_classes >= 100 else 100.0
 
 
-@register
+@METHODS.add
 class GDW(MWNet):
     name = "gdw"
     description = "Generalized Data Weighting (Chen et al. 2021): MW-Net plus class-level gradient weights"

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from trainables.methods import register
+from trainables.methods import METHODS
 from trainables.methods.base import EpochEvaluation, Method
 from trainables.params import Param
 
@@ -90,7 +90,7 @@ def truncate_top(weights: torch.Tensor, gamma: float) -> torch.Tensor:
     return out / total
 
 
-@register
+@METHODS.add
 class InstanceDifficultySampling(Method):
     name = "ids"
     description = "instance-difficulty sampling: resample by D = (c + sum unlearning)/(c + sum learning) (Yu et al.)"

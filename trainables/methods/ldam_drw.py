@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import torch
 from torch.nn import functional as F
 
-from trainables.methods import register
+from trainables.methods import METHODS
 from trainables.methods.base import EpochEvaluation, Method, MethodContext
 from trainables.methods.cb import checked_counts, effective_number_weights
 from trainables.params import Param
@@ -44,7 +44,7 @@ def ldam_logits(logits: torch.Tensor, targets: torch.Tensor, margins: torch.Tens
     return scale * shifted
 
 
-@register
+@METHODS.add
 class LDAMDRW(Method):
     name = "ldam_drw"
     description = "LDAM margins n_c^(-1/4), scale 30, cosine classifier, CB re-weighting deferred to the last epochs"

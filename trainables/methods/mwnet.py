@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainables.methods import register
+from trainables.methods import METHODS
 from trainables.methods.base import EpochEvaluation, Method, MethodContext, require_positive_meta
 from trainables.methods.meta import current_lr, forward_with, virtual_step
 from trainables.params import Param
@@ -88,7 +88,7 @@ def weighted_logit_grad(omega: torch.Tensor, probs: torch.Tensor, targets: torch
     return omega * (probs - onehot) / weight_normaliser(omega, targets, norm)
 
 
-@register
+@METHODS.add
 class MWNet(Method):
     name = "mwnet"
     description = "Meta-Weight-Net (Shu et al. 2019): meta-learned loss -> weight net, virtual/meta/real step"

@@ -14,13 +14,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainables.params import Param, resolve, resolve_named
-from trainables.registry import Registry
+from trainables.registry import Registry, discover
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered model: ``build(input_shape, num_classes, options)`` plus its own options."""
+    """A registered model: ``build(input_shape, num_classes, options)`` plus its own options.
 
+    Registered with ``MODELS.add(ModelSpec(name, description, build, params))`` in a module of this package.
+    """
+
+    name: str
+    description: str
     build: Callable[[tuple[int, ...], int, Mapping[str, Any]], nn.Module]
     params: Mapping[str, Param] = field(default_factory=dict)
 
@@ -63,7 +68,6 @@ def build_model(cfg: Mapping[str, Any], input_shape: tuple[int, ...], num_classe
     return MODELS.get(cfg["name"]).build(input_shape, num_classes, cfg)
 
 
-from trainables.models import small  # noqa: E402,F401  (registers the built-in models)
-from trainables.models import lenet, resnet  # noqa: E402,F401  (registers the image models)
+discover(__name__, __path__)  # every module of this package registers its models (after MODELS exists)
 
 __all__ = ["MODELS", "ModelSpec", "NormedLinear", "build_model", "classifier_head", "model_params", "resolve_model"]

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from trainables.models import MODELS, ModelSpec, classifier_head
-from trainables.params import Param
 from trainables.models.resnet import IMAGE_MODEL_PARAMS, ImageClassifier, ImageInput, image_channels
+from trainables.params import Param
 
 
 class LeNet5Features(nn.Module):
@@ -44,7 +44,6 @@ def _lenet5(input_shape: tuple[int, ...], num_classes: int, cfg: Mapping[str, An
     return model.to(memory_format=torch.channels_last) if cfg["channels_last"] else model
 
 
-MODELS.register("lenet5", "LeNet-5 for MNIST-size images (2 conv + 3 fc layers), image input")(
-    ModelSpec(_lenet5, {**IMAGE_MODEL_PARAMS,
-                        "padding": Param(2, (int,), low=0, high=4, help="first-conv padding; 2 = classic 32x32 geometry")})
-)
+MODELS.add(ModelSpec("lenet5", "LeNet-5 for MNIST-size images (2 conv + 3 fc layers), image input", _lenet5,
+                     {**IMAGE_MODEL_PARAMS, "padding": Param(2, (int,), low=0, high=4,
+                                                             help="first-conv padding; 2 = classic 32x32 geometry")}))

@@ -139,7 +139,8 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> None:
     try:
         missing, unexpected = backbone.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches raise even with strict=False
-        raise ConfigError("model.weights", f"{path!r} does not fit this network: {str(err).splitlines()[1].strip()}") from None
+        reason = str(err).splitlines()[1].strip()
+        raise ConfigError("model.weights", f"{path!r} does not fit this network: {reason}") from None
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise ConfigError("model.weights", f"{path!r} does not fit this network: missing {missing[:5]}, "
@@ -167,14 +168,13 @@ def _torchvision_resnet(depth: int):
 
 
 _WEIGHTS = Param(None, (str,), nullable=True,
-                 help="path of a local torchvision state dict to start from (its fc layer is dropped); never downloaded")
+                 help="path of a local torchvision state dict to start from (its fc layer is dropped); never "
+                      "downloaded")
 
-MODELS.register("resnet32", "CIFAR ResNet-32 (0.46M params, option-A shortcuts; LDAM/MW-Net/GDW/CDB), image input")(
-    ModelSpec(_resnet32, dict(IMAGE_MODEL_PARAMS))
-)
-MODELS.register("resnet10", "ResNet-10 (torchvision BasicBlock [1,1,1,1]) for ImageNet-LT / Places-LT, image input")(
-    ModelSpec(_torchvision_resnet(10), {**IMAGE_MODEL_PARAMS, "weights": _WEIGHTS})
-)
-MODELS.register("resnet50", "ResNet-50 (torchvision) for ImageNet-LT / Places-LT, image input")(
-    ModelSpec(_torchvision_resnet(50), {**IMAGE_MODEL_PARAMS, "weights": _WEIGHTS})
-)
+MODELS.add(ModelSpec("resnet32", "CIFAR ResNet-32 (0.46M params, option-A shortcuts; LDAM/MW-Net/GDW/CDB), image input",
+                     _resnet32, dict(IMAGE_MODEL_PARAMS)))
+MODELS.add(ModelSpec("resnet10", "ResNet-10 (torchvision BasicBlock [1,1,1,1]) for ImageNet-LT / Places-LT, "
+                                 "image input",
+                     _torchvision_resnet(10), {**IMAGE_MODEL_PARAMS, "weights": _WEIGHTS}))
+MODELS.add(ModelSpec("resnet50", "ResNet-50 (torchvision) for ImageNet-LT / Places-LT, image input",
+                     _torchvision_resnet(50), {**IMAGE_MODEL_PARAMS, "weights": _WEIGHTS}))

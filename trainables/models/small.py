@@ -57,9 +57,7 @@ def _cnn1d(input_shape: tuple[int, ...], num_classes: int, cfg: Mapping[str, Any
     return CNN1D(input_shape[-1], num_classes, cfg["channels"], cfg["normed_classifier"])
 
 
-MODELS.register("mlp", "multi-layer perceptron with BatchNorm, any input (flattened)")(
-    ModelSpec(_mlp, {"width": Param(128, (int,), low=1), "depth": Param(2, (int,), low=1, high=16)})
-)
-MODELS.register("cnn1d", "1-D CNN for sequence inputs such as mnist1d (3 conv blocks + GAP)")(
-    ModelSpec(_cnn1d, {"channels": Param(32, (int,), low=1)})
-)
+MODELS.add(ModelSpec("mlp", "multi-layer perceptron with BatchNorm, any input (flattened)", _mlp,
+                     {"width": Param(128, (int,), low=1), "depth": Param(2, (int,), low=1, high=16)}))
+MODELS.add(ModelSpec("cnn1d", "1-D CNN for sequence inputs such as mnist1d (3 conv blocks + GAP)", _cnn1d,
+                     {"channels": Param(32, (int,), low=1)}))
