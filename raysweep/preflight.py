@@ -13,7 +13,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from raysweep.cluster import check_storage_on_nodes, local_cpus, start_ray
 from raysweep.mlflow_store import resolve_tracking_uri
@@ -22,7 +22,9 @@ from raysweep.spec import Spec
 from raysweep.store_check import check_scheme, check_store
 from raysweep.trials import PlannedTrial
 from trainables.data import DATASETS, resolve_dataset
-from trainables.data.sizes import check_split_sizes
+from trainables.data.sizes import SplitSizes, check_split_sizes
+from trainables.methods import METHODS
+from trainables.metrics import reported_metrics
 from trainables.params import ConfigError
 
 
@@ -68,7 +70,8 @@ def check_storage(path: str) -> Path:
 
 def check_datasets(spec: Spec, trials: list[PlannedTrial]) -> None:
     """Each distinct dataset config: its source's own preflight (e.g. files present under ``root``), then
-    its split sizes (every class keeps training examples after the hold-outs) where labels are cheap."""
+    its split sizes (every class keeps training examples after the hold-outs) where labels are cheap, and
+    that the table's metric is one the trials will report."""
     configs = [t.config["dataset"] for t in trials] or [resolve_dataset(spec.dataset)]
     seen = set()
     for cfg in configs:
@@ -77,7 +80,21 @@ def check_datasets(spec: Spec, trials: list[PlannedTrial]) -> None:
         if key not in seen and preflight is not None:
             preflight(cfg)
         seen.add(key)
-    check_split_sizes(configs)
+    check_table_metric(spec, check_split_sizes(configs).values())
+
+
+def check_table_metric(spec: Spec, sizes: Iterable[SplitSizes | None]) -> None:
+    """``table.metric`` names a metric every epoch reports (known once every dataset's split sizes are) or a
+    diagnostic of one of the spec's methods; else a ConfigError listing the allowed names."""
+    sizes = list(sizes)
+    metric = spec.table.metric
+    if not sizes or any(s is None for s in sizes) or any(METHODS.get(m).reports(metric) for m in spec.methods_written):
+        return
+    allowed = sorted(set().union(*(reported_metrics(s.num_classes, s.groups, s.noisy) for s in sizes)))
+    if metric not in allowed:
+        shown = [m for m in allowed if "_class" not in m]
+        raise ConfigError("table.metric", f"no trial reports {metric!r}; allowed: {', '.join(shown)} (and per-class "
+                                          "test_acc_class<c>, or a method's own diagnostics such as cdb_tau)")
 
 
 def check_tracking(spec: Spec) -> str:

@@ -82,6 +82,9 @@ class Method:
     needs_meta: ClassVar[bool] = False
     meta_use: ClassVar[str] = ""  # how, for messages: "<name> <meta_use> the meta set"
     relative_cost: ClassVar[float] = 1.0  # epoch cost relative to CE, for `raysweep plan` estimates
+    # What the names of the diagnostics :meth:`on_epoch_end` reports start with ("" = the method's name + "_"),
+    # so a spec's table.metric can be checked before a sweep (see :meth:`reports`).
+    diagnostics_prefix: ClassVar[str] = ""
     # The fused trial-group engine (trainables.fused) may train members of this method in one stacked
     # forward/backward: it calls only ``loss`` per member per batch (never ``train_step``), so a method
     # is fusable when it keeps the default ``train_step`` and its ``loss`` draws from no global RNG.
@@ -117,6 +120,11 @@ class Method:
 
         ``given`` holds the knobs the user set to a value other than their default.
         """
+
+    @classmethod
+    def reports(cls, metric: str) -> bool:
+        """Whether ``metric`` is one of this method's own per-epoch diagnostics (by its prefix)."""
+        return metric.startswith(cls.diagnostics_prefix or f"{cls.name}_")
 
     @classmethod
     def acts_from_epoch(cls, hparams: Mapping[str, Any], epochs: int) -> int:

@@ -195,6 +195,7 @@ class _CDB(Method):
     needs_meta: ClassVar[bool] = True
     meta_use: ClassVar[str] = "sets its class weights from its per-class accuracy on"
     relative_cost: ClassVar[float] = 1.05
+    diagnostics_prefix: ClassVar[str] = "cdb_"  # cdb_tau, cdb_bias, cdb_weight_*, cdb_mass_* for all three
     params: ClassVar[dict[str, Param]] = {
         "tau": Param("sigmoid_code_cifar", (float, str), low=0.0, high=100.0, choices=TAU_VARIANTS,
                      help="fixed exponent (paper grid 0.5, 1, 1.5, 2, 5) or a dynamic variant; default: the "

@@ -90,6 +90,7 @@ class DifficultyNet(nn.Module):
 @METHODS.add
 class DifficultyNetMethod(Method):
     name = "difficulty_net"
+    diagnostics_prefix = "diffnet_"
     description = "Difficulty-Net (Sinha & Ohashi): meta-learned MLP val accuracies -> class weights, driver loss"
     params = {
         "hidden": Param(None, (int,), low=1, high=65536, nullable=True,
