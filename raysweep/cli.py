@@ -49,7 +49,8 @@ def _calibrated(spec, trials, steps: int, device: str) -> str:
 
     import torch
 
-    from raysweep.calibrate import calibrate, default_overhead, estimate_wall_time
+    from raysweep.calibrate import calibrate, default_overhead
+    from raysweep.estimate import estimate_wall_time
     from raysweep.plan import group_trials, phases
 
     if not trials:

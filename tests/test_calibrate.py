@@ -7,19 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from raysweep.calibrate import (
-    Calibration,
-    Overhead,
-    StepTiming,
-    calibrate,
-    dataset_key,
-    estimate_wall_time,
-    makespan,
-    overhead_from_benchmark,
-    parse_estimates,
-    stop_epochs,
-    trial_slots,
-)
+from raysweep.calibrate import Calibration, Overhead, StepTiming, calibrate, dataset_key, overhead_from_benchmark
+from raysweep.estimate import estimate_wall_time, makespan, parse_estimates, stop_epochs, trial_slots
 from raysweep.schedulers import resolve_scheduler
 
 DATASET = {"name": "gaussian", "imbalance": 10}
