@@ -21,7 +21,8 @@ from trainables.params import ConfigError
 from trainables.registry import Registry
 
 if TYPE_CHECKING:
-    from raysweep.spec import Search, Spec
+    from raysweep.sections import Search
+    from raysweep.spec import Spec
     from raysweep.tuner import TrialConfig
 
 Point = tuple[str, dict[str, Any], dict[str, Any]]  # (method, its hyperparameters, axis values)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 from trainables.params import ConfigError
 
 if TYPE_CHECKING:  # raysweep.spec validates resources with check_resolution: no import cycle at run time
-    from raysweep.spec import Resources
+    from raysweep.sections import Resources
 
 # Ray 2.60 counts resources in fixed point: ray._raylet.RESOURCE_UNIT_SCALING = 10000 units per CPU or GPU
 # (ray._private.ray_constants.MIN_RESOURCE_GRANULARITY = 0.0001); a test pins this to the installed Ray.

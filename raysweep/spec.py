@@ -15,13 +15,25 @@ manifest keeps and ``raysweep resume`` validates again; the :class:`Spec` itself
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from raysweep.modes import MODES, SearchMode
 from raysweep.paths import check_name
 from raysweep.resources import check_resolution
 from raysweep.schedulers import Scheduler, resolve_scheduler
+from raysweep.sections import (
+    SEARCH_METRICS,
+    Cluster,
+    Execution,
+    Failure,
+    Resources,
+    Search,
+    Section,
+    Table,
+    Tracking,
+    mapping,
+)
 from raysweep.store_check import check_scheme
 from search_spaces import space_for
 from search_spaces.grid import expand_method, factorial
@@ -29,100 +41,11 @@ from trainables.config import TRAIN_PARAMS, resolve_train
 from trainables.data import dataset_params, resolve_dataset
 from trainables.methods import METHODS
 from trainables.models import model_params, resolve_model
-from trainables.params import ConfigError, Param, as_list, resolve
+from trainables.params import ConfigError, as_list
 from trainables.plugins import import_plugins
 from trainables.selection import selection_split
 
-SEARCH_METRICS = {"val_balanced_acc": "max", "train_loss": "min"}  # never a test metric: no test-set selection
 AXIS_ROOTS = ("dataset", "model", "train")
-
-
-def knob(default: Any, types: tuple[type, ...] = (float,), **declaration: Any) -> Any:
-    """A section field declared by its :class:`Param` (the one place its default and range are written)."""
-    return field(default=default, metadata={"param": Param(default, types, **declaration)})
-
-
-class Section:
-    """A spec section with fixed keys: a frozen dataclass whose fields are declared with :func:`knob`."""
-
-    @classmethod
-    def params(cls) -> dict[str, Param]:
-        return {f.name: f.metadata["param"] for f in fields(cls)}
-
-    @classmethod
-    def from_raw(cls, raw: Any, path: str):
-        return cls(**resolve(cls.params(), _mapping(raw, path), path))
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Search(Section):
-    mode: str = knob("grid", (str,), choices=tuple(MODES.names()))
-    metric: str = knob("val_balanced_acc", (str,), choices=tuple(SEARCH_METRICS))
-    direction: str | None = knob(None, (str,), choices=("max", "min"), nullable=True,
-                                 help="null = the metric's natural one")
-    num_samples: int = knob(8, (int,), low=1, help="random: configurations per method; optuna: trials in all")
-    seed: int = knob(0, (int,), low=0, help="random/optuna: sampler seed")
-    tune_train: bool = knob(False, (bool,), help="random/optuna: also sample train.lr and train.weight_decay")
-    base: dict | None = knob(None, (dict,), nullable=True,
-                             help="ofat: base value of every factor (method.knob or axis key)")
-    two_phase: bool = knob(False, (bool,), help="search with the first seed, then rerun the top_k with all seeds")
-    top_k: int = knob(3, (int,), low=1, help="two_phase: configurations confirmed in phase 2")
-    baseline: str | None = knob(None, (str,), nullable=True,
-                                help="two_phase: this method's best configuration is always confirmed too (e.g. ce)")
-
-
-@dataclass(frozen=True)
-class Resources(Section):
-    cpu: float = knob(1.0, (float,), low=0.0, low_open=True, help="CPUs per trial (fractions pack trials)")
-    gpu: float = knob(0.0, (float,), low=0.0, high=1.0, help="GPU fraction per trial; demands a GPU")
-    trials_per_gpu: int | None = knob(None, (int,), low=1, nullable=True, help="k trials share each GPU (gpu = 1/k)")
-    require_gpu: bool = knob(False, (bool,), help="trials_per_gpu on a GPU-less cluster: fail instead of CPU fallback")
-    max_concurrent: int | None = knob(None, (int,), low=1, nullable=True)
-
-
-@dataclass(frozen=True)
-class Tracking(Section):
-    uri: str | None = knob(None, (str,), nullable=True, help="MLflow tracking URI; null = sqlite file ./mlflow.db")
-    experiment: str | None = knob(None, (str,), nullable=True, help="null = the spec's name")
-
-
-@dataclass(frozen=True)
-class Failure(Section):
-    max_failures: int = knob(1, (int,), low=0, help="retries of a failed trial from its checkpoint")
-    keep_checkpoints: int | None = knob(None, (int,), low=1, nullable=True,
-                                        help="null keeps every epoch's checkpoint; k keeps the last k "
-                                             "(forces Ray snapshots)")
-
-
-@dataclass(frozen=True)
-class Table(Section):
-    rows: str = knob("config", (str,), help="config, method, or a dotted config key such as method.gamma")
-    cols: str | None = knob(None, (str,), nullable=True, help="a dotted config key such as dataset.imbalance")
-    metric: str = knob("test_acc", (str,))
-
-
-@dataclass(frozen=True)
-class Cluster(Section):
-    address: str | None = knob(None, (str,), nullable=True,
-                               help="an existing Ray cluster (host:port or auto); null = RAY_ADDRESS, else start "
-                                    "one on this machine")
-    connect_timeout_s: float = knob(10.0, (float,), low=0.0, low_open=True,
-                                    help="give up on an unreachable cluster.address after this many seconds")
-    storage_check: bool = knob(True, (bool,), help="before any trial, check every node can read the storage folder")
-
-
-@dataclass(frozen=True)
-class Execution(Section):
-    group: str = knob("none", (str,), choices=("none", "seeds", "configs"),
-                      help="train several planned trials in one Ray trial: the seeds of a configuration, or "
-                           "configurations that share dataset, model, batch size and epochs (FIFO phases)")
-    max_members: int = knob(16, (int,), low=1, high=1024, help="members of one group at most")
-    engine: str = knob("auto", (str,), choices=("auto", "fused", "loop"),
-                       help="loop: members one after another; fused: one stacked forward/backward; auto: the "
-                            "faster for the device")
 
 
 @dataclass(frozen=True)
@@ -189,13 +112,6 @@ class Spec:
 
 
 # ---- the sections and their validators, in the order they are checked ----------------------------------------
-def _mapping(value: Any, key: str) -> dict[str, Any]:
-    value = value or {}
-    if not isinstance(value, dict):
-        raise ConfigError(key, f"must be a mapping, got {value!r}")
-    return value
-
-
 def _plugins(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
     """The driver imports the plugins before the rest is checked; every trial imports them again in its worker
     (``trainables.tune``), so a plugin must be importable on every node."""
@@ -215,7 +131,7 @@ def _description(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
 def _dataset(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
     if raw is None:
         raise ConfigError("dataset", "missing; e.g. dataset: {name: mnist1d, imbalance: 100}")
-    resolve_dataset(_mapping(raw, "dataset"))
+    resolve_dataset(mapping(raw, "dataset"))
     return {"dataset": dict(raw)}
 
 
@@ -227,8 +143,8 @@ def _model(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
-    resolve_train(_mapping(raw, "train"))
-    return {"train": dict(_mapping(raw, "train"))}
+    resolve_train(mapping(raw, "train"))
+    return {"train": dict(mapping(raw, "train"))}
 
 
 def _search(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
@@ -239,7 +155,7 @@ def _search(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
 
 
 def _scheduler(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
-    return {"scheduler": resolve_scheduler(_mapping(raw, "scheduler"), resolve_train(done["train"])["epochs"])}
+    return {"scheduler": resolve_scheduler(mapping(raw, "scheduler"), resolve_train(done["train"])["epochs"])}
 
 
 def _resources(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
@@ -296,7 +212,7 @@ def _axes(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
     dataset, model = resolve_dataset(done["dataset"]), resolve_model(done["model"])
     declared = {"dataset": dataset_params(dataset["name"]), "model": model_params(model["name"]), "train": TRAIN_PARAMS}
     out = {}
-    for key, values in _mapping(raw, "axes").items():
+    for key, values in mapping(raw, "axes").items():
         path = f"axes.{key}"
         root, _, leaf = str(key).partition(".")
         if root not in AXIS_ROOTS or not leaf:

@@ -22,7 +22,7 @@ from trainables.plugins import PluginError, import_plugins, plugin_names
 
 def res(**values):
     """A validated ``resources`` section."""
-    from raysweep.spec import Resources
+    from raysweep.sections import Resources
 
     return Resources.from_raw(values, "resources")
 
