@@ -118,7 +118,8 @@ def descendants(pid: int) -> dict[int, int]:
     return out
 
 
-def _alive(pid: int, start: int) -> bool:
+def alive(pid: int, start: int) -> bool:
+    """Whether process ``pid`` is still the one that started at ``start`` (a reused pid is not) and not a zombie."""
     st = _stat(pid)
     return st is not None and st[3] == start and st[0] != "Z"
 
@@ -134,14 +135,14 @@ def stop_process_group(pgid: int, extra: dict[int, int] | None = None, timeout_s
         except (ProcessLookupError, PermissionError):
             pass
         for pid, start in extra.items():
-            if _alive(pid, start):
+            if alive(pid, start):
                 try:
                     os.kill(pid, sig)
                 except (ProcessLookupError, PermissionError):
                     pass
 
     def remaining() -> list[int]:
-        return group_members(pgid) + [p for p, s in extra.items() if _alive(p, s) and p not in group_members(pgid)]
+        return group_members(pgid) + [p for p, s in extra.items() if alive(p, s) and p not in group_members(pgid)]
 
     signal_all(signal.SIGTERM)
     deadline = time.monotonic() + timeout_s

@@ -15,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from raysweep.ui import alive, descendants
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -28,34 +30,6 @@ def http_ok(url: str) -> bool:
             return resp.status == 200
     except OSError:
         return False
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def descendants(pid: int) -> dict[int, int]:
-    """pid -> start time of every living descendant of ``pid`` (read from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = {}, [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            start = _start_time(child)
-            if start is not None and child not in out:
-                out[child] = start
-                todo.append(child)
-    return out
 
 
 class Tracked:
@@ -97,7 +71,7 @@ class Tracked:
         tree = descendants(proc.pid)
         self.kill_group(proc)
         for pid, start in tree.items():
-            if _start_time(pid) == start:
+            if alive(pid, start):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -106,13 +80,13 @@ class Tracked:
     def kill_leftovers(self) -> None:
         """SIGKILL recorded descendants still alive (same pid and start time), e.g. Ray's agents."""
         for pid, start in list(self.seen.items()):
-            if _start_time(pid) == start:
+            if alive(pid, start):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
         deadline = time.time() + 10
-        while time.time() < deadline and any(_start_time(p) == s for p, s in self.seen.items()):
+        while time.time() < deadline and any(alive(p, s) for p, s in self.seen.items()):
             time.sleep(0.2)
 
     def stop(self) -> None:
