@@ -12,10 +12,10 @@ import textwrap
 import urllib.request
 
 import pytest
-from _procs import _start_time, wait_for
+from _procs import wait_for
 from mlflow import MlflowClient
 
-from raysweep.ui import descendants, group_members, runs_url
+from raysweep.ui import alive, descendants, group_members, runs_url
 
 pytestmark = pytest.mark.slow
 
@@ -74,15 +74,7 @@ def _closed(port: int) -> bool:
 
 
 def _alive(tree: dict[int, int]) -> list[int]:
-    return [pid for pid, start in tree.items() if _start_time(pid) == start and _state(pid) != "Z"]
-
-
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "gone"
+    return [pid for pid, start in tree.items() if alive(pid, start)]
 
 
 def _cmdline(pid: int) -> str:
@@ -116,7 +108,7 @@ def test_a_stop_signal_stops_the_whole_server(tmp_path, sig, jobs):
             wait_for(lambda: any("huey_consumer" in _cmdline(p) for p in descendants(proc.pid)), "huey consumers",
                      120, proc, log)
         tree = descendants(proc.pid)
-        leader = min(tree, key=lambda p: _start_time(p))
+        leader = min(tree, key=tree.get)  # the earliest started
         assert len(tree) >= 2 and os.getpgid(leader) == leader != os.getpgid(proc.pid)  # its own group
         os.kill(proc.pid, sig)
         assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
@@ -145,7 +137,7 @@ def test_a_server_that_dies_takes_its_children_with_it(tmp_path):
     tree = {}
     try:
         tree = descendants(proc.pid)
-        leader = min(tree, key=lambda p: _start_time(p))
+        leader = min(tree, key=tree.get)  # the earliest started
         os.kill(leader, signal.SIGKILL)  # the MLflow CLI itself, leaving uvicorn's workers behind
         assert proc.wait(timeout=120) == 1, log.read_text()[-3000:]
         assert _alive(tree) == [] and group_members(leader) == []
