@@ -3,10 +3,9 @@
 For a small spec (mnist1d-LT, the 1-D CNN, CE, focal and CB, 2 seeds, 8 epochs, one CPU per trial), once
 with FIFO and once with ASHA: run ``raysweep plan SPEC --calibrate`` and read its estimate for the spec's
 scheduler, then ``raysweep run SPEC`` and time it (the whole command, interpreter start included, as a user
-waits for it). Reports estimate / measured per scheduler and saves ``benchmarks/results/calibration.json``.
-
-Needs ``plan --calibrate`` wired into the CLI (``raysweep.calibrate``); until then it stops with a message.
-Run: ``python -m benchmarks.calibration [--scheduler fifo|asha|both]``.
+waits for it). Reports estimate / measured per scheduler and saves ``benchmarks/results/calibration.json``,
+with the 1-minute load average before and after each case (other work on the machine slows the sweep, not
+the estimate, which is calibrated before it). Run: ``python -m benchmarks.calibration [--scheduler fifo|asha|both]``.
 """
 
 from __future__ import annotations
@@ -51,9 +50,10 @@ def one(workdir: Path, scheduler: str) -> dict:
     spec = {**SPEC, "scheduler": SCHEDULERS[scheduler], "storage": str(workdir / "ray"),
             "tracking": {"uri": f"sqlite:///{workdir / 'mlflow.db'}"}}
     (workdir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    load_before = os.getloadavg()[0]
     planned = _raysweep("plan", "spec.yaml", "--calibrate", cwd=workdir)
     if planned.returncode != 0:
-        sys.exit(f"raysweep plan --calibrate failed (is it wired into the CLI yet?):\n{planned.stderr[-2000:]}")
+        sys.exit(f"raysweep plan --calibrate failed:\n{planned.stderr[-2000:]}")
     estimates = parse_estimates(planned.stdout)
     case = "with early stopping" if scheduler == "asha" else "without early stopping"
     if case not in estimates:
@@ -64,6 +64,7 @@ def one(workdir: Path, scheduler: str) -> dict:
     if ran.returncode != 0:
         sys.exit(f"raysweep run failed:\n{ran.stdout[-2000:]}\n{ran.stderr[-2000:]}")
     return {"estimate_s": estimates[case], "measured_s": measured, "ratio": estimates[case] / measured,
+            "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
             "estimates": estimates, "plan_output": planned.stdout}
 
 
@@ -78,7 +79,8 @@ def main() -> None:
             results[name] = one(Path(tmp) / name, name)
             r = results[name]
             print(f"{name}: estimated {r['estimate_s']:.0f} s, measured {r['measured_s']:.0f} s, "
-                  f"estimate / measured = {r['ratio']:.2f}")
+                  f"estimate / measured = {r['ratio']:.2f} (load average {r['load_average_1m']['before']:.2f} "
+                  f"before, {r['load_average_1m']['after']:.2f} after)")
     print("saved", save("calibration", {"spec": SPEC, "schedulers": SCHEDULERS, "results": results}))
 
 

@@ -13,6 +13,7 @@ The printed URL opens the sweep's experiment on MLflow 3.17's training-runs view
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import socket
@@ -242,13 +243,15 @@ class _Stopped(Exception):
 
 def serve_ui(tracking_uri: str, experiment: str | None = None, *, host: str = "127.0.0.1", port: int = 5000,
              open_browser: bool = False, workers: int = 1, jobs: bool = False,
-             echo: Callable[[str], None] = print, ready_timeout_s: float = READY_TIMEOUT_S) -> int:
+             echo: Callable[[str], None] = functools.partial(print, flush=True),
+             ready_timeout_s: float = READY_TIMEOUT_S) -> int:
     """Serve the MLflow UI until a stop signal or the server's own exit; the exit code for the CLI.
 
     Prints the URL of ``experiment``'s runs view once the server answers (the root if the experiment is
-    not in the store) and opens it in a browser with ``open_browser``. SIGTERM, SIGINT and SIGHUP stop the
-    whole server and return 0; a server that exits by itself is cleaned up too and its code returned
-    (1 if it never became ready).
+    not in the store) and opens it in a browser with ``open_browser``; each line is flushed at once, so the
+    URL reaches a pipe or a log file while the server runs, not when it stops. SIGTERM, SIGINT and SIGHUP
+    stop the whole server and return 0; a server that exits by itself is cleaned up too and its code
+    returned (1 if it never became ready).
     """
     exp_id, view = experiment_link(tracking_uri, experiment)
 

@@ -1,11 +1,14 @@
 """A real `mlflow server` (sqlite, then PostgreSQL backend) on a free loopback port: a sweep and its report
-logged over HTTP, checked through the server's REST API; MLflow's batch limits on a run with >100 params.
+logged over HTTP, checked through the server's REST API, once after `raysweep run` alone (the experiment's
+kind and saved view, the parent's headline, seed-averaged summary runs against a hand computation) and once
+after `raysweep report`; MLflow's batch limits on a run with >100 params.
 
 PostgreSQL comes from the Debian packages (`.ci/run` installs them); the test starts its own server in a
 temporary folder. Outside CI (env CI unset) a machine without PostgreSQL skips that case.
 """
 
 import json
+import statistics
 import time
 import urllib.request
 from pathlib import Path
@@ -60,22 +63,49 @@ def api(url: str, path: str, body: dict | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def swept(server):
-    """A small sweep with `tracking.uri` on the server, then `raysweep report` through the same server."""
+    """A small sweep with `tracking.uri` on the server, then `raysweep report` through the same server;
+    ``after_run`` is what the REST API showed between the two (the experiment and its runs)."""
     (server.root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
     run = raysweep("run", "spec.yaml", "--set", f"tracking.uri={server.url}", cwd=server.root)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    after_run = SimpleNamespace(experiment=_experiment(server.url, "srv"), runs=_runs(server.url, "srv"))
     rep = raysweep("report", "srv", "--tracking-uri", server.url, "--out", "out", cwd=server.root)
     assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
-    return server
+    return SimpleNamespace(**vars(server), after_run=after_run)
+
+
+def _experiment(url: str, experiment: str) -> dict:
+    return api(url, f"experiments/get-by-name?experiment_name={experiment}")["experiment"]
 
 
 def _runs(url: str, experiment: str) -> list[dict]:
-    exp = api(url, f"experiments/get-by-name?experiment_name={experiment}")["experiment"]
+    exp = _experiment(url, experiment)
     return api(url, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000}).get("runs", [])
 
 
 def _tags(run: dict) -> dict:
     return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def _metrics(run: dict) -> dict[str, float]:
+    return {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
+
+
+def _params(run: dict) -> dict[str, str]:
+    return {p["key"]: p["value"] for p in run["data"].get("params", [])}
+
+
+def _by_role(runs: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for run in runs:
+        out.setdefault(_tags(run).get("raysweep.role"), []).append(run)
+    return out
+
+
+def _history(url: str, run_id: str, key: str) -> dict[int, float]:
+    """step -> value of one metric of one run."""
+    found = api(url, f"metrics/get-history?run_id={run_id}&metric_key={key}").get("metrics", [])
+    return {int(m.get("step", 0)): m["value"] for m in found}
 
 
 def _artifacts(url: str, run_id: str, path: str = "") -> set[str]:
@@ -110,6 +140,67 @@ def test_sweep_and_report_through_the_server_rest_api(swept):
         <= _artifacts(url, parent_id, "report/plots")
     summary = {m["key"]: m["value"] for m in by_role["summary"][0]["data"]["metrics"]}
     assert summary["n_seeds"] == 2 and 0 <= summary["test_acc"] <= 1
+
+
+def test_after_run_alone_the_ui_has_the_kind_the_view_the_headline_and_summaries(swept):
+    """Issue 14: before any `raysweep report`, the experiment opens on MLflow's training-runs view with
+    raysweep's saved comparison view, one summary run per configuration holds the seed mean, sample std
+    (n-1) and n of its trials' final metrics and their per-epoch mean curve, and the parent run holds the
+    headline of the best configuration by the search metric. `report` afterwards keeps those summary runs."""
+    url, seen = swept.url, swept.after_run
+    exp_tags = {t["key"]: t["value"] for t in seen.experiment.get("tags", [])}
+    assert exp_tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(exp_tags["mlflow.sharedViewState.raysweep"])
+    assert view["searchFilter"] == "tags.`raysweep.role` != 'trial'"
+    assert [key["groupByData"] for key in view["groupBy"]["groupByKeys"]] == ["raysweep.role"]
+
+    by_role = _by_role(seen.runs)
+    assert len(by_role["sweep"]) == 1 and len(by_role["trial"]) == 4
+    parent = by_role["sweep"][0]
+    parent_id = parent["info"]["run_id"]
+    trials: dict[str, list[dict]] = {}
+    for trial in by_role["trial"]:
+        trials.setdefault(_tags(trial)["raysweep.config_id"], []).append(trial)
+    summaries = {_tags(run)["raysweep.config_id"]: run for run in by_role["summary"]}
+    assert len(by_role["summary"]) == len(summaries) == 2 and set(summaries) == set(trials)
+
+    for cid, summary in summaries.items():
+        children, got, tags = trials[cid], _metrics(summary), _tags(summary)
+        assert tags["mlflow.parentRunId"] == parent_id and tags["raysweep.n_seeds"] == "2"
+        assert set(tags["raysweep.trial_runs"].split(",")) == {c["info"]["run_id"] for c in children}
+        assert got["n_seeds"] == len(children) == 2
+        finals = [_metrics(c) for c in children]
+        keys = set.intersection(*(set(f) for f in finals))
+        assert {"val_balanced_acc", "test_acc", "train_loss"} <= keys
+        for key in sorted(keys):
+            values = [f[key] for f in finals]
+            assert got[key] == pytest.approx(statistics.fmean(values), rel=1e-9, abs=1e-12), key
+            assert got[f"{key}_std"] == pytest.approx(statistics.stdev(values), rel=1e-9, abs=1e-12), key
+        params = _params(summary)
+        assert params["method.gamma"] == _params(children[0])["method.gamma"] == _params(children[1])["method.gamma"]
+        curves = [_history(url, c["info"]["run_id"], "test_acc") for c in children]
+        steps = set(curves[0])
+        assert steps == set(curves[1]) and len(steps) == SPEC["train"]["epochs"]
+        curve = _history(url, summary["info"]["run_id"], "curve.test_acc")
+        assert curve == pytest.approx({s: statistics.fmean(c[s] for c in curves) for s in steps}, rel=1e-9)
+
+    # The headline: the configuration with the best seed-mean search metric, its means and stds on the parent.
+    means = {cid: _metrics(run)["val_balanced_acc"] for cid, run in summaries.items()}
+    tags, head = _tags(parent), _metrics(parent)
+    best = tags["raysweep.best_config_id"]
+    assert means[best] == max(means.values())
+    assert tags["raysweep.best_config"].endswith(f"[{best}]")
+    assert tags["raysweep.best_summary_run"] == summaries[best]["info"]["run_id"]
+    best_metrics = _metrics(summaries[best])
+    assert head["best.n_seeds"] == 2
+    for name in ("val_balanced_acc", "test_acc"):
+        assert head[f"best.{name}_mean"] == pytest.approx(best_metrics[name], rel=1e-9)
+        assert head[f"best.{name}_std"] == pytest.approx(best_metrics[f"{name}_std"], rel=1e-9)
+
+    # `raysweep report` afterwards created no summary run of its own: the same runs, the same headline.
+    now = _by_role(_runs(url, "srv"))
+    assert {r["info"]["run_id"] for r in now["summary"]} == {r["info"]["run_id"] for r in by_role["summary"]}
+    assert _tags(now["sweep"][0])["raysweep.best_config_id"] == best
 
 
 def test_more_than_100_params_and_1000_metrics_per_run_are_chunked(server):
