@@ -55,7 +55,10 @@ def runs_url(base: str, experiment_id: str | None, view: str | None = None) -> s
     base = base.rstrip("/")
     if not experiment_id:
         return f"{base}/"
-    return f"{base}/#/experiments/{experiment_id}/runs" + (f"?viewStateShareKey={view}" if view else "")
+    # workflowType: MLflow 3.17's sidebar defaults to GenAI whatever the experiment's kind; this opens it on
+    # "Model training", where the runs view is.
+    query = (f"viewStateShareKey={view}&" if view else "") + "workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def experiment_link(tracking_uri: str, name: str | None) -> tuple[str | None, str | None]:

@@ -21,9 +21,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_runs_url_is_the_training_runs_hash_route():
-    assert runs_url("http://127.0.0.1:5000", "7") == "http://127.0.0.1:5000/#/experiments/7/runs"
+    assert runs_url("http://127.0.0.1:5000", "7") == \
+        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
     assert runs_url("http://127.0.0.1:5000/", None) == "http://127.0.0.1:5000/"
-    assert runs_url("http://h:1", "7", "raysweep") == "http://h:1/#/experiments/7/runs?viewStateShareKey=raysweep"
+    assert runs_url("http://h:1", "7", "raysweep") == \
+        "http://h:1/#/experiments/7/runs?viewStateShareKey=raysweep&workflowType=machine_learning"
 
 
 def test_the_route_is_in_the_installed_mlflow_ui():
