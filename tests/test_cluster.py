@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _procs import Tracked, descendants, free_port, wait_for
 from mlflow import MlflowClient
 
 from raysweep.cluster import LOOPBACK_ENV, parse_address, start_ray, storage_problems
@@ -25,6 +24,7 @@ from trainables.params import ConfigError
 
 from _cli import raysweep_cmd
 from _faults import GAUSSIAN, MLP, setup_workdir
+from _procs import Tracked, descendants, free_port, wait_for
 
 EPOCHS = 4
 

@@ -10,11 +10,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from _procs import free_port, start_mlflow_server, wait_for
 from mlflow import MlflowClient
 
 from _cli import raysweep_cmd
 from _faults import GAUSSIAN, MLP, epoch_log, setup_workdir
+from _procs import free_port, start_mlflow_server, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from _procs import Tracked, start_mlflow_server
 
 from _cli import raysweep
+from _procs import Tracked, start_mlflow_server
 
 pytestmark = pytest.mark.slow
 

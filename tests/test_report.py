@@ -5,7 +5,6 @@ import re
 import shutil
 from html import escape as html_escape
 
-import _multi
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -16,6 +15,7 @@ from analysis.page import Section, render_page
 from raysweep.report import build_report
 from raysweep.summaries import summarize_sweep
 
+import _multi
 from _cli import raysweep, run_spec
 
 

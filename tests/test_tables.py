@@ -4,8 +4,6 @@ import math
 
 import pandas as pd
 import pytest
-from _multi import BASE, tidy_frame
-from _multi import acc as _acc
 
 from analysis.aggregate import (
     aggregate_configs,
@@ -29,6 +27,9 @@ from analysis.tables import (
     to_latex,
     to_markdown,
 )
+
+from _multi import BASE, tidy_frame
+from _multi import acc as _acc
 
 T_0975_DF1 = 12.706204736174698  # Student t quantile, from statistical tables
 T_0975_DF2 = 4.302652729749464

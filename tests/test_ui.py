@@ -12,10 +12,11 @@ import textwrap
 import urllib.request
 
 import pytest
-from _procs import wait_for
 from mlflow import MlflowClient
 
 from raysweep.ui import alive, descendants, group_members, runs_url
+
+from _procs import wait_for
 
 pytestmark = pytest.mark.slow
 

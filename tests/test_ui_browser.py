@@ -25,9 +25,9 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from _procs import _start_time, free_port, wait_for
 
 from _cli import raysweep, raysweep_cmd
+from _procs import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -195,13 +195,9 @@ def _group_gone(pgid: int) -> bool:
 
 def _living(tree: dict[int, int]) -> list[int]:
     """The pids of ``tree`` (pid -> start time) still running: same start time, not a zombie."""
-    def state(pid: int) -> str:
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return "gone"
+    from raysweep.ui import alive
 
-    return [pid for pid, start in tree.items() if _start_time(pid) == start and state(pid) != "Z"]
+    return [pid for pid, start in tree.items() if alive(pid, start)]
 
 
 def _port_closed(port: int) -> bool:
