@@ -21,6 +21,7 @@ from raysweep.preflight import check_datasets, check_storage, check_tracking, co
 from raysweep.provenance import provenance
 from raysweep.session import SweepResult, SweepSession, jsonable
 from raysweep.spec import Spec, validate_spec
+from raysweep.sync import replay_storage
 from raysweep.trials import PlannedTrial
 from trainables.params import ConfigError
 
@@ -84,5 +85,9 @@ def resume_sweep(manifest: Manifest, *, echo: Callable[[str], None] = print, ver
         if sweep.run_id and sweep.run_id != data["parent_run_id"]:
             manifest.update(parent_run_id=sweep.run_id)
         session = SweepSession(spec, manifest, sweep, resources, echo, verbose)
+        # Before Ray restores anything: an epoch checkpointed but never received by the killed driver is only
+        # in its checkpoint, which the restored trial resumes after and Ray then overwrites.
+        replay_storage(manifest, session.logger)
+        session.logger.flush_all()
         session.run(trials)
     return session.finish()

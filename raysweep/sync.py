@@ -11,6 +11,12 @@ carries that epoch's reported metrics too (``trainables.tune.LAST_METRICS``), so
 missing epochs from ``<trial>/checkpoint_*/state.pt``. An epoch found in neither (its checkpoint pruned by
 ``failure.keep_checkpoints``, or cut short) and not already in the store is reported in
 ``SyncReport.missing``, and the sync is then incomplete.
+
+A driver killed before a trial's first result reached it leaves that trial without ``params.json`` (the
+driver writes it with the first result) but with checkpoints: its config comes from the experiment state
+then. ``raysweep resume`` replays the storage the same way (:func:`replay_storage`) before Ray restores
+anything, because the restored trial continues after its newest checkpoint and Ray writes the next one
+into the same folder: an epoch the killed driver never received would otherwise be lost for good.
 """
 
 from __future__ import annotations
@@ -61,17 +67,45 @@ class TrialHistory:
     missing: list[int]  # epochs up to the last one known that neither source has
 
 
-def trial_statuses(experiment_dir: Path) -> dict[str, str]:
-    """Ray trial id -> status (TERMINATED, ERROR, RUNNING, ...) from the newest experiment state file."""
+def _trial_states(experiment_dir: Path) -> list[dict[str, Any]]:
+    """Every trial's state in the newest experiment state file of a phase's Ray experiment folder."""
     states = sorted(experiment_dir.glob("experiment_state-*.json"))
     if not states:
-        return {}
+        return []
     data = json.loads(states[-1].read_text())
-    out = {}
-    for entry in data.get("trial_data", []):
-        state = json.loads(entry[0]) if isinstance(entry, list) else entry
-        out[state["trial_id"]] = state["status"]
-    return out
+    return [json.loads(entry[0]) if isinstance(entry, list) else entry for entry in data.get("trial_data", [])]
+
+
+def trial_statuses(experiment_dir: Path) -> dict[str, str]:
+    """Ray trial id -> status (TERMINATED, ERROR, RUNNING, ...) from the newest experiment state file."""
+    return {state["trial_id"]: state["status"] for state in _trial_states(experiment_dir)}
+
+
+@dataclass(frozen=True)
+class StoredTrial:
+    """One Tune trial in Ray's storage: its folder, its config (holding the envelope) and Ray's trial id."""
+
+    folder: Path
+    config: dict[str, Any]
+    ray_id: str
+
+
+def stored_trials(experiment_dir: Path) -> list[StoredTrial]:
+    """The trials of a phase's Ray experiment folder, by folder name: from each trial's params.json, or,
+    where it is missing, from the newest experiment state. The driver writes params.json with a trial's
+    first result, so a driver killed before that leaves a trial with checkpoints and no params.json."""
+    found: dict[str, StoredTrial] = {}
+    for state in _trial_states(experiment_dir):
+        folder = experiment_dir / str(state.get("relative_logdir", ""))
+        config = state.get("config")
+        if folder != experiment_dir and folder.is_dir() and isinstance(config, dict) and ENVELOPE in config:
+            found[folder.name] = StoredTrial(folder, config, str(state.get("trial_id", "")))
+    for params in experiment_dir.glob("*/params.json"):
+        saved = json.loads(params.read_text())
+        if isinstance(saved, dict) and ENVELOPE in saved:
+            known = found.get(params.parent.name)
+            found[params.parent.name] = StoredTrial(params.parent, saved, known.ray_id if known else "")
+    return [found[name] for name in sorted(found)]
 
 
 def read_results(trial_dir: Path) -> list[dict[str, Any]]:
@@ -174,19 +208,50 @@ def sync_sweep(manifest: Manifest, tracking_uri: str | None = None) -> SyncRepor
         manifest.update(parent_run_id=sweep.run_id)
 
     logger = TrialLogger(sweep)
+    replay = replay_storage(manifest, logger)
+    waiting = logger.flush_all()
+    missing = replay.missing(logger)
+    if data["status"] in ("finished", "failed"):
+        sweep.finish("FINISHED" if data["status"] == "finished" else "FAILED")
+    return SyncReport(data["sweep_id"], uri, sweep.run_id, parent_created, replay.trials, logger.runs_created,
+                      logger.epochs_logged, logger.runs_closed, waiting, replay.recovered, missing)
+
+
+@dataclass
+class Replay:
+    """What :func:`replay_storage` queued: trials seen, epochs taken from checkpoints, and the epochs Ray's
+    storage lacks per trial key (missing for good only where the store lacks them too: :meth:`missing`)."""
+
+    trials: int
+    recovered: int
+    gaps: dict[str, list[int]]
+
+    def missing(self, logger: TrialLogger) -> dict[str, list[int]]:
+        """Trial key -> epochs in neither Ray's storage nor the store, once ``logger`` has flushed (an epoch the
+        live logger sent before the driver died is not lost); unknown while the store does not answer."""
+        return {key: lost for key, epochs in self.gaps.items()
+                if (lost := [e for e in epochs if e not in (logger.trials[key].logged or set())])}
+
+
+def replay_storage(manifest: Manifest, logger: TrialLogger) -> Replay:
+    """Queue in ``logger`` every result Ray's storage holds for the sweep's phases (result.json, gaps filled
+    from the checkpoints) and each trial's end as Ray recorded it; the caller flushes.
+
+    ``raysweep sync`` replays into a fresh logger; ``raysweep resume`` into its session's, after the restored
+    phases ran: a driver SIGKILLed between a trial's checkpoint and its result reaching the driver leaves
+    that epoch out of result.json and MLflow, while the trial resumes after it from the checkpoint on disk.
+    The logger skips what the store already has, so replaying twice changes nothing.
+    """
     trials = recovered = 0
     gaps: dict[str, list[int]] = {}  # trial key -> epochs Ray's storage lacks
-    for phase in data["phases"].values():
+    for phase in manifest.data["phases"].values():
         experiment_dir = manifest.storage_root / phase["experiment"]
         statuses = trial_statuses(experiment_dir)
-        for params in sorted(experiment_dir.glob("*/params.json")):
-            saved = json.loads(params.read_text())
-            if not isinstance(saved, dict) or ENVELOPE not in saved:
-                continue
-            env = read_envelope(saved)
+        for stored in stored_trials(experiment_dir):
+            env = read_envelope(stored.config)
             planned = max((m.get("train") or {}).get("epochs", 0) for m in env.members)
-            history = trial_history(params.parent, planned or None)
-            ray_id = next((r["trial_id"] for r in reversed(history.results) if r.get("trial_id")), "")
+            history = trial_history(stored.folder, planned or None)
+            ray_id = next((r["trial_id"] for r in reversed(history.results) if r.get("trial_id")), stored.ray_id)
             logs = logger.track_envelope(env, ray_id)
             trials += len(logs)
             recovered += len(history.recovered)
@@ -201,16 +266,8 @@ def sync_sweep(manifest: Manifest, tracking_uri: str | None = None) -> SyncRepor
                 if status == "TERMINATED":
                     logger.end(log, "FINISHED")
                 elif status == "ERROR":
-                    logger.end(log, "FAILED", error_reason(params.parent / "error.txt"))
-    waiting = logger.flush_all()
-    # Missing for good: what the storage lacks and the store does not have either (an epoch the live
-    # logger sent before the driver died is not lost). Unknown while the store does not answer.
-    missing = {key: lost for key, epochs in gaps.items()
-               if (lost := [e for e in epochs if e not in (logger.trials[key].logged or set())])}
-    if data["status"] in ("finished", "failed"):
-        sweep.finish("FINISHED" if data["status"] == "finished" else "FAILED")
-    return SyncReport(data["sweep_id"], uri, sweep.run_id, parent_created, trials, logger.runs_created,
-                      logger.epochs_logged, logger.runs_closed, waiting, recovered, missing)
+                    logger.end(log, "FAILED", error_reason(stored.folder / "error.txt"))
+    return Replay(trials, recovered, gaps)
 
 
 def _run_exists(sweep: SweepRun) -> bool:

@@ -13,7 +13,6 @@ The printed URL opens the sweep's experiment on MLflow 3.17's training-runs view
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import signal
 import socket
@@ -238,6 +237,12 @@ def start_ui(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, *, wo
     return UiServer(process, f"http://{shown}:{port}")
 
 
+def say(line: str) -> None:
+    """Print a line at once: the URL must reach a pipe or a log file while the server runs, not at its exit
+    (Python block-buffers stdout that is not a terminal)."""
+    print(line, flush=True)
+
+
 class _Stopped(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -246,8 +251,7 @@ class _Stopped(Exception):
 
 def serve_ui(tracking_uri: str, experiment: str | None = None, *, host: str = "127.0.0.1", port: int = 5000,
              open_browser: bool = False, workers: int = 1, jobs: bool = False,
-             echo: Callable[[str], None] = functools.partial(print, flush=True),
-             ready_timeout_s: float = READY_TIMEOUT_S) -> int:
+             echo: Callable[[str], None] = say, ready_timeout_s: float = READY_TIMEOUT_S) -> int:
     """Serve the MLflow UI until a stop signal or the server's own exit; the exit code for the CLI.
 
     Prints the URL of ``experiment``'s runs view once the server answers (the root if the experiment is

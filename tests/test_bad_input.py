@@ -1,17 +1,22 @@
 """The one corpus of invalid specs and overrides: each exits 2 with a one-line message naming the field,
 before anything starts: no Ray, no MLflow store or run, and the storage folder absent or unchanged.
 
-Every case is a change to one base spec (BASE). Runs the CLI in-process (`raysweep.cli.main`), so the
-whole corpus takes seconds.
+Every case is a change to one base spec (BASE): a mapping merged into it, or, for what no mapping can hold
+(duplicate keys, aliases, bytes that are not text), an edit of BASE's YAML text (:class:`Text`). Runs the
+CLI in-process (`raysweep.cli.main`), so the whole corpus takes seconds; each case is bounded by the test's
+own timeout (:func:`_bounded.bounded`), so one that hangs again (as ``cpu: 100`` once did) fails.
 """
 
 import copy
 import os
 import socket
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
 import pytest
 import yaml
+from _bounded import bounded
 
 from raysweep.cli import main
 
@@ -42,6 +47,40 @@ def method(name, **knobs):
 
 def section(key, **values):
     return {key: {**BASE.get(key, {}), **values}}
+
+
+@dataclass(frozen=True)
+class Text:
+    """A spec file that no mapping dumps to: ``edit`` turns BASE's YAML text into the file's content."""
+
+    edit: Callable[[str], str | bytes]
+
+
+def appended(text: str) -> Text:
+    """BASE's YAML with ``text`` after it (e.g. a second ``train:`` block)."""
+    return Text(lambda base: base + text)
+
+
+def replaced(key: str, text: str) -> Text:
+    """BASE's YAML without the top-level ``key``, then ``text`` (which gives ``key`` again, as raw YAML)."""
+    return Text(lambda base: yaml.safe_dump({k: v for k, v in BASE.items() if k != key}, sort_keys=False) + text)
+
+
+def billion_laughs(levels: int, width: int = 10) -> str:
+    """``description:`` as an alias tree of width**levels leaves, written in a few hundred bytes."""
+    lines = ["description:", f"  l0: &l0 [{', '.join(['lol'] * width)}]"]
+    lines += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+# Plugins the corpus can name: written to a folder on sys.path for each case, never left in sys.modules.
+PLUGINS = {
+    "corpus_plugin_exits_0": "import sys\nsys.exit(0)\n",
+    "corpus_plugin_exits_3": "raise SystemExit(3)\n",
+    "corpus_plugin_raises": "import no_such_dependency_of_this_plugin\n",
+    "corpus_plugin_bug": "METHODS = {}\nMETHODS['x'].add(1)\n",
+}
+MACHINE_CPUS = os.cpu_count() or 1
 
 
 def changed(changes: dict) -> dict:
@@ -87,10 +126,11 @@ CASES = [
     ("trials_per_gpu fractional", section("resources", trials_per_gpu=1.5), [], "resources.trials_per_gpu"),
     ("trials_per_gpu a word", section("resources", trials_per_gpu="two"), [], "resources.trials_per_gpu"),
     ("trials_per_gpu override negative", {}, ["resources.trials_per_gpu=-2"], "resources.trials_per_gpu"),
-    ("unreachable cluster address", {"cluster": {"address": "CLOSED", "connect_timeout_s": 3}}, [], "cluster.address"),
+    ("unreachable cluster address", {"cluster": {"address": "{closed}", "connect_timeout_s": 3}}, [],
+     "cluster.address"),
     ("cluster address without a port", {"cluster": {"address": "headnode"}}, [], "cluster.address"),
     ("cluster connect timeout zero", {"cluster": {"connect_timeout_s": 0}}, [], "cluster.connect_timeout_s"),
-    ("storage below a file", {"storage": "FILE/results"}, [], "storage"),
+    ("storage below a file", {"storage": "{file}/results"}, [], "storage"),
     ("storage on a read-only file system", {"storage": "/proc/raysweep-results"}, [], "storage"),
     ("plugin that is not installed", {"plugins": ["no_such_raysweep_plugin"]}, [], "plugins"),
     ("plugins as a string", {"plugins": "my_methods"}, [], "plugins"),
@@ -133,7 +173,92 @@ CASES = [
     ("axis value out of range", {"axes": {"dataset.imbalance": [0.5, 10]}}, [], "axes.dataset.imbalance"),
     ("axis outside dataset/model/train", {"axes": {"foo.bar": [1]}}, [], "axes.foo.bar"),
     ("a set without a value", {}, ["novalue"], "--set"),
+    # ---- issue 15 and beyond: YAML that a mapping cannot show ---------------------------------------------
+    ("a second train block", appended("train: {epochs: 50}\n"), [], "train"),
+    ("the same method twice", replaced("methods", "methods: {focal: {gamma: 1.0}, focal: {gamma: 3.0}}\n"), [],
+     "methods.focal"),
+    ("a dataset option twice", replaced("dataset", "dataset:\n  name: gaussian\n  imbalance: 10\n  imbalance: 100\n"),
+     [], "dataset.imbalance"),
+    ("a knob twice in the second block of a list",
+     replaced("methods", "methods:\n  focal:\n  - {gamma: 1.0}\n  - {gamma: 2.0, gamma: 3.0}\n"), [],
+     "methods.focal[1].gamma"),
+    ("a duplicate inside a set value", {}, ["train={epochs: 2, epochs: 3}"], "train.epochs"),
+    ("an alias tree of a million leaves", appended(billion_laughs(6)), [], "spec"),
+    ("an alias that contains itself", appended("description: &d [1, *d]\n"), [], "spec"),
+    ("a long string repeated by aliases", appended(
+        f"description: {{s: &s {'x' * 200_000}, many: [{', '.join(['*s'] * 40)}]}}\n"), [], "spec"),
+    ("twenty thousand nested brackets", appended("description: " + "[" * 20_000 + "]" * 20_000 + "\n"), [], "spec"),
+    ("a binary file", Text(lambda base: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))), [], "spec"),
+    ("a latin-1 file", Text(lambda base: (base + "description: caf\u00e9\n").encode("latin-1")), [], "spec"),
+    ("a NUL byte in UTF-8 text", Text(lambda base: base + "description: a\x00b\n"), [], "spec"),
+    ("a document that is a list", Text(lambda base: "- name: bad\n- seeds: 1\n"), [], "spec"),
+    # ---- names that become paths -------------------------------------------------------------------------
+    ("a 300-character name", {"name": "n" * 300}, [], "name"),
+    ("name ..", {"name": ".."}, [], "name"),
+    ("name with a slash", {"name": "a/b"}, [], "name"),
+    ("name with a leading dot", {"name": ".hidden"}, [], "name"),
+    ("name override with a control character", {}, ['name="a\\tb"'], "name"),
+    ("experiment escaping two folders up", {"tracking": {"experiment": "../../escape_exp"}}, [], "tracking.experiment"),
+    ("experiment with a slash", {"tracking": {"experiment": "team/ablation"}}, [], "tracking.experiment"),
+    ("experiment ..", {"tracking": {"experiment": ".."}}, [], "tracking.experiment"),
+    ("experiment name of 300 bytes", {"tracking": {"experiment": "\u00e9" * 150}}, [], "tracking.experiment"),
+    # ---- resources Ray could never give -------------------------------------------------------------------
+    ("cpu finer than Ray's resolution", section("resources", cpu=1.0e-9), [], "resources.cpu"),
+    ("cpu between two steps of Ray's grid", section("resources", cpu=0.00015), [], "resources.cpu"),
+    ("cpu above this machine", section("resources", cpu=float(MACHINE_CPUS + 1)), [], "resources.cpu"),
+    ("cpu override of 100", {}, ["resources.cpu=100"], "resources.cpu"),
+    ("gpu above one", section("resources", gpu=1.5), [], "resources.gpu"),
+    ("gpu finer than Ray's resolution", section("resources", gpu=0.00001), [], "resources.gpu"),
+    ("trials_per_gpu beyond Ray's resolution", section("resources", trials_per_gpu=20_000), [],
+     "resources.trials_per_gpu"),
+    # ---- tracking stores ---------------------------------------------------------------------------------
+    ("ftp tracking store", {"tracking": {"uri": "ftp://127.0.0.1/x"}}, [], "tracking.uri"),
+    ("tracking scheme nobody has", {"tracking": {"uri": "bogus://nowhere"}}, [], "tracking.uri"),
+    ("s3 is an artifact store, not a tracking store", {"tracking": {"uri": "s3://bucket/mlflow"}}, [], "tracking.uri"),
+    ("empty tracking uri", {"tracking": {"uri": "  "}}, [], "tracking.uri"),
+    ("sqlite under /proc", {"tracking": {"uri": "sqlite:////proc/raysweep.db"}}, [], "tracking.uri"),
+    ("sqlite in a folder that does not exist", {"tracking": {"uri": "sqlite:////nonexistent-raysweep/m.db"}}, [],
+     "tracking.uri"),
+    ("sqlite file that is a folder", {"tracking": {"uri": "sqlite:///{folder}"}}, [], "tracking.uri"),
+    ("sqlite file that is not a database", {"tracking": {"uri": "sqlite:///{file}"}}, [],
+     "tracking.uri"),
+    ("MLflow server on a closed port", {"tracking": {"uri": "http://{closed}"}}, [], "tracking.uri"),
+    ("postgres on a closed port", {"tracking": {"uri": "postgresql://raysweep@{closed}/mlflow"}}, [], "tracking.uri"),
+    ("a file store without MLflow's opt-in", {"tracking": {"uri": "file:///tmp/raysweep-file-store"}}, [],
+     "tracking.uri"),
+    # ---- plugins that end the process or fail --------------------------------------------------------------
+    ("plugin that calls sys.exit(0)", {"plugins": ["corpus_plugin_exits_0"]}, [], "plugins"),
+    ("plugin that raises SystemExit(3)", {"plugins": ["corpus_plugin_exits_3"]}, [], "plugins"),
+    ("plugin with a missing dependency", {"plugins": ["corpus_plugin_raises"]}, [], "plugins"),
+    ("plugin with a bug", {"plugins": ["corpus_plugin_bug"]}, [], "plugins"),
+    ("plugin name that is a path", {"plugins": ["../corpus_plugin_bug"]}, [], "plugins"),
+    # ---- values that would pass and then fail (or do nothing) in every trial -----------------------------
+    ("noise rate without a noise type", section("dataset", noise_rate=0.5), [], "dataset.noise_rate"),
+    ("noise rate override without a type", {}, ["dataset.noise_rate=0.3"], "dataset.noise_rate"),
+    ("noise rate axis without a type", {"axes": {"dataset.noise_rate": [0.0, 0.4]}}, [], "dataset.noise_rate"),
+    ("60 examples per class: nothing left to train on", section("dataset", samples_per_class=60), [], "dataset"),
+    ("meta hold-out that leaves nothing", section("dataset", samples_per_class=55), [], "dataset.meta_per_class"),
+    ("test hold-out above the class size", section("dataset", test_per_class=101), [], "dataset.test_per_class"),
+    ("a class-size axis value too small", {"axes": {"dataset.samples_per_class": [100, 60]}}, [], "dataset"),
+    ("table metric typo", {"table": {"metric": "tset_acc"}}, [], "table.metric"),
+    ("table metric of a group the split does not have", {"table": {"metric": "test_many_acc"}}, [], "table.metric"),
+    ("table metric override typo", {}, ["table.metric=val_acc"], "table.metric"),
 ]
+
+
+def _content(changes, tmp_path) -> str | bytes:
+    """The spec file of a case, placeholders filled: {closed} (127.0.0.1 and a port nothing listens on),
+    {file} (a text file, not a folder or a database), {folder} (a folder)."""
+    if isinstance(changes, Text):
+        content = changes.edit(yaml.safe_dump(BASE, sort_keys=False))
+    else:
+        content = yaml.safe_dump(changed(changes))
+    if isinstance(content, bytes):
+        return content
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    (tmp_path / "FOLDER").mkdir()
+    return (content.replace("{closed}", _closed_port()).replace("{file}", str(tmp_path / "FILE"))
+            .replace("{folder}", str(tmp_path / "FOLDER")))
 
 
 @pytest.mark.parametrize("case,changes,overrides,key", CASES, ids=[c[0] for c in CASES])
@@ -142,20 +267,25 @@ def test_bad_input_exits_2_naming_the_field_and_leaves_nothing(case, changes, ov
     import ray
 
     monkeypatch.chdir(tmp_path)
-    spec = changed(changes)
-    if spec.get("cluster", {}).get("address") == "CLOSED":
-        spec["cluster"]["address"] = _closed_port()
-    if str(spec.get("storage", "")).startswith("FILE/"):
-        (tmp_path / "FILE").write_text("a file, not a folder")
-        spec["storage"] = str(tmp_path / spec["storage"])
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    for name, body in PLUGINS.items():
+        (plugins / f"{name}.py").write_text(body)
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(plugins))
+    content = _content(changes, tmp_path)
+    (tmp_path / "spec.yaml").write_bytes(content if isinstance(content, bytes) else content.encode())
     before = sorted(p.name for p in tmp_path.iterdir())
     args = ["run", "spec.yaml"] + [a for o in overrides for a in ("--set", o)]
-    assert main(args) == 2
+    with bounded(120, f"raysweep run on {case!r}"):
+        assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"raysweep: error: {key}") and "\n" not in err, err
+    assert err.startswith(f"raysweep: error: {key}: ") and "\n" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before, "no store, results folder or file left"
     assert not ray.is_initialized(), "Ray must not start on bad input"
+    assert not any(name in sys.modules for name in PLUGINS), "a plugin that failed is not left half-imported"
 
 
 def test_a_spec_file_that_does_not_exist_exits_2(tmp_path, capsys):
