@@ -24,7 +24,8 @@ PER_SWEEP = {tags.GROUP, tags.RAY_TRIAL_ID, tags.NODE_ID, tags.NODE_IDS, tags.PA
 # 8 trials: 4 configurations (two methods x two learning rates) x 2 seeds, every one sharing the setup.
 COMPARE = {"name": "groups", "dataset": GAUSSIAN, "model": MLP, "train": {"epochs": 3, "batch_size": 64},
            "methods": {"ce": {}, "focal": {"gamma": 2.0}}, "axes": {"train.lr": [0.05, 0.2]}, "seeds": 2,
-           "resources": {"cpu": 0.5}, "table": {"rows": "config", "cols": "train.lr", "metric": "test_acc"}}
+           "resources": {"cpu": 0.5, "max_concurrent": 2},  # 2 slots on any machine: groups do not depend on it
+           "table": {"rows": "config", "cols": "train.lr", "metric": "test_acc"}}
 
 
 def run(root: Path, spec: dict, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -176,7 +177,7 @@ def test_asha_with_seed_groups_stops_whole_configurations_on_the_seed_mean(tmp_p
 def test_a_member_going_non_finite_leaves_its_group_and_the_others_go_on(tmp_path, engine):
     spec = {"name": "nan", "plugins": ["fault_plugin"], "dataset": GAUSSIAN, "model": MLP,
             "train": {"epochs": 3, "batch_size": 64}, "methods": {"nan_at": {"at": [0, 2]}, "ce": {}}, "seeds": 1,
-            "resources": {"cpu": 1}, "execution": {"group": "configs", "engine": engine}}
+            "resources": {"cpu": 1, "max_concurrent": 1}, "execution": {"group": "configs", "engine": engine}}
     out = run(tmp_path, spec).stdout
     assert "3 trials, 0 failed, 1 stopped on a non-finite loss" in out
     client, found = runs(tmp_path, "nan")
@@ -198,7 +199,7 @@ def test_a_member_going_non_finite_leaves_its_group_and_the_others_go_on(tmp_pat
 EPOCHS = 4
 CRASH = {"name": "crash", "plugins": ["fault_plugin"], "dataset": GAUSSIAN, "model": MLP,
          "train": {"epochs": EPOCHS, "batch_size": 64}, "methods": {"slow": {"tag": [1, 2, 3, 4, 5, 6], "sleep": 0.8}},
-         "seeds": 1, "resources": {"cpu": 1}, "execution": {"group": "configs", "max_members": 2}}
+         "seeds": 1, "resources": {"cpu": 1, "max_concurrent": 2}, "execution": {"group": "configs", "max_members": 2}}
 
 
 def last_epochs(log: list[tuple[str, int]]) -> dict[str, int]:
