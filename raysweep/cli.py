@@ -51,7 +51,7 @@ def _calibrated(spec, trials, steps: int, device: str) -> str:
 
     from raysweep.calibrate import calibrate, default_overhead
     from raysweep.estimate import estimate_wall_time
-    from raysweep.plan import group_trials, phases
+    from raysweep.plan import group_trials, phases, planned_slots
 
     if not trials:
         return (f"calibrate: mode {spec.search.mode} draws its trials while the sweep runs; nothing to time before "
@@ -59,7 +59,7 @@ def _calibrated(spec, trials, steps: int, device: str) -> str:
     res = spec.resources
     cpu_threads = max(1, math.floor(res.cpu))
     calibration = calibrate(trials, steps=steps, device=device, threads=cpu_threads)
-    groups = group_trials(spec, phases(spec, spec.name)[0], trials)
+    groups = group_trials(spec, phases(spec, spec.name)[0], trials, planned_slots(spec))
     search = spec.search
     confirmed = (search.top_k + bool(search.baseline)) * len(spec.seeds) if search.two_phase else 0
     gpu = res.gpu or (1.0 / res.trials_per_gpu if res.trials_per_gpu else 0.0)

@@ -10,9 +10,12 @@ beside the planner, because it decides phase 2's trials.
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
+from raysweep.cluster import local_cpus
 from raysweep.paths import CONFIRM_SUFFIX
 from raysweep.spec import Spec
 from raysweep.trials import PlannedTrial, config_id, fmt, relative_cost, resolve_point
@@ -66,16 +69,52 @@ def shared_setup(trial: PlannedTrial) -> str:
     return json.dumps([cfg["dataset"], cfg["model"], train], sort_keys=True, default=str)
 
 
-def group_trials(spec: Spec, phase: Phase, trials: list[PlannedTrial]) -> list[TrialGroup]:
-    """The phase's trials in groups of at most ``execution.max_members``, in plan order."""
+def group_trials(spec: Spec, phase: Phase, trials: list[PlannedTrial], slots: int | None = None) -> list[TrialGroup]:
+    """The phase's trials in groups of at most ``execution.max_members``, in plan order, sizes as even as
+    the cap allows (10 members at most 4 a group: 4, 3, 3).
+
+    ``slots`` is how many Ray trials run at once. A group trains its members one after another in one
+    process, so a ``configs`` grouping with fewer groups than slots would leave them idle (phase 2 of a
+    two-phase search is often one group): its groups are split further, evenly, until there are as many
+    as slots or every group is one trial. Seeds stay together (a scheduler decides on their mean).
+    """
     how = grouping(spec, phase)
     if how == "none":
         return [TrialGroup((t,)) for t in trials]
     by: dict[str, list[PlannedTrial]] = {}
     for t in trials:
         by.setdefault(t.config_id if how == "seeds" else shared_setup(t), []).append(t)
-    size = spec.execution.max_members
-    return [TrialGroup(tuple(members[i : i + size])) for members in by.values() for i in range(0, len(members), size)]
+    buckets = list(by.values())
+    parts = [math.ceil(len(b) / spec.execution.max_members) for b in buckets]
+    if how == "configs" and slots:
+        while sum(parts) < slots:
+            # split the bucket whose groups are largest (the first such, so the plan is stable)
+            widest = max(range(len(buckets)), key=lambda i: len(buckets[i]) / parts[i])
+            if len(buckets[widest]) == parts[widest]:
+                break  # every group is one trial
+            parts[widest] += 1
+    return [TrialGroup(chunk) for bucket, n in zip(buckets, parts, strict=True) for chunk in _even(bucket, n)]
+
+
+def _even(items: list[PlannedTrial], parts: int) -> list[tuple[PlannedTrial, ...]]:
+    """``items`` in order, cut into ``parts`` runs whose sizes differ by at most one (the larger first)."""
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (i < extra)
+        out.append(tuple(items[start:end]))
+        start = end
+    return out
+
+
+def planned_slots(spec: Spec) -> int | None:
+    """How many Ray trials a sweep of ``spec`` runs at once on the local Ray it would start (this machine's
+    CPUs over ``resources.cpu``, capped by ``resources.max_concurrent``), as the runner counts them; None
+    when it joins a cluster, whose size only the run knows."""
+    if spec.cluster.address or os.environ.get("RAY_ADDRESS"):
+        return None
+    slots = max(1, int(local_cpus() // spec.resources.cpu))
+    return min(slots, spec.resources.max_concurrent or slots)
 
 
 def phases(spec: Spec, sweep_id: str) -> list[Phase]:
@@ -198,20 +237,33 @@ def _describe_groups(spec: Spec, trials: list[PlannedTrial]) -> list[str]:
         lines.append(f"groups: a scheduler stops whole Ray trials, so phase 1 ({spec.scheduler.name}"
                      f"{', ' + spec.search.mode if spec.mode.samples_while_running else ''}) groups only seeds")
     if trials:
-        groups = group_trials(spec, search, trials)
+        slots = planned_slots(spec)
+        groups = group_trials(spec, search, trials, slots)
         sizes = sorted({g.size for g in groups})
         shape = f"of {sizes[0]}" if len(sizes) == 1 else f"of {sizes[0]} to {sizes[-1]}"
         costs = sorted({relative_cost(list(g.members)) for g in groups})
         cost = f"{costs[0]:.0f}" if len(costs) == 1 else f"{costs[0]:.0f}-{costs[-1]:.0f}"
-        lines.append(f"{len(trials)} trials in {len(groups)} groups {shape} (by {how}), engine {execution.engine}; "
+        lines.append(f"{len(trials)} trials in {len(groups)} group{'s' if len(groups) > 1 else ''} {shape} (by {how}), "
+                     f"engine {execution.engine}; "
                      f"cost per group about {cost} CE-epochs")
+        if how == "configs":
+            lines.append(_slots_note(slots, len(groups) > len(group_trials(spec, search, trials))))
     elif how == "seeds":
         seeds = spec.phase_seeds(SEARCH)
         lines.append(f"each draw trains its {len(seeds)} seeds in one group; the search metric is their mean")
     if spec.search.two_phase and execution.group == "configs":
         lines.append("phase 2 (no early stopping) groups configurations that share dataset, model, batch size and "
-                     f"epochs, up to {execution.max_members} members")
+                     f"epochs, up to {execution.max_members} members, split evenly while there are fewer groups than "
+                     "slots")
     return lines
+
+
+def _slots_note(slots: int | None, split: bool) -> str:
+    if slots is None:
+        return "groups: split further at run time while there are fewer of them than the cluster's slots"
+    if split:
+        return f"groups: split evenly to fill the {slots} slots of this machine (fewer would leave cores idle)"
+    return f"groups: at least as many as the {slots} slots of this machine"
 
 
 def _varying(configs: list[dict[str, Any]]) -> list[str]:

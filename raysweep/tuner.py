@@ -80,7 +80,8 @@ def build_tuner(spec: Spec, phase: Phase, trials: list[PlannedTrial], storage: P
         param_space, search_alg = {}, spec.mode.searcher(spec, to_config, seeds)
         num_samples = search.num_samples
     else:
-        groups = group_trials(spec, phase, trials)
+        slots = min(resources.slots, spec.resources.max_concurrent or resources.slots)
+        groups = group_trials(spec, phase, trials, slots)
         param_space = {ENVELOPE: tune.grid_search([to_config(g.members)[ENVELOPE] for g in groups])}
         search_alg, num_samples = None, 1
     total = num_samples if sampling else len(groups)
