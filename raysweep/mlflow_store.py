@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -116,9 +116,29 @@ def log_tags(client: MlflowClient, run_id: str, values: Mapping[str, Any]) -> No
         client.log_batch(run_id, tags=chunk)
 
 
-def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int, timestamp_ms: int) -> None:
-    entries = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
-    for chunk in _chunks(entries, MAX_BATCH_METRICS):
+def epoch_batches(epochs: Sequence[tuple[int, Mapping[str, float], int]],
+                  limit: int = MAX_BATCH_METRICS) -> Iterator[tuple[list[int], list[Metric]]]:
+    """(epochs, metrics) batches of whole epochs, each at most ``limit`` metrics, in order; an epoch with more
+    metrics than the limit is a batch of its own, sent in chunks by :func:`log_epochs`.
+
+    One ``log_batch`` per epoch cost as much again as the insert (MLflow reads and updates the run's latest
+    metrics per call), so a trial's waiting epochs go together."""
+    batch_epochs: list[int] = []
+    batch: list[Metric] = []
+    for step, metrics, timestamp_ms in epochs:
+        entries = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
+        if batch and len(batch) + len(entries) > limit:
+            yield batch_epochs, batch
+            batch_epochs, batch = [], []
+        batch_epochs.append(step)
+        batch.extend(entries)
+    if batch_epochs:
+        yield batch_epochs, batch
+
+
+def log_epochs(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
+    """One batch of :func:`epoch_batches` (chunked when a single epoch exceeds MLflow's limit)."""
+    for chunk in _chunks(metrics, MAX_BATCH_METRICS):
         client.log_batch(run_id, metrics=chunk)
 
 

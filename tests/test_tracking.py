@@ -28,3 +28,71 @@ def test_experiments_are_created_and_found_as_training_runs_experiments(tmp_path
     older = client.create_experiment("older")  # made before raysweep tagged its experiments
     assert get_or_create_experiment(client, "older", uri) == older
     assert client.get_experiment(older).tags[tags.EXPERIMENT_KIND] == "custom_model_development"
+
+
+def test_waiting_epochs_are_batched_whole_under_the_metric_limit():
+    from raysweep.mlflow_store import epoch_batches
+
+    epochs = [(1, {"a": 1.0, "b": 2.0}, 10), (2, {"a": 3.0, "b": 4.0}, 20), (3, {f"m{i}": 0.0 for i in range(5)}, 30),
+              (4, {"a": 5.0}, 40)]
+    batches = list(epoch_batches(epochs, limit=4))
+    assert [steps for steps, _ in batches] == [[1, 2], [3], [4]], "whole epochs; an oversized one alone"
+    first = batches[0][1]
+    assert [(m.key, m.value, m.step, m.timestamp) for m in first] == [("a", 1.0, 1, 10), ("b", 2.0, 1, 10),
+                                                                      ("a", 3.0, 2, 20), ("b", 4.0, 2, 20)]
+    assert len(batches[1][1]) == 5
+
+
+def _logged_trial(tmp_path, send_interval_s):
+    """A trial logger on a fresh SQLite store, one planned trial started, and a counter of its requests."""
+    from types import SimpleNamespace
+
+    from raysweep.mlflow_store import SweepRun
+    from raysweep.trial_logger import TrialLogger, TuneCallback
+    from raysweep.trials import PlannedTrial
+    from trainables.tune import ENVELOPE, envelope
+
+    planned = PlannedTrial({"method": {"name": "ce"}, "dataset": {"name": "gaussian"}, "train": {"epochs": 5},
+                            "seed": 0}, "c0ffee0000", 0, "ce")
+    sweep = SweepRun.create(f"sqlite:///{tmp_path / 'mlflow.db'}", "batched", "batched-1", {})
+    logger = TrialLogger(sweep, send_interval_s=send_interval_s)
+    callback = TuneCallback(logger)
+    trial = SimpleNamespace(config={ENVELOPE: envelope([planned.as_tune_config()], [], None, None)}, trial_id="t0")
+    callback.on_trial_start(0, [], trial)
+    calls = []
+    log_batch = sweep.client.log_batch
+    sweep.client.log_batch = lambda *a, **kw: (calls.append(kw), log_batch(*a, **kw))[1]
+    return sweep, logger, callback, trial, calls
+
+
+def _result(epoch):
+    return {"epoch": epoch, "timestamp": 1_700_000_000 + epoch, "val_acc": epoch / 10, "train_loss": 1 / epoch,
+            "node_ip": "127.0.0.1", "hostname": "here"}
+
+
+def test_a_running_trials_epochs_wait_for_the_send_interval_and_go_in_one_request(tmp_path):
+    """Tune asks a trial for its next result only after the driver's callbacks: one request per epoch held
+    every trial back, so epochs within the interval wait and go together; the trial's end sends the rest."""
+    sweep, logger, callback, trial, calls = _logged_trial(tmp_path, send_interval_s=3600)
+    for epoch in (1, 2, 3, 2):  # epoch 2 reported again (a restored trial): logged once, its first value
+        callback.on_trial_result(0, [], trial, _result(epoch))
+        callback.on_step_end(0, [])
+    first = [c for c in calls if c.get("metrics")]
+    assert len(first) == 1 and {m.step for m in first[0]["metrics"]} == {1}, "the first epoch goes at once"
+    host_tags = [c for c in calls if c.get("tags")]
+    assert len(host_tags) == 1, "the node's ip and hostname are tagged once, not with every epoch"
+    callback.on_trial_complete(0, [], trial)
+    sent = [c for c in calls if c.get("metrics")]
+    assert len(sent) == 2 and sorted({m.step for m in sent[1]["metrics"]}) == [2, 3]
+    (log,) = logger.trials.values()
+    history = sweep.client.get_metric_history(log.run_id, "val_acc")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert logger.epochs_logged == 3 and logger.waiting() == 0
+
+
+def test_epochs_whose_interval_passed_are_sent_at_the_next_step(tmp_path):
+    sweep, logger, callback, trial, calls = _logged_trial(tmp_path, send_interval_s=0.0)
+    for epoch in (1, 2, 3):
+        callback.on_trial_result(0, [], trial, _result(epoch))
+    assert [sorted({m.step for m in c["metrics"]}) for c in calls if c.get("metrics")] == [[1], [2], [3]]
+    assert logger.waiting() == 0
