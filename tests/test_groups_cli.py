@@ -94,7 +94,6 @@ def ungrouped(tmp_path_factory):
     ("configs", "loop", "8 trials in 3 groups of 2 to 3 (by configs)"),
     ("configs", "fused", "8 trials in 3 groups of 2 to 3 (by configs)"),
 ])
-@pytest.mark.slow
 def test_a_grouped_sweep_logs_the_runs_tags_histories_and_table_of_the_ungrouped_one(
         ungrouped, tmp_path, group, engine, shape):
     base_root, base_out = ungrouped
