@@ -3,8 +3,10 @@ purpose, the work folder it runs in, and the log of epochs it executed. Processe
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -85,3 +87,32 @@ def epoch_log(root: Path) -> list[tuple[str, int]]:
     if not path.exists():
         return []
     return [(ln.split()[0], int(ln.split()[1])) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def last_epochs(log: list[tuple[str, int]]) -> dict[str, int]:
+    """The highest epoch each tagged trial started, from :func:`epoch_log`."""
+    out: dict[str, int] = {}
+    for tag, epoch in log:
+        out[tag] = max(out.get(tag, 0), epoch)
+    return out
+
+
+def finished_and_midway(root: Path, sweep: str, children: Callable[[], list], epochs: int) -> list | None:
+    """A condition for ``wait_for`` before killing a driver: the child runs MLflow shows FINISHED, once one is
+    and some trial is half-way (an epoch checkpointed, two still to come); None until then.
+
+    The store is touched only once the driver has created it (its parent run id is in sweep ``sweep``'s
+    manifest): two processes creating a fresh SQLite store race on its schema migration. Finished is as
+    MLflow says (it lags Ray, never leads it); half-way is as the trials' own epoch log says (MLflow's view
+    of a running trial lags its training, so a trial it shows half-way may already have finished).
+    """
+    manifests = list((root / "raysweep_results").glob(f"{sweep}-*/manifest.json"))
+    if not manifests or not json.loads(manifests[0].read_text()).get("parent_run_id"):
+        return None
+    try:
+        found = children()
+    except Exception:  # the store is being created
+        return None
+    done = [c for c in found if c.info.status == "FINISHED"]
+    midway = [tag for tag, last in last_epochs(epoch_log(root)).items() if 2 <= last <= epochs - 2]
+    return done if done and midway else None

@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from _cli import raysweep_cmd
-from _faults import GAUSSIAN, MLP, epoch_log, setup_workdir
+from _faults import GAUSSIAN, MLP, epoch_log, finished_and_midway, last_epochs, setup_workdir
 from _procs import free_port, start_mlflow_server, wait_for
 
 pytestmark = pytest.mark.slow
@@ -27,14 +27,6 @@ def trial_runs(uri: str, experiment: str):
     runs = client.search_runs([exp.experiment_id], max_results=1000) if exp else []
     return client, [r for r in runs if r.data.tags.get("raysweep.role") == "sweep"], \
         [r for r in runs if r.data.tags.get("raysweep.role") == "trial"]
-
-
-def last_epochs(log: list[tuple[str, int]]) -> dict[str, int]:
-    """The highest epoch each tagged trial started, from the fault plugin's epoch log."""
-    out: dict[str, int] = {}
-    for tag, epoch in log:
-        out[tag] = max(out.get(tag, 0), epoch)
-    return out
 
 
 def steps(client, run, metric="val_balanced_acc"):
@@ -86,24 +78,8 @@ def test_resume_after_the_driver_is_killed_finishes_exactly_the_planned_trials(t
     log = tmp_path / "run.log"
     driver = procs.start(raysweep_cmd("run", "spec.yaml"), env, tmp_path, log)
 
-    def some_done_some_midway():
-        # Touch the store only once the driver has created it (its parent run id is in the manifest): two
-        # processes creating a fresh sqlite store at once race on its schema migration.
-        manifests = list((tmp_path / "raysweep_results").glob("crash-*/manifest.json"))
-        if not manifests or not json.loads(manifests[0].read_text()).get("parent_run_id"):
-            return None
-        try:
-            _, _, children = trial_runs(uri, "crash")
-        except Exception:  # the store is being created
-            return None
-        # Finished: as MLflow says (it lags Ray, never leads it). Half-way: as the trials' own epoch log says,
-        # with at least one epoch checkpointed and two still to come (MLflow's view of a running trial lags
-        # its training, so a trial it shows half-way may already have finished).
-        done = [c for c in children if c.info.status == "FINISHED"]
-        midway = [tag for tag, last in last_epochs(epoch_log(tmp_path)).items() if 2 <= last <= EPOCHS - 2]
-        return done if done and midway else None
-
-    done = wait_for(some_done_some_midway, "a finished and a half-way trial", 240, driver, log)
+    done = wait_for(lambda: finished_and_midway(tmp_path, "crash", lambda: trial_runs(uri, "crash")[2], EPOCHS),
+                    "a finished and a half-way trial", 240, driver, log)
     procs.kill_group(driver)
     procs.kill_leftovers()  # Ray's agents outlive a killed driver
     killed_at = len(epoch_log(tmp_path))

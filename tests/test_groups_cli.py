@@ -15,7 +15,7 @@ from analysis import mlflow_tags as tags
 from raysweep.report import sweep_table
 
 from _cli import raysweep_cmd
-from _faults import GAUSSIAN, MLP, epoch_log, setup_workdir
+from _faults import GAUSSIAN, MLP, epoch_log, finished_and_midway, last_epochs, setup_workdir
 from _procs import wait_for
 
 TIMING = {"epoch_seconds"}  # the only metric that differs between two runs of the same trial
@@ -201,34 +201,14 @@ CRASH = {"name": "crash", "plugins": ["fault_plugin"], "dataset": GAUSSIAN, "mod
          "seeds": 1, "resources": {"cpu": 1, "max_concurrent": 2}, "execution": {"group": "configs", "max_members": 2}}
 
 
-def last_epochs(log: list[tuple[str, int]]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for tag, epoch in log:
-        out[tag] = max(out.get(tag, 0), epoch)
-    return out
-
-
 @pytest.mark.slow
 def test_resume_after_the_driver_is_killed_finishes_every_member_once(tmp_path, procs, ray_tmp):
     env = setup_workdir(tmp_path, CRASH)
     log = tmp_path / "run.log"
     driver = procs.start(raysweep_cmd("run", "spec.yaml"), env, tmp_path, log)
 
-    def a_group_done_and_one_midway():
-        # The store is read only once the driver has created it (its parent run id is in the manifest).
-        manifests = list((tmp_path / "raysweep_results").glob("crash-*/manifest.json"))
-        if not manifests or not json.loads(manifests[0].read_text()).get("parent_run_id"):
-            return None
-        try:
-            _, children = runs(tmp_path, "crash")
-        except Exception:  # the store is being created
-            return None
-        done = [c for c in children if c.info.status == "FINISHED"]
-        # Half-way by the members' own epoch log: one epoch checkpointed, two still to come.
-        midway = [tag for tag, last in last_epochs(epoch_log(tmp_path)).items() if 2 <= last <= EPOCHS - 2]
-        return done if done and midway else None
-
-    done = wait_for(a_group_done_and_one_midway, "a finished group and a half-way one", 300, driver, log)
+    done = wait_for(lambda: finished_and_midway(tmp_path, "crash", lambda: runs(tmp_path, "crash")[1], EPOCHS),
+                    "a finished group and a half-way one", 300, driver, log)
     procs.kill_group(driver)
     procs.kill_leftovers()  # Ray's agents outlive a killed driver
     killed_at = len(epoch_log(tmp_path))

@@ -508,13 +508,20 @@ def run_mwnet_pair(hp: dict, class_imbalance: bool, confident: bool, meta_lr: fl
         ref_opt_vnet = torch.optim.SGD(ref_vnet.parameters(), meta_lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     else:
         ref_opt_vnet = torch.optim.Adam(ref_vnet.parameters(), meta_lr, weight_decay=1e-4)
+    return lockstep(ctx, method, model, opt, ref_model, ref_vnet, meta_batch,
+                    lambda x, y, mx, my: official_mwnet_step(ref_model, ref_vnet, ref_opt, ref_opt_vnet, x, y, mx, my,
+                                                             0.1, class_imbalance))
+
+
+def lockstep(ctx, method, model, opt, ref_model, ref_vnet, meta_batch: int, official_step) -> tuple[float, float]:
+    """Our step and ``official_step(x, y, meta_x, meta_y)`` (a transcription stepping ref_model and ref_vnet) on
+    the same batches and meta batches; returns (model/BN difference, weighting-net difference)."""
     model.train()
     ref_model.train()
     for idx in batches(ctx):
         x, y = ctx.train.x[idx], ctx.train.y[idx]
         m = meta_indices(ctx, meta_batch)
-        official_mwnet_step(ref_model, ref_vnet, ref_opt, ref_opt_vnet, x, y, ctx.meta.x[m], ctx.meta.y[m], 0.1,
-                            class_imbalance)
+        official_step(x, y, ctx.meta.x[m], ctx.meta.y[m])
         method.train_step(model, opt, x, y, idx)
     ours_v = [method.vnet.hidden.weight, method.vnet.hidden.bias, method.vnet.out.weight, method.vnet.out.bias]
     theirs_v = [ref_vnet[0].weight, ref_vnet[0].bias, ref_vnet[2].weight, ref_vnet[2].bias]
@@ -604,17 +611,9 @@ def run_gdw_pair(hp: dict, confident: bool, meta_lr: float, meta_batch: int = 10
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     ref_opt_vnet = torch.optim.Adam(ref_vnet.parameters(), meta_lr, weight_decay=1e-4)
-    model.train()
-    ref_model.train()
-    for idx in batches(ctx):
-        x, y = ctx.train.x[idx], ctx.train.y[idx]
-        m = meta_indices(ctx, meta_batch)
-        official_gdw_step(ref_model, ref_vnet, ref_opt, ref_opt_vnet, x, y, ctx.meta.x[m], ctx.meta.y[m], 0.1,
-                          outer_lr=100.0, clip=0.2)
-        method.train_step(model, opt, x, y, idx)
-    ours_v = [method.vnet.hidden.weight, method.vnet.hidden.bias, method.vnet.out.weight, method.vnet.out.bias]
-    theirs_v = [ref_vnet[0].weight, ref_vnet[0].bias, ref_vnet[2].weight, ref_vnet[2].bias]
-    return model_state_diff(model, ref_model), max(max_abs(a, b) for a, b in zip(ours_v, theirs_v, strict=True))
+    return lockstep(ctx, method, model, opt, ref_model, ref_vnet, meta_batch,
+                    lambda x, y, mx, my: official_gdw_step(ref_model, ref_vnet, ref_opt, ref_opt_vnet, x, y, mx, my,
+                                                           0.1, outer_lr=100.0, clip=0.2))
 
 
 @pytest.mark.parametrize("confident", [False, True])
