@@ -168,6 +168,86 @@ def cdb_tau_evidence(r: dict) -> list[str]:
     return out + ["", f"Wall time {r['wall_s'] / 60:.1f} min.", "", _provenance(r)]
 
 
+def fused_vs_loop(r: dict) -> list[str]:
+    s = r["settings"]
+    out = [f"Command: `python -m benchmarks.fused_vs_loop --repeats {s['repeats']}`: {s['method']} on {s['dataset']} "
+           f"(imbalance {s['imbalance']:g}), batch {s['batch_size']}, {s['threads']} thread; k members of one "
+           "configuration, one epoch each per round (evaluation included), medians of interleaved rounds. "
+           "Speed-up = loop's round time / the fused engine's (above 1: fused is faster).", "",
+           "| model | k | loop samples/s | fused samples/s | fused x loop | vmap fused x loop |",
+           "|---|---|---|---|---|---|"]
+    for model, m in r["models"].items():
+        for k, c in m["k"].items():
+            out.append(f"| {model} | {k} | {c['loop']['samples_per_s']:.0f} | {c['fused']['samples_per_s']:.0f} | "
+                       f"{c['fused_speedup']:.2f} | {c['fused_vmap_speedup']:.2f} |")
+    return out + ["", _provenance(r)]
+
+
+def _wall(row: dict) -> str:
+    return f"{row['wall_s']:.1f}"
+
+
+def groups_grid(r: dict) -> list[str]:
+    s = r["settings"]
+    out = [f"Command: `python -m benchmarks.groups grid --epochs {s['epochs']} --repeats {s['repeats']}`: CDB-W-CE "
+           f"tau in {s['taus']} x imbalance in {s['imbalances']} x {s['seeds']} seeds = 64 trials of {s['epochs']} "
+           f"epochs on mnist1d-LT, {s['model']}, {s['cpu_per_trial']} CPU per trial, every variant a whole "
+           "`raysweep run` (or the peer script) timed from start to exit, in a shuffled order. The peer is the "
+           "same grid as a plain Ray Tune script: a function trainable around the same training loop, "
+           "`tune.Tuner` over a grid, Ray's `MLflowLoggerCallback`, with Tune's defaults (a new actor per "
+           "trial) and with `reuse_actors=True` (what raysweep sets).", "",
+           "| variant | Ray trials | trial-epochs | wall (s, median) |", "|---|---|---|---|"]
+    for name, runs in r["runs"].items():
+        if runs:
+            out.append(f"| {name} | {runs[0].get('groups', runs[0]['trials'])} | {runs[0]['trial_epochs']} | "
+                       f"{r['median_wall_s'][name]:.1f} |")
+    out += ["", "Ratios (wall time of the first over the second): "
+            + ", ".join(f"{k.replace('_over_', ' / ')} {v:.2f}" for k, v in r["ratios"].items()) + "."]
+    return out + ["", _provenance(r)]
+
+
+def groups_quickstart(r: dict) -> list[str]:
+    out = [f"Command: `python -m benchmarks.groups quickstart --repeats {r['settings']['repeats']}`: "
+           "`raysweep/specs/quickstart.yaml` with `--set` overrides, each a whole `raysweep run`.", "",
+           "| variant | trials | Ray trials | trial-epochs | chosen configuration | its test acc % | wall (s) | "
+           "speed-up |", "|---|---|---|---|---|---|---|---|"]
+    for name, runs in r["runs"].items():
+        row = runs[0]
+        test = row["best"].get("test_acc_mean")
+        out.append(f"| {name} | {row['trials']} | {row['groups']} | {row['trial_epochs']} | {row['best_config']} | "
+                   f"{'-' if test is None else f'{100 * test:.1f}'} | {r['median_wall_s'][name]:.1f} | "
+                   f"{r['speedup'][name]:.2f} |")
+    return out + ["", _provenance(r)]
+
+
+def groups_asha(r: dict) -> list[str]:
+    s = r["settings"]
+    out = [f"Command: `python -m benchmarks.groups asha --epochs {s['epochs']}`: {s['grid']}, {s['seeds']} seeds, "
+           f"ASHA grace period {s['grace_period']}, reduction factor {s['reduction_factor']}. Grouped: one phase, "
+           "each configuration's seeds in one Ray trial, ASHA on their mean. Two-phase: ASHA on one seed, then "
+           f"the top {s['top_k']} with every seed, sized for about equal trial-epochs.", "",
+           "| search | trial-epochs | chosen configuration | val bal. acc % | test acc % | wall (s) |",
+           "|---|---|---|---|---|---|"]
+    for name, row in (("ASHA on the seed mean, seeds grouped", r["grouped"]), ("two-phase, ungrouped", r["two_phase"])):
+        b = row["best"]
+        out.append(f"| {name} | {row['trial_epochs']} | {row['best_config']} | "
+                   f"{100 * b['val_balanced_acc_mean']:.1f} | {100 * b['test_acc_mean']:.1f} ± "
+                   f"{100 * b['test_acc_std']:.1f} | {_wall(row)} |")
+    return out + ["", f"Two-phase wall / grouped wall: {r['speedup']:.2f}.", "", _provenance(r)]
+
+
+def calibration(r: dict) -> list[str]:
+    out = ["Command: `python -m benchmarks.calibration`: `raysweep plan --calibrate` on a small spec (CE, focal, "
+           "CB; 2 seeds; 8 epochs; 1 CPU per trial), then `raysweep run` of it, timed as a user waits.", "",
+           "| scheduler | estimate (s) | measured (s) | estimate / measured | 1-min load before -> after |",
+           "|---|---|---|---|---|"]
+    for name, c in r["results"].items():
+        load = c["load_average_1m"]
+        out.append(f"| {name} | {c['estimate_s']:.1f} | {c['measured_s']:.1f} | {c['ratio']:.2f} | "
+                   f"{load['before']:.1f} -> {load['after']:.1f} |")
+    return out + ["", _provenance(r)]
+
+
 SECTIONS = [
     ("Method cost per epoch", "method_cost", method_cost),
     ("Runner efficiency, 16 trials", "runner_efficiency_16", runner),
@@ -176,6 +256,11 @@ SECTIONS = [
     ("ASHA versus the full grid", "asha_vs_grid", asha),
     ("Reproduction on embedded data", "reproduction", reproduction),
     ("CDB's default tau: the evidence", "cdb_tau_evidence", cdb_tau_evidence),
+    ("Trial groups: fused versus loop engine", "fused_vs_loop", fused_vs_loop),
+    ("Trial groups: the 64-trial grid", "groups_grid", groups_grid),
+    ("Trial groups: the quickstart", "groups_quickstart", groups_quickstart),
+    ("Trial groups: ASHA on the seed mean versus two-phase", "groups_asha", groups_asha),
+    ("plan --calibrate: estimate versus measured", "calibration", calibration),
 ]
 
 
@@ -184,7 +269,7 @@ def main() -> None:
                                  "benchmark "
              "below and then this page's generator (`python -m benchmarks.write_report`). Each figure was measured "
              "in one run on the machine named under it; speeds are ratios within that run. GPU benchmarks "
-             "(fractional-GPU packing) are not part of the CPU suite.", ""]
+             "(`benchmarks/gpu_groups.py`: fractional-GPU packing and fused groups) are not part of the CPU suite.", ""]
     for title, name, render in SECTIONS:
         result = _load(name)
         lines += [f"## {title}", ""]

@@ -43,7 +43,7 @@ from trainables.params import ConfigError
 
 ENGINES = ("auto", "loop", "fused")
 # engine "auto" per device type. CPU: benchmarks/results/fused_vs_loop.json (mnist1d-LT, 1 thread, k 1-16)
-# measured the hand-fused engine at 0.85-1.6x the loop's samples/s for cnn1d and mlp, varying from run to run
+# measured the hand-fused engine at 0.82-1.6x the loop's samples/s for cnn1d and mlp, varying from run to run
 # (grouped convolutions and BatchNorm over k x C channels are slower per element on CPU); that is too little
 # to give up the loop's bit-exact trajectories. CUDA: not measured yet (benchmarks/gpu_groups.py measures
 # it); set it to "fused" when a fused group there beats one member per process as HFTA reports.
