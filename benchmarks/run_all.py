@@ -1,4 +1,7 @@
-"""``make bench``: every CPU benchmark in one go (about 45 minutes on 2 cores), then docs/benchmarks.md."""
+"""``make bench``: every CPU benchmark in one go (about 100 minutes on 2 cores), then docs/benchmarks.md.
+
+Run it on a quiet machine: each benchmark compares variants measured in the same run, and other work on the
+machine hits them unevenly. GPU benchmarks (benchmarks/gpu_groups.py) are not part of it."""
 
 from __future__ import annotations
 
@@ -12,6 +15,12 @@ STEPS = [
     ["benchmarks.trial_overhead"],
     ["benchmarks.asha_vs_grid"],
     ["benchmarks.reproduction"],
+    ["benchmarks.cdb_tau_evidence"],
+    ["benchmarks.fused_vs_loop", "--repeats", "9"],
+    ["benchmarks.groups", "grid", "--epochs", "20", "--repeats", "1"],
+    ["benchmarks.groups", "quickstart", "--repeats", "1"],
+    ["benchmarks.groups", "asha", "--epochs", "20"],
+    ["benchmarks.calibration"],
     ["benchmarks.write_report"],
 ]
 
