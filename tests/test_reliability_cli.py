@@ -33,12 +33,13 @@ from raysweep.manifest import Manifest, claim_sweep_dir
 from raysweep.paths import SWEEP_TIMESTAMP
 from raysweep.plan import plan
 from raysweep.spec import validate_spec
+from raysweep.ui import alive
 from trainables.checkpoint import load_state
 from trainables.tune import ENVELOPE, envelope
 
 from _cli import raysweep_cmd
 from _faults import GAUSSIAN, MLP, epoch_log, setup_workdir
-from _procs import _start_time, http_ok, wait_for
+from _procs import http_ok, wait_for
 
 TAG = "RAYSWEEP_RELIABILITY_TEST"
 VALIDATION_BOUND_S = 120  # a refused spec answers in seconds; Ray waiting on it forever must fail the test
@@ -112,7 +113,7 @@ class Work:
     def kill_all(self) -> None:
         """SIGKILL every tagged process still alive (same pid and start time: ours, never a reused pid)."""
         for pid, start in self.processes().items():
-            if _start_time(pid) == start:
+            if alive(pid, start):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
