@@ -511,7 +511,7 @@ def test_12_a_stop_signal_to_raysweep_ui_stops_its_whole_server(work, procs, sig
         return None
 
     url = wait_for(printed, "the printed URL (on a pipe or a file, not only a terminal)", 400, ui, log)
-    assert url.endswith(f"/#/experiments/{experiment}/runs")
+    assert url.split("?")[0].endswith(f"/#/experiments/{experiment}/runs"), url
     base = url.split("/#/")[0]
     port = int(base.rsplit(":", 1)[1])
     assert http_ok(f"{base}/health")
