@@ -8,6 +8,7 @@ dead server, so tracking never stalls or ends a sweep. What the sweep logs per t
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -142,6 +143,46 @@ def log_epochs(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None
         client.log_batch(run_id, metrics=chunk)
 
 
+STORE_CREATION_WAIT_S = 60.0
+
+
+def open_client(tracking_uri: str, wait_s: float = STORE_CREATION_WAIT_S) -> MlflowClient:
+    """A client of ``tracking_uri`` whose store exists (created now if need be).
+
+    Two processes that open one new SQLite file at once race on MLflow's schema migration: the loser failed
+    with "table ... already exists" and ran its whole sweep untracked, and a migration cut short can leave
+    alembic's temporary tables behind for good. So a SQLite store is opened holding an exclusive ``flock``
+    on its database file (SQLite's own locks are fcntl byte ranges, which flock does not touch): the first
+    process migrates the schema, the others wait for it (at most ``wait_s`` seconds) and find it done.
+    """
+    from raysweep.store_check import sqlite_path
+
+    path = sqlite_path(tracking_uri) if tracking_uri.startswith("sqlite:") else None
+    if path is None:
+        return _opened(tracking_uri)
+    deadline = time.monotonic() + wait_s
+    with open(path, "ab") as db:  # creates the (empty) file SQLite would create
+        while True:
+            try:
+                fcntl.flock(db, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{path} stayed locked by another process creating it for {wait_s:g} s"
+                                       ) from None
+                time.sleep(0.1)  # another process is creating the store's schema
+        try:
+            return _opened(tracking_uri)
+        finally:
+            fcntl.flock(db, fcntl.LOCK_UN)
+
+
+def _opened(tracking_uri: str) -> MlflowClient:
+    client = MlflowClient(tracking_uri)  # builds the store (and migrates a new schema) here
+    client.search_experiments(max_results=1)
+    return client
+
+
 class TrackingUnavailable(RuntimeError):
     """The MLflow store did not answer (or is in its back-off period after a failure)."""
 
@@ -204,7 +245,7 @@ class SweepRun:
     def client(self) -> MlflowClient:
         """The store's client; creating it can fail too (a sqlite store migrates its schema on first use)."""
         if self._client is None:
-            self._client = self.call(MlflowClient, self.tracking_uri)
+            self._client = self.call(open_client, self.tracking_uri)
         return self._client
 
     @property

@@ -96,3 +96,47 @@ def test_epochs_whose_interval_passed_are_sent_at_the_next_step(tmp_path):
         callback.on_trial_result(0, [], trial, _result(epoch))
     assert [sorted({m.step for m in c["metrics"]}) for c in calls if c.get("metrics")] == [[1], [2], [3]]
     assert logger.waiting() == 0
+
+
+def _open_and_create(args):
+    """In a fresh process: wait for the others, then open the store and make an experiment of its own."""
+    uri, barrier, name = args
+    from raysweep.mlflow_store import open_client
+
+    barrier.wait(timeout=120)
+    return open_client(uri).create_experiment(name)
+
+
+def test_processes_opening_one_fresh_sqlite_store_at_once_all_get_it(tmp_path):
+    """Two sweeps started together on a new mlflow.db race on MLflow's schema migration ("table ... already
+    exists"); the loser once ran its whole sweep untracked. Four processes open it at the same moment."""
+    import multiprocessing as mp
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(4)
+        with ctx.Pool(4) as pool:
+            ids = pool.map_async(_open_and_create, [(uri, barrier, f"e{i}") for i in range(4)]).get(timeout=300)
+    assert len(set(ids)) == 4
+    assert {e.name for e in MlflowClient(uri).search_experiments()} >= {"e0", "e1", "e2", "e3"}
+
+
+def test_opening_a_sqlite_store_waits_for_the_process_creating_it(tmp_path):
+    """The creator holds an exclusive flock on the database file while MLflow migrates the schema; an opener
+    waits for it, bounded, and SQLite's own locking is not in the way."""
+    import fcntl
+
+    from raysweep.mlflow_store import open_client
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    with open(db, "ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(TimeoutError, match="stayed locked"):
+            open_client(uri, wait_s=0.3)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    client = open_client(uri, wait_s=0.3)
+    assert client.create_experiment("after") and client.get_experiment_by_name("after")
