@@ -183,10 +183,6 @@ def fused_vs_loop(r: dict) -> list[str]:
     return out + ["", _provenance(r)]
 
 
-def _wall(row: dict) -> str:
-    return f"{row['wall_s']:.1f}"
-
-
 def groups_grid(r: dict) -> list[str]:
     s = r["settings"]
     out = [f"Command: `python -m benchmarks.groups grid --epochs {s['epochs']} --repeats {s['repeats']}`: CDB-W-CE "
@@ -232,7 +228,7 @@ def groups_asha(r: dict) -> list[str]:
         b = row["best"]
         out.append(f"| {name} | {row['trial_epochs']} | {row['best_config']} | "
                    f"{100 * b['val_balanced_acc_mean']:.1f} | {100 * b['test_acc_mean']:.1f} ± "
-                   f"{100 * b['test_acc_std']:.1f} | {_wall(row)} |")
+                   f"{100 * b['test_acc_std']:.1f} | {row['wall_s']:.1f} |")
     return out + ["", f"Two-phase wall / grouped wall: {r['speedup']:.2f}.", "", _provenance(r)]
 
 
