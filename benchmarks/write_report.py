@@ -244,6 +244,20 @@ def calibration(r: dict) -> list[str]:
     return out + ["", _provenance(r)]
 
 
+def fault_tests_under_load(r: dict) -> list[str]:
+    s = r["settings"]
+    out = [f"Command: `python -m benchmarks.fault_tests_under_load`: the end-to-end fault tests (pytest paths: "
+           f"{len(s['tests'])}), {s['runs']} runs in a row beside {s['burners']} CPU-bound `while True` processes.", "",
+           "| run | exit | passed | failed | errors | skipped | wall (s) | 1-min load before -> after |",
+           "|---|---|---|---|---|---|---|---|"]
+    for index, run in enumerate(r["runs"], 1):
+        load = run["load_average_1m"]
+        out.append(f"| {index} | {run['returncode']} | {run['passed']} | {run['failed']} | {run['errors']} | "
+                   f"{run['skipped']} | {run['wall_s']:.0f} | {load['before']:.1f} -> {load['after']:.1f} |")
+    failing = [line for run in r["runs"] for line in run["failing"]]
+    return out + ([""] + [f"- {line}" for line in failing] if failing else []) + ["", _provenance(r)]
+
+
 SECTIONS = [
     ("Method cost per epoch", "method_cost", method_cost),
     ("Runner efficiency, 16 trials", "runner_efficiency_16", runner),
@@ -257,6 +271,7 @@ SECTIONS = [
     ("Trial groups: the quickstart", "groups_quickstart", groups_quickstart),
     ("Trial groups: ASHA on the seed mean versus two-phase", "groups_asha", groups_asha),
     ("plan --calibrate: estimate versus measured", "calibration", calibration),
+    ("Fault tests under load", "fault_tests_under_load", fault_tests_under_load),
 ]
 
 
