@@ -62,6 +62,10 @@ def one_run(tests: list[str], timeout_s: float) -> dict:
         output, _ = pytest.communicate()
         returncode = 124
         output += f"\nTIMEOUT after {timeout_s:.0f} s (the whole run counts as failed)\n"
+    except BaseException:  # Ctrl-C: pytest is in a session of its own, so it would go on running without us
+        os.killpg(pytest.pid, signal.SIGKILL)
+        pytest.wait()
+        raise
     failing = [line for line in output.splitlines() if line.startswith(("FAILED ", "ERROR ", "TIMEOUT "))]
     return {"returncode": returncode, **summary_counts(output), "failing": failing,
             "wall_s": time.monotonic() - start,
