@@ -155,9 +155,9 @@ def open_client(tracking_uri: str, wait_s: float = STORE_CREATION_WAIT_S) -> Mlf
     on its database file (SQLite's own locks are fcntl byte ranges, which flock does not touch): the first
     process migrates the schema, the others wait for it (at most ``wait_s`` seconds) and find it done.
     """
-    from raysweep.store_check import sqlite_path
+    from raysweep.store_check import sqlite_path, uri_scheme
 
-    path = sqlite_path(tracking_uri) if tracking_uri.startswith("sqlite:") else None
+    path = sqlite_path(tracking_uri) if uri_scheme(tracking_uri) == "sqlite" else None
     if path is None:
         return _opened(tracking_uri)
     deadline = time.monotonic() + wait_s

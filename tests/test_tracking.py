@@ -124,15 +124,16 @@ def test_processes_opening_one_fresh_sqlite_store_at_once_all_get_it(tmp_path):
     assert {e.name for e in MlflowClient(uri).search_experiments()} >= {"e0", "e1", "e2", "e3"}
 
 
-def test_opening_a_sqlite_store_waits_for_the_process_creating_it(tmp_path):
+@pytest.mark.parametrize("scheme", ["sqlite", "sqlite+pysqlite"])
+def test_opening_a_sqlite_store_waits_for_the_process_creating_it(tmp_path, scheme):
     """The creator holds an exclusive flock on the database file while MLflow migrates the schema; an opener
-    waits for it, bounded, and SQLite's own locking is not in the way."""
+    waits for it, bounded, and SQLite's own locking is not in the way (a named driver is the same store)."""
     import fcntl
 
     from raysweep.mlflow_store import open_client
 
     db = tmp_path / "mlflow.db"
-    uri = f"sqlite:///{db}"
+    uri = f"{scheme}:///{db}"
     with open(db, "ab") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(TimeoutError, match="stayed locked"):
