@@ -299,12 +299,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted(stop) -> int:
+    """The one line a stopped sweep ends with: what stopped it and how to go on; exit 128 + the signal."""
+    where = getattr(stop, "sweep_dir", None)
+    hint = (f"; its trials keep their checkpoints: resume with  raysweep resume {where}" if where else
+            "; nothing of the sweep was started")
+    print(f"raysweep: interrupted by {stop.name}{hint}", file=sys.stderr, flush=True)
+    return stop.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
+    from raysweep.interrupt import Interrupted
     from trainables.params import ConfigError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except Interrupted as stop:
+        return _interrupted(stop)
+    except KeyboardInterrupt:  # Ctrl-C before the sweep took the signals (validation, preflight, Ray starting)
+        return _interrupted(Interrupted(signal.SIGINT))
     except ConfigError as err:
         print(f"raysweep: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -316,6 +316,13 @@ class SweepRun:
                          max_results=50000)
         return {r.data.tags[tags.TRIAL_KEY]: (r.info.run_id, r.info.status) for r in runs}
 
+    def reopen(self) -> None:
+        """Mark the parent RUNNING again (a resumed sweep that was interrupted); best effort: finish() ends it."""
+        try:
+            self.call(self.client.update_run, self.parent(), "RUNNING")
+        except TrackingUnavailable:
+            pass
+
     def finish(self, status: str = "FINISHED") -> bool:
         """End the parent run; False if the store is unreachable (it is ended when it answers again)."""
         self._pending_status = status

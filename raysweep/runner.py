@@ -14,6 +14,7 @@ from typing import Callable
 import yaml
 
 from analysis import mlflow_tags as tags
+from raysweep.interrupt import Interrupted, StopSignals
 from raysweep.manifest import Manifest, claim_sweep_dir
 from raysweep.mlflow_store import SweepRun, limit_http_retries
 from raysweep.plan import plan
@@ -46,7 +47,7 @@ def run_sweep(spec: Spec, trials: list[PlannedTrial], *, echo: Callable[[str], N
     check_datasets(spec, trials)
     limit_http_retries()
     tracking_uri = check_tracking(spec)
-    with connected(spec, storage, echo) as resources:
+    with connected(spec, storage, echo) as resources, StopSignals().installed() as stops:
         sweep_id, sweep_dir = claim_sweep_dir(storage, spec.name)
         experiment = spec.tracking.experiment or spec.name
         values = parent_tags(spec, str(sweep_dir))
@@ -55,10 +56,21 @@ def run_sweep(spec: Spec, trials: list[PlannedTrial], *, echo: Callable[[str], N
         manifest.save()
         sweep = SweepRun.open(tracking_uri, experiment, sweep_id, values)
         manifest.update(parent_run_id=sweep.run_id)
-        session = SweepSession(spec, manifest, sweep, resources, echo, verbose)
+        session = SweepSession(spec, manifest, sweep, resources, echo, verbose, stops)
         sweep.log_text(yaml.safe_dump(jsonable(spec.to_dict()), sort_keys=False), "spec.yaml")
-        session.run(trials)
+        _run_or_record_stop(session, trials)
     return session.finish()
+
+
+def _run_or_record_stop(session: SweepSession, trials: list[PlannedTrial]) -> None:
+    """``session.run(trials)``; a stop signal is recorded as an interruption (see
+    :meth:`SweepSession.interrupted`) and raised on, carrying the sweep folder for the resume hint."""
+    try:
+        session.run(trials)
+    except Interrupted as stop:
+        stop.sweep_dir = session.manifest.sweep_dir
+        session.interrupted(stop)
+        raise
 
 
 def resume_sweep(manifest: Manifest, *, echo: Callable[[str], None] = print, verbose: bool = False) -> SweepResult:
@@ -78,16 +90,19 @@ def resume_sweep(manifest: Manifest, *, echo: Callable[[str], None] = print, ver
         raise ConfigError("spec", "the plan from the manifest's spec differs from the planned trials (a changed "
                                   "plugin or registry?); cannot resume this sweep")
     check_datasets(spec, trials)
-    with connected(spec, manifest.storage_root, echo) as resources:
+    with connected(spec, manifest.storage_root, echo) as resources, StopSignals().installed() as stops:
         limit_http_retries()
         sweep = SweepRun.open(data["tracking_uri"], data["experiment"], data["sweep_id"], data["parent_tags"],
                               run_id=data["parent_run_id"])
         if sweep.run_id and sweep.run_id != data["parent_run_id"]:
             manifest.update(parent_run_id=sweep.run_id)
-        session = SweepSession(spec, manifest, sweep, resources, echo, verbose)
+        session = SweepSession(spec, manifest, sweep, resources, echo, verbose, stops)
+        if data["status"] == "interrupted":  # going on: the parent runs again until the sweep ends
+            sweep.reopen()
+            manifest.update(status="running")
         # Before Ray restores anything: an epoch checkpointed but never received by the killed driver is only
         # in its checkpoint, which the restored trial resumes after and Ray then overwrites.
         replay_storage(manifest, session.logger)
         session.logger.flush_all()
-        session.run(trials)
+        _run_or_record_stop(session, trials)
     return session.finish()

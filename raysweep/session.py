@@ -15,13 +15,15 @@ The crash-recovery invariants live here, each in one place:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from raysweep.interrupt import Interrupted, StopSignals
 from raysweep.manifest import Manifest
-from raysweep.mlflow_store import SweepRun
+from raysweep.mlflow_store import SweepRun, TrackingUnavailable
 from raysweep.plan import Phase, confirm_plan, member_results, phases, top_configs
 from raysweep.preflight import TrialResources
 from raysweep.spec import Spec
@@ -62,9 +64,10 @@ class SweepSession:
     """A sweep's phases, its MLflow logger and its manifest, for as long as this driver runs it."""
 
     def __init__(self, spec: Spec, manifest: Manifest, sweep: SweepRun, resources: TrialResources,
-                 echo: Callable[[str], None], verbose: bool = False) -> None:
+                 echo: Callable[[str], None], verbose: bool = False, stops: StopSignals | None = None) -> None:
         self.spec, self.manifest, self.sweep, self.resources, self.echo = spec, manifest, sweep, resources, echo
         self.verbose = verbose
+        self.stops = stops or StopSignals()  # not installed: nothing is ever received
         self.storage = manifest.storage_root
         # The store may answer only later (an outage, a concurrent first write): record the parent id then.
         sweep.on_parent = lambda run_id: manifest.update(parent_run_id=run_id)
@@ -88,9 +91,11 @@ class SweepSession:
                     keys = None if sampled else [t.key for t in planned]
                     self.manifest.start_phase(phase.name, phase.experiment, keys)
                     self._record_plan(phase, planned)
-                    results = self._new_tuner(phase, planned).fit()
+                    tuner = self._new_tuner(phase, planned)
                 else:
-                    results = self._restore_or_rebuild(phase, planned).fit()
+                    tuner = self._restore_or_rebuild(phase, planned)
+                with self.stops.fit():  # a stop signal: Interrupted, and the phase stays unfinished
+                    results = tuner.fit()
                 self._phase_done(phase, results)
         finally:
             self.logger.flush_all()
@@ -126,6 +131,15 @@ class SweepSession:
                    "config": t.config} for t in trials]
         (self.manifest.sweep_dir / f"plan-{phase.name}.json").write_text(json.dumps(record, indent=1, default=str))
         self.sweep.log_text(json.dumps(record, indent=2, sort_keys=True, default=str), f"plan-{phase.name}.json")
+
+    def interrupted(self, stop: Interrupted) -> None:
+        """Record a sweep stopped by a signal: the manifest says ``interrupted`` (``raysweep resume`` goes on
+        from there), the parent run is KILLED, and no table or headline is made from the partial trials."""
+        TuneCallback.detach(self.sweep_id)
+        self.manifest.update(status="interrupted", interrupted_by=stop.name)
+        with contextlib.suppress(TrackingUnavailable):
+            self.logger.flush_all()
+        self.sweep.finish("KILLED")
 
     def finish(self) -> SweepResult:
         """End the parent run and build the summary table (from MLflow), unless MLflow is unreachable."""
