@@ -14,6 +14,7 @@ cut short, so the phase is never recorded as finished.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -70,8 +71,10 @@ class StopSignals:
         tune_stop = signal.getsignal(signal.SIGUSR1) if self.fitting else None
         if not callable(tune_stop):
             raise Interrupted(signum)
-        print(f"\nraysweep: {signal.Signals(signum).name} received: stopping the trials and saving their state "
+        print(f"\nraysweep: {signal.Signals(signum).name}: stopping the trials and saving their state "
               "(a second signal stops at once)", flush=True)
+        # Tune's own notes on the stop name its Python API (Tuner.restore); ours names `raysweep resume`.
+        logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
         tune_stop(signal.SIGINT, frame)
 
     @contextlib.contextmanager

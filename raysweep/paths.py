@@ -31,7 +31,8 @@ def check_name(value: object, field: str, max_bytes: int = MAX_NAME_BYTES) -> st
     """``value`` if it can be used as one folder name inside a folder, else a ConfigError naming ``field``.
 
     Refused: anything but a non-empty string; ``.`` and ``..``; a leading dot (hidden, and ``..x`` reads
-    like a parent); ``/``, ``\\`` or the platform's separators; NUL and other control characters; more than
+    like a parent); ``/``, ``\\`` or the platform's separators; NUL and other control characters, and format
+    characters such as a right-to-left override; more than
     ``max_bytes`` bytes in UTF-8 (default: what is left of a 255-byte file name once the sweep id's
     timestamp, a collision suffix and ``-confirm`` are added).
     """
@@ -45,9 +46,12 @@ def check_name(value: object, field: str, max_bytes: int = MAX_NAME_BYTES) -> st
     found = sorted(c for c in separators if c in value)
     if found:
         raise ConfigError(field, f"must not contain a path separator ({' '.join(found)}), got {value!r}")
-    control = next((c for c in value if unicodedata.category(c) == "Cc"), None)
+    # Cc: control characters; Cf: format characters (right-to-left overrides, zero-width joiners) that make a
+    # name read differently from what it is, in a terminal, a folder listing or the MLflow UI.
+    control = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf")), None)
     if control is not None:
-        raise ConfigError(field, f"must not contain control characters (found {control!r}), got {value!r}")
+        raise ConfigError(field, f"must not contain control or format characters (found {control!r} "
+                                 f"U+{ord(control):04X}), got {value!r}")
     size = len(value.encode("utf-8"))
     if size > max_bytes:
         raise ConfigError(field, f"is {size} bytes long; at most {max_bytes} bytes (it becomes part of a file name, "

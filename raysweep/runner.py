@@ -14,6 +14,7 @@ from typing import Callable
 import yaml
 
 from analysis import mlflow_tags as tags
+from raysweep.footprint import check_device, check_footprint
 from raysweep.interrupt import Interrupted, StopSignals
 from raysweep.manifest import Manifest, claim_sweep_dir
 from raysweep.mlflow_store import SweepRun, limit_http_retries
@@ -44,6 +45,8 @@ def run_sweep(spec: Spec, trials: list[PlannedTrial], *, echo: Callable[[str], N
               verbose: bool = False) -> SweepResult:
     """Run a validated spec: its planned ``trials`` (or a sampling mode's draws), then phase 2 if two-phase."""
     storage = check_storage(spec.storage)
+    check_device(spec, trials)
+    check_footprint(spec, trials)  # before check_datasets, which loads the sources that read no files
     check_datasets(spec, trials)
     limit_http_retries()
     tracking_uri = check_tracking(spec)

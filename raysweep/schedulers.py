@@ -71,6 +71,12 @@ def resolve_scheduler(raw: Mapping[str, Any] | None, epochs: int, path: str = "s
     return scheduler
 
 
+def reduction_factor_param(default: float, help: str = "") -> Param:
+    """A successive-halving factor: above 1 by a margin (1.000000001 made the rung and bracket counts, a log
+    in its base, explode past memory), at most 100 (everything stops at the first rung)."""
+    return Param(default, (float,), low=1.1, high=100.0, help=help)
+
+
 def asha_rungs(first: float, factor: float, max_epochs: float) -> list[float]:
     """``first * factor^k`` below ``max_epochs``: where Ray's ASHA places its milestones."""
     rungs, k = [], 0
@@ -110,7 +116,7 @@ class Asha(Scheduler):
     name = "asha"
     description = "asynchronous successive halving: at each rung keep the top 1/reduction_factor"
     params = {"grace_period": _grace("epochs before a trial can be stopped"),
-              "reduction_factor": Param(2.0, (float,), low=1.0, low_open=True)}
+              "reduction_factor": reduction_factor_param(2.0)}
 
     def check(self, epochs: int) -> None:
         _check_grace(self, epochs)
@@ -137,7 +143,7 @@ class HyperBand(Scheduler):
     name = "hyperband"
     description = "synchronous HyperBand: brackets of successive halving, trials paused at each milestone"
     first_stop_name = "its first milestone"
-    params = {"reduction_factor": Param(3.0, (float,), low=1.0, low_open=True, help="eta: 1/eta survive a milestone")}
+    params = {"reduction_factor": reduction_factor_param(3.0, "eta: 1/eta survive a milestone")}
 
     def build(self, metric: str, mode: str, max_epochs: int):
         from ray.tune.schedulers import HyperBandScheduler

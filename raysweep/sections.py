@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from raysweep.bounds import MAX_TRIALS
 from raysweep.modes import MODES
 from trainables.params import ConfigError, Param, resolve
 
@@ -49,8 +50,9 @@ class Search(Section):
     metric: str = knob("val_balanced_acc", (str,), choices=tuple(SEARCH_METRICS))
     direction: str | None = knob(None, (str,), choices=("max", "min"), nullable=True,
                                  help="null = the metric's natural one")
-    num_samples: int = knob(8, (int,), low=1, help="random: configurations per method; optuna: trials in all")
-    seed: int = knob(0, (int,), low=0, help="random/optuna: sampler seed")
+    num_samples: int = knob(8, (int,), low=1, high=MAX_TRIALS,
+                            help="random: configurations per method; optuna: trials in all")
+    seed: int = knob(0, (int,), low=0, high=2**32 - 1, help="random/optuna: sampler seed (numpy's 32-bit range)")
     tune_train: bool = knob(False, (bool,), help="random/optuna: also sample train.lr and train.weight_decay")
     base: dict | None = knob(None, (dict,), nullable=True,
                              help="ofat: base value of every factor (method.knob or axis key)")
@@ -95,7 +97,7 @@ class Cluster(Section):
     address: str | None = knob(None, (str,), nullable=True,
                                help="an existing Ray cluster (host:port or auto); null = RAY_ADDRESS, else start "
                                     "one on this machine")
-    connect_timeout_s: float = knob(10.0, (float,), low=0.0, low_open=True,
+    connect_timeout_s: float = knob(10.0, (float,), low=0.0, high=3600.0, low_open=True,
                                     help="give up on an unreachable cluster.address after this many seconds")
     storage_check: bool = knob(True, (bool,), help="before any trial, check every node can read the storage folder")
 

@@ -15,9 +15,11 @@ manifest keeps and ``raysweep resume`` validates again; the :class:`Spec` itself
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from raysweep.bounds import check_count, grid_size
 from raysweep.modes import MODES, SearchMode
 from raysweep.paths import check_name
 from raysweep.resources import check_resolution
@@ -46,6 +48,7 @@ from trainables.plugins import import_plugins
 from trainables.selection import selection_split
 
 AXIS_ROOTS = ("dataset", "model", "train")
+MAX_SEED = 2**63 - 1  # torch.manual_seed's signed 64-bit range (numpy generators take any such integer)
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,7 @@ def _methods(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
             for knob_name, vals in block.items():
                 if isinstance(vals, list) and not vals:
                     raise ConfigError(f"{path}.{knob_name}", "empty list of values")
+        check_count(grid_size(blocks), path, "configurations")  # counted before the grid is built
         expanded[name] = expand_method(name, blocks, path)
     search: Search = done["search"]
     if search.baseline is not None and search.baseline not in expanded:
@@ -229,21 +233,29 @@ def _axes(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
         if not values:
             raise ConfigError(path, "empty list of values")
         out[key] = [declared[root][leaf].validate(v, path) for v in values]
+    configurations = sum(len(v) for v in done["methods_expanded"].values())
+    check_count(configurations * math.prod(len(v) for v in out.values()), "axes", "configurations (methods x axes)")
     return {"axes": out}
 
 
 def _seeds(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
-    """``seeds: n`` means seeds 0..n-1; a list gives them explicitly."""
+    """``seeds: n`` means seeds 0..n-1; a list gives them explicitly (each in the 64-bit range torch seeds with).
+    The trials they make (configurations x axis points x seeds) are counted before any list is built."""
     raw = 1 if raw is None else raw
-    problem = ConfigError("seeds", f"must be a positive integer or a list of distinct integers >= 0, got {raw!r}")
+    problem = ConfigError("seeds", f"must be a positive integer or a list of distinct integers in [0, {MAX_SEED}], "
+                                   f"got {raw!r}")
     if isinstance(raw, bool):
         raise problem
+    count = raw if isinstance(raw, int) else len(raw) if isinstance(raw, list) else 0
+    configurations = sum(len(v) for v in done["methods_expanded"].values()) * math.prod(
+        len(v) for v in done["axes"].values())
+    check_count(count * configurations, "seeds", f"trials ({configurations:,} configurations x {count:,} seeds)")
     if isinstance(raw, int):
         if raw < 1:
             raise problem
         return {"seeds": tuple(range(raw))}
-    if isinstance(raw, list) and raw and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw) \
-            and len(set(raw)) == len(raw):
+    if isinstance(raw, list) and raw and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED
+                                             for s in raw) and len(set(raw)) == len(raw):
         return {"seeds": tuple(raw)}
     raise problem
 

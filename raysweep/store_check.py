@@ -9,7 +9,8 @@ Without this, ``ftp://...`` or ``bogus://...`` ran a whole sweep untracked and e
   with ``MLFLOW_ALLOW_FILE_STORE=true``); or one an installed MLflow plugin registers (entry point group
   ``mlflow.tracking_store``).
 - :func:`check_store` (the preflight, bounded by ``timeout_s``): a sqlite file can be opened or created
-  (its folder exists and takes a new file; an existing file is a database), a file store's folder can be
+  (its folder exists and takes a new file; an existing file is a database that passes SQLite's
+  ``PRAGMA quick_check``; an in-memory database, which nothing survives, is refused), a file store's folder can be
   created, an HTTP(S) server answers ``GET /health``, a database server accepts a connection.
 
 An outage later in the sweep is not this module's business: the sweep goes on and ``raysweep sync``
@@ -130,7 +131,8 @@ def _check_sqlite(uri: str, timeout_s: float, field: str) -> None:
     except Exception as err:  # sqlalchemy's ArgumentError and friends
         raise ConfigError(field, f"not a valid sqlite URI {uri!r}: {err}") from None
     if path is None:
-        return
+        raise ConfigError(field, f"{uri!r} is an in-memory sqlite database: nothing would survive the run; name a "
+                                 "file, e.g. sqlite:///mlflow.db")
     folder = path.parent.resolve()
     if not folder.is_dir():
         raise ConfigError(field, f"cannot create the sqlite file {path}: the folder {folder} does not exist")
@@ -146,8 +148,14 @@ def _check_sqlite(uri: str, timeout_s: float, field: str) -> None:
         with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True,
                                                 timeout=timeout_s)) as db:
             db.execute("PRAGMA schema_version").fetchone()
+            # A header intact but pages damaged opens fine and fails only mid-sweep: read every page now.
+            problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
     except sqlite3.Error as err:
         raise ConfigError(field, f"cannot open {path} as a sqlite database: {err}") from None
+    if problems != ["ok"]:
+        first = (problems or ["no answer"])[0].splitlines()[0][:200]
+        raise ConfigError(field, f"the sqlite database {path} is corrupt (PRAGMA quick_check: {first}; "
+                                 f"{len(problems)} problems); restore it from a backup or name another file")
 
 
 def _check_file_store(uri: str, field: str) -> None:

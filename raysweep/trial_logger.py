@@ -15,6 +15,7 @@ second, its host tags once instead of with every epoch.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from raysweep.mlflow_store import (
     log_tags,
 )
 from raysweep.trials import PlannedTrial
-from trainables.tune import MEMBERS, Envelope, read_envelope
+from trainables.tune import MEMBERS, UNREADABLE, Envelope, read_envelope
 
 PER_CLASS_ARTIFACT = "per_class_test_acc.csv"  # final per-class accuracy when there are too many classes for metrics
 # Keys Ray adds to every result; everything else numeric that a trial reports is a metric.
@@ -301,6 +302,11 @@ class TuneCallback(Callback):
         self._flush(self._logs(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if result.get(UNREADABLE):  # the trial resumed past checkpoints it could not read: say which
+            epoch = result.get("epoch")
+            print(f"warning: trial {read_envelope(trial.config).key}: unreadable checkpoints skipped "
+                  f"({result[UNREADABLE]}); it resumed from the newest readable one and reached epoch {epoch}",
+                  file=sys.stderr, flush=True)
         logs = self._logs(trial)
         self.logger.add_trial_result(logs, result)
         self._flush(logs, force=False)

@@ -1,4 +1,8 @@
-"""Checkpoint files: one ``state.pt`` per checkpoint, always loaded with ``weights_only=True``."""
+"""Checkpoint files: one ``state.pt`` per checkpoint, always loaded with ``weights_only=True``.
+
+A checkpoint that cannot be read (truncated by a full disk or a crash mid-copy, bytes damaged) raises
+:class:`UnreadableCheckpoint` naming its file, never a bare ``OSError: [Errno 22]`` from deep in torch.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,22 @@ def save_state(state: dict[str, Any], directory: str | os.PathLike) -> Path:
     return path
 
 
+class UnreadableCheckpoint(Exception):
+    """A checkpoint file that cannot be loaded; ``path`` is the file, ``reason`` torch's first line."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"unreadable checkpoint {path}: {reason}")
+
+
 def load_state(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_state` (tensors and plain Python values only)."""
-    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    """Read a checkpoint written by :func:`save_state` (tensors and plain Python values only); one that
+    cannot be read raises :class:`UnreadableCheckpoint`."""
+    path = Path(directory) / STATE_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # OSError, RuntimeError (a zip archive cut short), pickle's UnpicklingError, EOFError
+        raise UnreadableCheckpoint(path, (str(err).strip().splitlines() or [type(err).__name__])[0][:200]) from None
+    if not isinstance(state, dict):
+        raise UnreadableCheckpoint(path, f"holds a {type(state).__name__}, not a training state")
+    return state

@@ -28,6 +28,11 @@ class InactiveParamError(ConfigError):
     """
 
 
+# What a number may be when its Param declares no ``high``: representable downstream (a 64-bit integer for
+# seeds and counts, torch's and numpy's limit; a float far below overflow in any product or exp()).
+INT_CEILING = 2**63 - 1
+FLOAT_CEILING = 1e15
+
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
                dict: "a mapping"}
 
@@ -97,6 +102,10 @@ class Param:
                 raise ConfigError(path, f"must be {self.allowed()}, got {value!r}")
             if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
                 raise ConfigError(path, f"must be {self.allowed()}, got {value!r}")
+            ceiling = INT_CEILING if isinstance(value, int) else FLOAT_CEILING
+            if self.high is None and abs(value) > ceiling:
+                raise ConfigError(path, f"must be {self.allowed()} and at most {ceiling:g} in size (a finite, "
+                                        f"representable value), got {value!r}")
             if self.choices is not None and str not in self.types and value not in self.choices:
                 raise ConfigError(path, f"must be {self.allowed()}, got {value!r}")
             return value

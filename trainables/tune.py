@@ -11,6 +11,8 @@ trajectory with the epoch counter continuing. Each result also names the Ray nod
 from __future__ import annotations
 
 import math
+import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +22,17 @@ import ray
 import torch
 from ray import tune
 
-from trainables.checkpoint import STATE_FILE, load_state, save_state
+from trainables.checkpoint import STATE_FILE, UnreadableCheckpoint, load_state, save_state
 from trainables.loop import train
 from trainables.plugins import import_plugins
 
 LAST_METRICS = "last_metrics"  # the reported metrics saved beside the training state in each checkpoint
 ENVELOPE = "envelope"  # the one key of a Tune trial's config
 MEMBERS = "members"  # a group's result: each member's metrics of the epoch, by trial key
+# In the first result after a resume that skipped checkpoints: "<file>: <reason>" of each, "; "-joined (the
+# driver reports it; see raysweep.trial_logger.TuneCallback).
+UNREADABLE = "unreadable_checkpoints"
+STAGING_PREFIX = ".state-"  # a checkpoint being written, inside the trial's own folder (see run_trial)
 
 
 @dataclass(frozen=True)
@@ -73,13 +79,14 @@ def read_envelope(config: Mapping[str, Any]) -> Envelope:
                     data.get("experiment_dir"), data.get("gpu_fraction"), data.get("engine", "auto"))
 
 
-def newest_saved_state(trial_dir: Path) -> dict[str, Any] | None:
+def newest_saved_state(trial_dir: Path, unreadable: list[UnreadableCheckpoint] | None = None
+                       ) -> dict[str, Any] | None:
     """The most recently written readable checkpoint in a trial's storage folder, if any.
 
     Ray restores a trial from the checkpoint its last experiment snapshot recorded, which can be several
     epochs old after a driver crash; the checkpoint folders themselves are written at once. Newest by
     modification time (Ray may reuse a folder name after a restore); an unreadable one (a copy cut short
-    by the crash) falls back to the next.
+    by the crash, a full disk) falls back to the next, and is appended to ``unreadable``.
     """
     try:
         folders = sorted(trial_dir.glob(f"checkpoint_*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -88,9 +95,39 @@ def newest_saved_state(trial_dir: Path) -> dict[str, Any] | None:
     for path in folders:
         try:
             return load_state(path.parent)
-        except Exception:  # truncated or half-copied: try the one before
-            continue
+        except UnreadableCheckpoint as err:  # truncated or half-copied: try the one before
+            if unreadable is not None:
+                unreadable.append(err)
     return None
+
+
+def resume_state(checkpoint, trial_dir: Path | None) -> tuple[dict[str, Any] | None, list[UnreadableCheckpoint]]:
+    """(the state to resume from, the checkpoints that could not be read on the way).
+
+    The furthest of Ray's ``checkpoint`` (the one its experiment snapshot names) and the newest readable one
+    in ``trial_dir``; an unreadable checkpoint is skipped, never fatal, and with none readable the trial
+    starts from scratch (the MLflow logger skips epochs already logged, so each is still logged once).
+    """
+    unreadable: list[UnreadableCheckpoint] = []
+    resume = None
+    if checkpoint is not None:
+        try:
+            with checkpoint.as_directory() as directory:
+                resume = load_state(directory)
+        except UnreadableCheckpoint as err:
+            unreadable.append(err)
+    if trial_dir is not None:
+        saved = newest_saved_state(trial_dir, unreadable)
+        if saved is not None and (resume is None or progress(saved) > progress(resume)):
+            resume = saved
+    unique = list({str(u.path): u for u in unreadable}.values())
+    return resume, unique
+
+
+def clear_staging(folder: Path) -> None:
+    """Remove checkpoint staging folders a killed worker left in ``folder`` (see run_trial's report)."""
+    for stale in folder.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def progress(state: Mapping[str, Any]) -> int:
@@ -124,15 +161,16 @@ def run_trial(tune_config: dict[str, Any]) -> None:
         torch.cuda.set_per_process_memory_fraction(float(gpu_fraction))
     node_id = ray.get_runtime_context().get_node_id()
 
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            resume = load_state(directory)
-    if env.experiment_dir:
-        saved = newest_saved_state(Path(env.experiment_dir) / env.key)
-        if saved is not None and (resume is None or progress(saved) > progress(resume)):
-            resume = saved
+    trial_dir = Path(env.experiment_dir) / env.key if env.experiment_dir else None
+    resume, unreadable = resume_state(tune.get_checkpoint(), trial_dir)
+    notice = {UNREADABLE: "; ".join(f"{u.path}: {u.reason}" for u in unreadable)} if unreadable else {}
+    for problem in unreadable:  # the worker's log; the driver prints the result's UNREADABLE entry
+        print(f"raysweep: trial {env.key}: skipped {problem}", file=sys.stderr, flush=True)
+    # Checkpoints are staged in the trial's own folder, not $TMPDIR: what a killed worker leaves there is
+    # removed by the next attempt (and goes with the sweep's folder).
+    staging = trial_dir or Path(tune.get_context().get_trial_dir())
+    staging.mkdir(parents=True, exist_ok=True)
+    clear_staging(staging)
 
     capped = bool(gpu_fraction and torch.cuda.is_available())
 
@@ -140,9 +178,11 @@ def run_trial(tune_config: dict[str, Any]) -> None:
         if capped:  # evidence of the cap and of the share this trial used
             metrics = {**metrics, "gpu_memory_fraction": float(gpu_fraction),
                        "gpu_max_memory_mb": torch.cuda.max_memory_allocated() / 2**20}
-        with tempfile.TemporaryDirectory() as directory:
+        extra = {**notice, "node_id": node_id}
+        notice.clear()  # reported once, with the first result after the resume
+        with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=staging) as directory:
             save_state({**state, LAST_METRICS: dict(metrics)}, directory)
-            tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(directory))
 
     last = (resume or {}).get(LAST_METRICS) or {}
     try:

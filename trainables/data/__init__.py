@@ -37,12 +37,17 @@ class DatasetSource:
     # (trainables.data.sizes) runs the protocol cheaply. None: that preflight calls ``load`` for a source
     # that reads no files (no ``preflight``), and skips a source that does.
     labels: Callable[[Mapping[str, Any]], SourceData] | None = None
+    # (one example's input shape, examples in the source, classes) of the source's own options, without
+    # loading anything: the pre-run checks estimate its bytes and run one batch shape through the model on
+    # the meta device (raysweep.footprint). None: those checks skip this source.
+    shape: Callable[[Mapping[str, Any]], tuple[tuple[int, ...], int, int]] | None = None
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
 
 PROTOCOL_PARAMS: dict[str, Param] = {
-    "imbalance": Param(1.0, (float,), low=1.0, help="rho = n_max / n_min; 1 = balanced"),
+    "imbalance": Param(1.0, (float,), low=1.0, high=10000.0, help="rho = n_max / n_min; 1 = balanced (beyond 1e4 every "
+                       "tail class of a real dataset is one example)"),
     "meta_per_class": Param(10, (int,), low=0, help="clean balanced meta/validation images per class"),
     "val_per_class": Param(None, (int,), low=0, nullable=True,
                            help="a separate balanced set for model selection; 0 = select on the meta set; null = "
