@@ -33,9 +33,26 @@ def _load(path: str, overrides: list[str]):
     return spec, plan(spec)
 
 
+MAX_CALIBRATION_STEPS = 10_000
+
+
+def _check_calibration_args(args: argparse.Namespace) -> None:
+    """``plan --calibrate``'s own options, checked before the spec is read or anything is timed."""
+    if not 1 <= args.steps <= MAX_CALIBRATION_STEPS:
+        raise UsageError(f"--steps: must be an integer in [1, {MAX_CALIBRATION_STEPS}], got {args.steps}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device: cuda, but no CUDA GPU is visible here (torch.cuda.is_available() is False); "
+                             "use auto or cpu")
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from raysweep.plan import describe_plan
 
+    if args.calibrate:
+        _check_calibration_args(args)
     spec, trials = _load(args.spec, args.set)
     print("\n".join(describe_plan(spec, trials)))
     if args.calibrate:
@@ -139,11 +156,14 @@ def cmd_table(args: argparse.Namespace) -> int:
     from analysis.tables import render
     from raysweep.mlflow_store import resolve_tracking_uri
     from raysweep.report import sweep_table
+    from raysweep.store_check import require_store
 
     if not args.experiment and not args.parent:
         raise UsageError("table: give --experiment NAME or --parent RUN_ID")
+    uri = resolve_tracking_uri(args.tracking_uri)
+    require_store(uri)
     try:
-        table = sweep_table(resolve_tracking_uri(args.tracking_uri), experiment=args.experiment,
+        table = sweep_table(uri, experiment=args.experiment,
                             parent_run_id=args.parent, rows=args.rows, cols=args.cols, metric=args.metric)
     except (SweepNotFound, KeyError) as err:
         raise UsageError(str(err).strip("'\"")) from None
@@ -156,8 +176,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from analysis.tables import render
     from raysweep.mlflow_store import resolve_tracking_uri
     from raysweep.report import build_report
+    from raysweep.store_check import require_store
 
     uri = resolve_tracking_uri(args.tracking_uri)
+    require_store(uri)
     try:
         report = build_report(uri, args.sweep, args.out, rows=args.rows, cols=args.cols, metric=args.metric,
                               others=args.others, error=args.error, log=not args.no_log)
@@ -179,6 +201,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     """The MLflow UI of a sweep's store, opened on the experiment's comparison view; stops cleanly on signals."""
     from raysweep.manifest import Manifest
     from raysweep.mlflow_store import limit_http_retries, resolve_tracking_uri
+    from raysweep.store_check import require_store
     from raysweep.ui import experiment_link, runs_url, serve_ui
 
     uri, experiment = args.tracking_uri, args.experiment
@@ -191,6 +214,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"{uri} is an MLflow server: its UI is already there, open "
               f"{runs_url(uri, *experiment_link(uri, experiment))}")
         return 0
+    require_store(uri, "tracking_uri" if args.sweep else "--tracking-uri")
     return serve_ui(uri, experiment, host=args.host, port=args.port, open_browser=args.open)
 
 

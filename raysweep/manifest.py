@@ -53,6 +53,28 @@ def claim_sweep_dir(storage: str | os.PathLike, name: str, now: float | None = N
                                  "wait a second or use another name")
 
 
+# What every reader (resume, sync, ui, the totals) takes from a manifest, with the JSON type it must have.
+REQUIRED = {"sweep_id": str, "status": str, "spec": dict, "tracking_uri": str, "experiment": str,
+            "parent_run_id": (str, type(None)), "parent_tags": dict, "phases": dict, "top_k": (list, type(None))}
+PHASE_REQUIRED = {"experiment": str, "status": str, "trial_keys": (list, type(None)),
+                  "num_trials": (int, type(None)), "num_errors": (int, type(None)), "num_non_finite": (int, type(None))}
+
+
+def manifest_problems(data: dict[str, Any]) -> list[str]:
+    """What a parsed manifest lacks or holds with the wrong type, one phrase each (empty: sound)."""
+    def check(record: dict[str, Any], required: dict[str, Any], where: str) -> list[str]:
+        missing = [k for k in required if k not in record]
+        wrong = [k for k in required if k in record and not isinstance(record[k], required[k])]
+        return ([f"{where}no {', '.join(missing)}"] if missing else []) + \
+            ([f"{where}{k} has the wrong type" for k in wrong])
+
+    problems = check(data, REQUIRED, "")
+    for name, phase in (data.get("phases") or {}).items() if isinstance(data.get("phases"), dict) else ():
+        problems += check(phase, PHASE_REQUIRED, f"phase {name}: ") if isinstance(phase, dict) else \
+            [f"phase {name}: not a mapping"]
+    return problems
+
+
 class Manifest:
     """A sweep's manifest file; ``data`` is its JSON content, :meth:`save` writes it atomically."""
 
@@ -92,6 +114,10 @@ class Manifest:
             raise ConfigError("sweep", f"cannot read {path}: {err}") from None
         if not isinstance(data, dict) or data.get("version") != VERSION:
             raise ConfigError("sweep", f"{path} is not a raysweep manifest (version {VERSION})")
+        problems = manifest_problems(data)
+        if problems:
+            raise ConfigError("sweep", f"{path} is damaged: {'; '.join(problems)} (resume and sync need them; restore "
+                                       "the file from a backup)")
         return cls(Path(path), data)
 
     @property

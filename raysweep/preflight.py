@@ -97,6 +97,26 @@ def check_table_metric(spec: Spec, sizes: Iterable[SplitSizes | None]) -> None:
                                           "test_acc_class<c>, or a method's own diagnostics such as cdb_tau)")
 
 
+def check_table_keys(spec: Spec, trials: list[PlannedTrial]) -> None:
+    """``table.rows`` and ``table.cols`` name keys the planned configurations have, read the way the table reads
+    MLflow's params (flattened config, method knobs scoped by method); else a ConfigError listing them.
+    A sampling mode's draws are not known yet: nothing to check before it runs."""
+    import pandas as pd
+
+    from analysis.aggregate import key_values, known_keys, scope_knobs
+    from raysweep.mlflow_store import flatten
+
+    if not trials:
+        return
+    frame = scope_knobs(pd.DataFrame([{"config_id": t.config_id, "seed": t.seed, "method": t.config["method"]["name"],
+                                       "label": t.label, **flatten(t.config)} for t in trials]))
+    for field, key in (("table.rows", spec.table.rows), ("table.cols", spec.table.cols)):
+        if key is not None and key not in ("config", "method") and key_values(frame, key) is None:
+            raise ConfigError(field, f"no planned configuration has the key {key!r}; allowed: "
+                                     f"{', '.join(['config', 'method'] + known_keys(frame))} (a method's knob also "
+                                     "as method.<knob>)")
+
+
 def check_tracking(spec: Spec) -> str:
     """The tracking URI the sweep will log to (spec, MLFLOW_TRACKING_URI or ./mlflow.db), after checking
     MLflow supports it and the store answers (or can be created) now; a ConfigError names ``tracking.uri``."""

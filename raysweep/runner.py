@@ -19,7 +19,7 @@ from raysweep.interrupt import Interrupted, StopSignals
 from raysweep.manifest import Manifest, claim_sweep_dir
 from raysweep.mlflow_store import SweepRun, limit_http_retries
 from raysweep.plan import plan
-from raysweep.preflight import check_datasets, check_storage, check_tracking, connected
+from raysweep.preflight import check_datasets, check_storage, check_table_keys, check_tracking, connected
 from raysweep.provenance import provenance
 from raysweep.session import SweepResult, SweepSession, jsonable
 from raysweep.spec import Spec, validate_spec
@@ -48,6 +48,7 @@ def run_sweep(spec: Spec, trials: list[PlannedTrial], *, echo: Callable[[str], N
     check_device(spec, trials)
     check_footprint(spec, trials)  # before check_datasets, which loads the sources that read no files
     check_datasets(spec, trials)
+    check_table_keys(spec, trials)
     limit_http_retries()
     tracking_uri = check_tracking(spec)
     with connected(spec, storage, echo) as resources, StopSignals().installed() as stops:

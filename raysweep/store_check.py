@@ -103,6 +103,28 @@ def check_store(uri: str, timeout_s: float = 5.0, field: str = FIELD) -> None:
         _check_database(uri, scheme, timeout_s, field)
 
 
+def require_store(uri: str, field: str = "--tracking-uri") -> None:
+    """For commands that only read a store (table, report, ui): a local store (sqlite file, file-store folder)
+    must exist already, since opening one with MLflow creates it; a ConfigError naming ``field`` otherwise.
+    Servers and databases are not probed here (opening them creates nothing)."""
+    scheme = check_scheme(uri, field) if uri_scheme(uri) not in FILE_SCHEMES else uri_scheme(uri)
+    if scheme == "sqlite":
+        try:
+            path = sqlite_path(uri)
+        except Exception as err:  # sqlalchemy's ArgumentError and friends
+            raise ConfigError(field, f"not a valid sqlite URI {uri!r}: {err}") from None
+        if path is None:
+            raise ConfigError(field, f"{uri!r} is an in-memory sqlite database: it holds no sweep")
+        if not path.is_file():
+            raise ConfigError(field, f"no MLflow store at {path.absolute()} (nothing is created by a command that "
+                                     "only reads); give the store the sweep logged to")
+    elif scheme in FILE_SCHEMES:
+        parsed = urllib.parse.urlparse(uri)
+        root = Path(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else uri).expanduser()
+        if not root.is_dir():
+            raise ConfigError(field, f"no MLflow file store at {root.absolute()}; give the store the sweep logged to")
+
+
 def _probe_folder(folder: Path, what: str, field: str) -> None:
     """A temporary file can be created (and is removed) in ``folder``."""
     try:

@@ -243,12 +243,84 @@ CASES = [
     ("table metric typo", {"table": {"metric": "tset_acc"}}, [], "table.metric"),
     ("table metric of a group the split does not have", {"table": {"metric": "test_many_acc"}}, [], "table.metric"),
     ("table metric override typo", {}, ["table.metric=val_acc"], "table.metric"),
+    # ---- issue 24: what a sweep may ask for, counted and sized before anything is built -------------------
+    ("a billion seeds", {"seeds": 1_000_000_000}, [], "seeds"),
+    ("a billion seeds by override", {}, ["seeds=1000000000"], "seeds"),
+    ("200 seeds of 1000 configurations",
+     {"seeds": 200, "methods": {"focal": {"gamma": [i / 100 for i in range(1000)]}}}, [], "seeds"),
+    ("a grid of 10^7 configurations", method("ldam_drw", max_m=[i / 10 for i in range(100)],
+                                             scale=[float(i) for i in range(1, 101)],
+                                             drw_fraction=[i / 100 for i in range(100)],
+                                             drw_beta=[i / 10 for i in range(10)]), [], "methods.ldam_drw"),
+    ("a grid of 10^6 by two knobs",
+     method("dm", lam=[i / 100 for i in range(1000)], beta=[i / 10 for i in range(1000)]), [], "methods.dm"),
+    ("MW-Net weighting net of width 10^9", method("mwnet", hidden=10**9), [], "methods.mwnet.hidden"),
+    ("10^5 configurations times 100 axis points", {"methods": {"focal": {"gamma": [i / 10_000 for i in range(10_000)]}},
+                                                   "axes": {"dataset.imbalance": [float(i) for i in range(1, 101)]}},
+     [], "axes"),
+    ("random with ten million samples", {"search": {"mode": "random", "num_samples": 10_000_000}}, [],
+     "search.num_samples"),
+    ("optuna with ten million samples", {"search": {"mode": "optuna", "num_samples": 10_000_000}}, [],
+     "search.num_samples"),
+    ("ASHA reduction factor 1.000000001", {"scheduler": {"name": "asha", "reduction_factor": 1.000000001}}, [],
+     "scheduler.reduction_factor"),
+    ("HyperBand reduction factor 1.000000001", {"scheduler": {"name": "hyperband", "reduction_factor": 1.000000001}},
+     [], "scheduler.reduction_factor"),
+    ("ASHA reduction factor 1e308", {"scheduler": {"name": "asha", "reduction_factor": 1.0e308}}, [],
+     "scheduler.reduction_factor"),
+    ("gaussian of a billion dimensions", section("dataset", dim=1_000_000_000), [], "dataset"),
+    ("gaussian of 10^9 examples per class", section("dataset", samples_per_class=1_000_000_000), [], "dataset"),
+    ("gaussian dim axis with one impossible value", {"axes": {"dataset.dim": [16, 10**12]}}, [], "dataset"),
+    ("an MLP of width 10^9", {"model": {"name": "mlp", "width": 1_000_000_000}}, [], "model"),
+    ("mnist1d of 10^12 samples", {"dataset": {"name": "mnist1d", "num_samples": 10**12}}, [], "dataset"),
+    # ---- errors that once appeared only after Ray and MLflow started -----------------------------------------
+    ("cuda on a machine without a GPU", section("train", device="cuda"), [], "train.device"),
+    ("cuda by override without a GPU", {}, ["train.device=cuda"], "train.device"),
+    ("resnet32 on vectors", {"model": "resnet32"}, [], "model.name"),
+    ("lenet5 on vectors", {"model": "lenet5"}, [], "model.name"),
+    ("resnet32 on mnist1d's sequences", {"dataset": {"name": "mnist1d"}, "model": "resnet32"}, [], "model.name"),
+    ("a seed above the 64-bit range", {"seeds": [0, 2**64]}, [], "seeds"),
+    ("a negative seed", {"seeds": [-1]}, [], "seeds"),
+    ("a dataset seed above the 64-bit range", section("dataset", seed=2**64), [], "dataset.seed"),
+    ("a data_seed above the 64-bit range", section("dataset", data_seed=2**70), [], "dataset.data_seed"),
+    ("a sampler seed above numpy's range", {"search": {"mode": "random", "seed": 2**40}}, [], "search.seed"),
+    ("table rows key with a typo", {"methods": {"focal": {"gamma": [1.0, 2.0]}}, "table": {"rows": "focal.gamma_typo"}},
+     [], "table.rows"),
+    ("table cols key no configuration has", {"table": {"cols": "dataset.colour"}}, [], "table.cols"),
+    ("table rows of a method the spec does not run", {"table": {"rows": "ldam.max_m"}}, [], "table.rows"),
+    # ---- numbers at their extremes ---------------------------------------------------------------------------
+    ("imbalance 1e308", section("dataset", imbalance=1.0e308), [], "dataset.imbalance"),
+    ("imbalance a million", section("dataset", imbalance=1.0e6), [], "dataset.imbalance"),
+    ("imbalance infinite", {}, ["dataset.imbalance=.inf"], "dataset.imbalance"),
+    ("imbalance NaN", {}, ["dataset.imbalance=.nan"], "dataset.imbalance"),
+    ("connect timeout 1e308", {"cluster": {"connect_timeout_s": 1.0e308}}, [], "cluster.connect_timeout_s"),
+    ("connect timeout of a day", {"cluster": {"connect_timeout_s": 86400}}, [], "cluster.connect_timeout_s"),
+    ("separation 1e300", section("dataset", separation=1.0e300), [], "dataset.separation"),
+    ("batch size 2^70", section("train", batch_size=2**70), [], "train.batch_size"),
+    ("warmup epochs 10^30", section("train", warmup_epochs=10**30), [], "train.warmup_epochs"),
+    ("top_k 10^20", {"search": {"two_phase": True, "top_k": 10**20}}, [], "search.top_k"),
+    ("max_failures 10^19", {"failure": {"max_failures": 10**19}}, [], "failure.max_failures"),
+    ("focal gamma 1e308", method("focal", gamma=1.0e308), [], "methods.focal.gamma"),
+    # ---- names: the same rules for every name field -----------------------------------------------------------
+    ("experiment with a right-to-left override", {"tracking": {"experiment": "abl\u202eation"}}, [],
+     "tracking.experiment"),
+    ("experiment with a zero-width joiner", {"tracking": {"experiment": "a\u200db"}}, [], "tracking.experiment"),
+    ("experiment with a tab", {"tracking": {"experiment": "a\tb"}}, [], "tracking.experiment"),
+    ("name with a right-to-left override", {"name": "abl\u202eation"}, [], "name"),
+    # ---- stores a sweep cannot keep ----------------------------------------------------------------------------
+    ("an in-memory sqlite store", {"tracking": {"uri": "sqlite:///:memory:"}}, [], "tracking.uri"),
+    ("a sqlite URI without a file", {"tracking": {"uri": "sqlite://"}}, [], "tracking.uri"),
+    ("a sqlite store damaged in the middle", {"tracking": {"uri": "sqlite:///{corrupt_db}"}}, [], "tracking.uri"),
 ]
+
+
+AS_WITHOUT_A_GPU = {"cuda on a machine without a GPU", "cuda by override without a GPU"}
 
 
 def _content(changes, tmp_path) -> str | bytes:
     """The spec file of a case, placeholders filled: {closed} (127.0.0.1 and a port nothing listens on),
-    {file} (a text file, not a folder or a database), {folder} (a folder)."""
+    {file} (a text file, not a folder or a database), {folder} (a folder), {corrupt_db} (a damaged sqlite
+    database, see :func:`corrupt_sqlite`)."""
     if isinstance(changes, Text):
         content = changes.edit(yaml.safe_dump(BASE, sort_keys=False))
     else:
@@ -257,8 +329,26 @@ def _content(changes, tmp_path) -> str | bytes:
         return content
     (tmp_path / "FILE").write_text("a file, not a folder")
     (tmp_path / "FOLDER").mkdir()
+    corrupt_sqlite(tmp_path / "CORRUPT.db")
     return (content.replace("{closed}", _closed_port()).replace("{file}", str(tmp_path / "FILE"))
-            .replace("{folder}", str(tmp_path / "FOLDER")))
+            .replace("{folder}", str(tmp_path / "FOLDER")).replace("{corrupt_db}", str(tmp_path / "CORRUPT.db")))
+
+
+def corrupt_sqlite(path) -> None:
+    """A sqlite database of several pages whose header is intact and whose middle page is garbage: it opens,
+    and only reading every page (``PRAGMA quick_check``) finds the damage."""
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE metrics (key TEXT, value REAL)")
+        db.executemany("INSERT INTO metrics VALUES (?, ?)", [(f"m{i}" * 20, float(i)) for i in range(2000)])
+        db.commit()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    middle = (len(data) // page // 2) * page
+    data[middle:middle + page] = bytes(range(256)) * (page // 256)
+    path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("case,changes,overrides,key", CASES, ids=[c[0] for c in CASES])
@@ -275,6 +365,10 @@ def test_bad_input_exits_2_naming_the_field_and_leaves_nothing(case, changes, ov
         (plugins / f"{name}.py").write_text(body)
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.syspath_prepend(str(plugins))
+    if case in AS_WITHOUT_A_GPU:  # the machine the case describes, wherever the corpus runs
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     content = _content(changes, tmp_path)
     (tmp_path / "spec.yaml").write_bytes(content if isinstance(content, bytes) else content.encode())
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -343,3 +437,96 @@ def test_a_plugin_registers_a_method_the_spec_can_use(tmp_path, monkeypatch, cap
     assert "2 trials (2 configurations x 1 seeds)" in capsys.readouterr().out
     assert main(["plan", "spec.yaml", "--set", "methods.scaled_ce_plugin.factor=0"]) == 2
     assert capsys.readouterr().err.startswith("raysweep: error: methods.scaled_ce_plugin.factor")
+
+
+# ---- issue 24: inputs the spec corpus cannot hold (options, network, damaged sweep folders, stores) ------------
+@pytest.mark.parametrize("args, field", [
+    (["--calibrate", "--steps", "0"], "--steps"),
+    (["--calibrate", "--steps", "-3"], "--steps"),
+    (["--calibrate", "--steps", "100000000"], "--steps"),
+    (["--calibrate", "--device", "cuda"], "--device"),
+])
+def test_plan_calibrate_options_are_checked_before_anything_is_timed(args, field, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(BASE))
+    with bounded(60, f"raysweep plan {' '.join(args)}"):
+        assert main(["plan", "spec.yaml", *args]) == 2
+    out = capsys.readouterr()
+    err = out.err.strip()
+    assert err.startswith(f"raysweep: error: {field}: ") and "\n" not in err, err
+    assert out.out == "", "nothing planned or timed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+def test_download_without_a_network_is_refused_before_ray(tmp_path, monkeypatch, capsys):
+    """`download: true` with the files missing: the download's server must answer now (here a closed port
+    stands for a machine without a network), not in every trial after Ray started."""
+    import ray
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", f"https://{_closed_port()}/cifar-10-python.tar.gz")
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "cifar"
+    root.mkdir()
+    spec = {**BASE, "dataset": {"name": "cifar10", "root": str(root), "download": True, "imbalance": 10},
+            "model": "resnet32"}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    with bounded(60, "raysweep run with download: true"):
+        assert main(["run", "spec.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("raysweep: error: dataset.download: ") and "cannot be reached" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar", "spec.yaml"] and not list(root.iterdir())
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("command", [
+    ["table", "--experiment", "nothing_here"],
+    ["table", "--parent", "0123"],
+    ["report", "nothing_here"],
+    ["report", "nothing_here", "--tracking-uri", "sqlite:///elsewhere/none.db"],
+    ["ui", "--experiment", "nothing_here"],
+])
+def test_read_only_commands_create_no_store_and_no_folder(command, tmp_path, monkeypatch, capsys):
+    """`raysweep table --experiment nothing_here` with no store once refused correctly but left ./mlflow.db."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "elsewhere").mkdir()
+    with bounded(60, f"raysweep {' '.join(command)}"):
+        assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("raysweep: error: --tracking-uri: no MLflow store at ") and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["elsewhere"], "no store, report or other folder"
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda m: m.pop("spec"), "no spec"),
+    (lambda m: m.pop("phases"), "no phases"),
+    (lambda m: (m.pop("tracking_uri"), m.pop("experiment")), "no tracking_uri, experiment"),
+    (lambda m: m["phases"]["search"].pop("status"), "phase search: no status"),
+    (lambda m: m.update(phases=[]), "phases has the wrong type"),
+    (lambda m: m.update(sweep_id=7), "sweep_id has the wrong type"),
+])
+@pytest.mark.parametrize("command", ["resume", "sync"])
+def test_a_manifest_that_parses_but_lacks_keys_names_the_file_and_what_is_missing(command, damage, words, tmp_path,
+                                                                                  monkeypatch, capsys):
+    import json
+
+    from raysweep.manifest import Manifest
+
+    monkeypatch.chdir(tmp_path)
+    sweep_dir = tmp_path / "raysweep_results" / "bad-20260101-000000"
+    sweep_dir.mkdir(parents=True)
+    manifest = Manifest.new(sweep_dir, sweep_id=sweep_dir.name, spec=BASE, tracking_uri="sqlite:///m.db",
+                            experiment="bad", parent_tags={})
+    manifest.start_phase("search", "bad-20260101-000000", ["k1"])
+    data = json.loads(manifest.path.read_text())
+    damage(data)
+    manifest.path.write_text(json.dumps(data))
+    with bounded(60, f"raysweep {command} of a damaged manifest"):
+        assert main([command, str(sweep_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"raysweep: error: sweep: {manifest.path} is damaged: ") and words in err, err
+    assert "\n" not in err and not (tmp_path / "m.db").exists()

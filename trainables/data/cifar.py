@@ -74,6 +74,26 @@ def require_files(root: str | None, expected: Sequence[str], what: str, download
         raise ConfigError("dataset.root", f"{what} not found: expected {shown} under {root!r}; {how}")
 
 
+DOWNLOAD_CHECK_TIMEOUT_S = 5.0
+
+
+def require_reachable(url: str, timeout_s: float = DOWNLOAD_CHECK_TIMEOUT_S) -> None:
+    """``download: true`` with files missing: the download's server takes a TCP connection within
+    ``timeout_s``, or a ConfigError naming ``dataset.download`` (before Ray starts, not in every trial)."""
+    import socket
+    import urllib.parse
+
+    parsed = urllib.parse.urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
+            pass
+    except OSError as err:
+        reason = "timed out" if isinstance(err, socket.timeout) else (err.strerror or str(err))
+        raise ConfigError("dataset.download", f"is true but {parsed.hostname}:{port} cannot be reached from here "
+                                              f"({reason}); copy the data into root instead") from None
+
+
 @contextmanager
 def download_lock(root: str) -> Iterator[None]:
     """An exclusive file lock in ``root`` so concurrent trials on one machine never download twice at once."""
@@ -157,6 +177,11 @@ def _preflight(name: str):
         root = local_root(cfg, preflight=True)
         if not (cfg["download"] and root is not None):
             require_files(root, cifar_files(name), name)
+        elif missing_files(root, cifar_files(name)):
+            import torchvision
+
+            datasets = torchvision.datasets
+            require_reachable((datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100).url)
 
     return check
 

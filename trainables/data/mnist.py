@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from trainables.data import DATASETS, DatasetSource
-from trainables.data.cifar import DOWNLOAD, download_lock, local_root, require_files, root_param
+from trainables.data.cifar import DOWNLOAD, download_lock, local_root, require_files, require_reachable, root_param
 from trainables.data.protocol import SourceData
 from trainables.params import Param
 
@@ -112,6 +112,10 @@ def _preflight(cfg: Mapping[str, Any]) -> None:
     root = local_root(cfg, preflight=True)
     if not (cfg["download"] and root is not None):
         _require(root)
+    elif any(find_file(root, n) is None for n in FILES):
+        import torchvision
+
+        require_reachable(torchvision.datasets.MNIST.mirrors[0])
 
 
 DATASETS.add(DatasetSource(

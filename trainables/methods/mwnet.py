@@ -99,7 +99,7 @@ class MWNet(Method):
         "meta_optimizer": Param("adam", (str,), choices=("adam", "sgd"),
                                 help="adam (MW-Net noise code, GDW) or sgd (momentum 0.9, Nesterov; MW-Net LT code)"),
         "meta_batch_size": Param(100, (int,), low=1, help="meta-set examples per meta step"),
-        "hidden": Param(100, (int,), low=1, help="hidden width of the weighting net"),
+        "hidden": Param(100, (int,), low=1, high=65536, help="hidden width of the weighting net"),
         "norm": Param("mean", (str,), choices=NORMS, help="divide the weighted loss by the batch size or the weights' "
                                                           "sum"),
         "detach_loss": Param(True, (bool,), help="virtual step: V reads the detached loss (paper, MW-Net.py); "
