@@ -335,12 +335,22 @@ def _interrupted(stop) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
+    from raysweep.disk import StorageFull, is_no_space
     from raysweep.interrupt import Interrupted
     from trainables.params import ConfigError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except StorageFull as full:
+        print(f"raysweep: error: {full.message()}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as err:  # a full disk outside a running sweep (before it started, or while resuming)
+        if not is_no_space(err):
+            raise
+        print(f"raysweep: error: storage: no space left on device ({err.filename or err}); free space and run the "
+              "command again", file=sys.stderr, flush=True)
+        return 1
     except Interrupted as stop:
         return _interrupted(stop)
     except KeyboardInterrupt:  # Ctrl-C before the sweep took the signals (validation, preflight, Ray starting)

@@ -64,17 +64,37 @@ def check_footprint(spec: Spec, trials: list[PlannedTrial], memory: int | None =
         check_model(model, dataset["name"], tuple(shape), classes, memory, spec.train.get("batch_size", 2))
 
 
+def meta_model(model_cfg: Mapping[str, Any], shape: tuple[int, ...], classes: int):
+    """The model built on the meta device (no memory), or None when it cannot be built there (e.g. it loads
+    weights); the model's own refusal of the input shape is raised."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return build_model(model_cfg, shape, classes)
+    except ConfigError:  # the model's own check of the input shape
+        raise
+    except Exception:  # not ours to judge
+        return None
+
+
+def case_weights(dataset: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> int | None:
+    """The number of weights of ``model_cfg`` on ``dataset`` (resolved sections), None when unknown."""
+    source = DATASETS.get(dataset["name"])
+    if source.shape is None:
+        return None
+    shape, _, classes = source.shape({k: dataset[k] for k in source.params})
+    model = meta_model(model_cfg, tuple(shape), classes)
+    return None if model is None else sum(p.numel() for p in model.parameters())
+
+
 def check_model(model_cfg: Mapping[str, Any], dataset: str, shape: tuple[int, ...], classes: int, memory: int,
                 batch_size: int = 2) -> None:
     """Build the model on the meta device, size it, and run one batch of ``shape`` through it."""
     import torch
 
-    try:
-        with torch.device("meta"):
-            model = build_model(model_cfg, shape, classes)
-    except ConfigError:  # the model's own check of the input shape
-        raise
-    except Exception:  # a model that cannot be built on the meta device (e.g. it loads weights): not ours to judge
+    model = meta_model(model_cfg, shape, classes)
+    if model is None:
         return
     weights = sum(p.numel() for p in model.parameters())
     need = weights * BYTES_PER_VALUE * TRAINING_COPIES

@@ -14,6 +14,7 @@ from typing import Callable
 import yaml
 
 from analysis import mlflow_tags as tags
+from raysweep.disk import StorageFull, check_free_space, estimate_bytes
 from raysweep.footprint import check_device, check_footprint
 from raysweep.interrupt import Interrupted, StopSignals
 from raysweep.manifest import Manifest, claim_sweep_dir
@@ -49,6 +50,8 @@ def run_sweep(spec: Spec, trials: list[PlannedTrial], *, echo: Callable[[str], N
     check_footprint(spec, trials)  # before check_datasets, which loads the sources that read no files
     check_datasets(spec, trials)
     check_table_keys(spec, trials)
+    need = estimate_bytes(spec, trials)
+    check_free_space(storage, need)
     limit_http_retries()
     tracking_uri = check_tracking(spec)
     with connected(spec, storage, echo) as resources, StopSignals().installed() as stops:
@@ -61,6 +64,7 @@ def run_sweep(spec: Spec, trials: list[PlannedTrial], *, echo: Callable[[str], N
         sweep = SweepRun.open(tracking_uri, experiment, sweep_id, values)
         manifest.update(parent_run_id=sweep.run_id)
         session = SweepSession(spec, manifest, sweep, resources, echo, verbose, stops)
+        session.storage_need = need
         sweep.log_text(yaml.safe_dump(jsonable(spec.to_dict()), sort_keys=False), "spec.yaml")
         _run_or_record_stop(session, trials)
     return session.finish()
@@ -74,6 +78,10 @@ def _run_or_record_stop(session: SweepSession, trials: list[PlannedTrial]) -> No
     except Interrupted as stop:
         stop.sweep_dir = session.manifest.sweep_dir
         session.interrupted(stop)
+        raise
+    except StorageFull as full:
+        full.sweep_dir = session.manifest.sweep_dir
+        session.storage_full()
         raise
 
 
@@ -94,6 +102,7 @@ def resume_sweep(manifest: Manifest, *, echo: Callable[[str], None] = print, ver
         raise ConfigError("spec", "the plan from the manifest's spec differs from the planned trials (a changed "
                                   "plugin or registry?); cannot resume this sweep")
     check_datasets(spec, trials)
+    need = estimate_bytes(spec, trials)
     with connected(spec, manifest.storage_root, echo) as resources, StopSignals().installed() as stops:
         limit_http_retries()
         sweep = SweepRun.open(data["tracking_uri"], data["experiment"], data["sweep_id"], data["parent_tags"],
@@ -101,6 +110,7 @@ def resume_sweep(manifest: Manifest, *, echo: Callable[[str], None] = print, ver
         if sweep.run_id and sweep.run_id != data["parent_run_id"]:
             manifest.update(parent_run_id=sweep.run_id)
         session = SweepSession(spec, manifest, sweep, resources, echo, verbose, stops)
+        session.storage_need = need
         if data["status"] == "interrupted":  # going on: the parent runs again until the sweep ends
             sweep.reopen()
             manifest.update(status="running")

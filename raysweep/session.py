@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from raysweep.disk import StorageFull, full_disk_errors, is_no_space
 from raysweep.interrupt import Interrupted, StopSignals
 from raysweep.manifest import Manifest
 from raysweep.mlflow_store import SweepRun, TrackingUnavailable
@@ -68,6 +69,7 @@ class SweepSession:
         self.spec, self.manifest, self.sweep, self.resources, self.echo = spec, manifest, sweep, resources, echo
         self.verbose = verbose
         self.stops = stops or StopSignals()  # not installed: nothing is ever received
+        self.storage_need = 0  # the estimate of what the sweep writes (for the message on a full disk)
         self.storage = manifest.storage_root
         # The store may answer only later (an outage, a concurrent first write): record the parent id then.
         sweep.on_parent = lambda run_id: manifest.update(parent_run_id=run_id)
@@ -96,11 +98,18 @@ class SweepSession:
                     tuner = self._restore_or_rebuild(phase, planned)
                 with self.stops.fit():  # a stop signal: Interrupted, and the phase stays unfinished
                     results = tuner.fit()
+                full = full_disk_errors(r.error for r in results)
+                if full:  # trials that failed writing to a full disk did not fail: the phase stays unfinished
+                    raise StorageFull(self.storage, f"{len(full)} trials could not write: {full[0]}", self.storage_need)
                 self._phase_done(phase, results)
+            totals = self.manifest.totals()
+            self.manifest.update(status="finished" if not totals[1] else "failed")
+        except OSError as err:  # the manifest, a plan file, Ray's own writes in this process
+            if is_no_space(err):
+                raise StorageFull(self.storage, str(err), self.storage_need) from None
+            raise
         finally:
             self.logger.flush_all()
-        totals = self.manifest.totals()
-        self.manifest.update(status="finished" if not totals[1] else "failed")
 
     def _confirmed(self) -> list[PlannedTrial]:
         best = [PlannedTrial.from_tune_config(c) for c in self.manifest.data["top_k"]]
@@ -110,7 +119,7 @@ class SweepSession:
 
     def _restore_or_rebuild(self, phase: Phase, planned: list[PlannedTrial]):
         """The started phase from Ray's saved state; started but never saved by Ray: built anew (same keys)."""
-        return restore_tuner(phase, self.storage, self.resources) or self._new_tuner(phase, planned)
+        return restore_tuner(phase, self.storage, self.resources, self.echo) or self._new_tuner(phase, planned)
 
     def _new_tuner(self, phase: Phase, planned: list[PlannedTrial]):
         return build_tuner(self.spec, phase, planned, self.storage, self.resources, self.callback, self.verbose)
@@ -131,6 +140,16 @@ class SweepSession:
                    "config": t.config} for t in trials]
         (self.manifest.sweep_dir / f"plan-{phase.name}.json").write_text(json.dumps(record, indent=1, default=str))
         self.sweep.log_text(json.dumps(record, indent=2, sort_keys=True, default=str), f"plan-{phase.name}.json")
+
+    def storage_full(self) -> None:
+        """Record a sweep stopped by a full disk, as far as the disk lets: the manifest (if it can still be
+        written) says ``interrupted``, the parent run is KILLED; ``raysweep resume`` goes on once space is free."""
+        TuneCallback.detach(self.sweep_id)
+        with contextlib.suppress(OSError):
+            self.manifest.update(status="interrupted", interrupted_by="storage full")
+        with contextlib.suppress(TrackingUnavailable):
+            self.logger.flush_all()
+        self.sweep.finish("KILLED")
 
     def interrupted(self, stop: Interrupted) -> None:
         """Record a sweep stopped by a signal: the manifest says ``interrupted`` (``raysweep resume`` goes on

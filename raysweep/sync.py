@@ -68,12 +68,17 @@ class TrialHistory:
 
 
 def _trial_states(experiment_dir: Path) -> list[dict[str, Any]]:
-    """Every trial's state in the newest experiment state file of a phase's Ray experiment folder."""
-    states = sorted(experiment_dir.glob("experiment_state-*.json"))
-    if not states:
-        return []
-    data = json.loads(states[-1].read_text())
-    return [json.loads(entry[0]) if isinstance(entry, list) else entry for entry in data.get("trial_data", [])]
+    """Every trial's state in the newest readable experiment state file of a phase's Ray experiment folder.
+
+    A state file cut short (a full disk, a crash mid-write) is passed over for an older one, or for none:
+    the trials' own folders (params.json, checkpoints, result.json) still say what they did."""
+    for path in sorted(experiment_dir.glob("experiment_state-*.json"), reverse=True):
+        try:
+            data = json.loads(path.read_text())
+            return [json.loads(entry[0]) if isinstance(entry, list) else entry for entry in data.get("trial_data", [])]
+        except (OSError, ValueError, TypeError, AttributeError, IndexError):
+            continue
+    return []
 
 
 def trial_statuses(experiment_dir: Path) -> dict[str, str]:
@@ -101,7 +106,10 @@ def stored_trials(experiment_dir: Path) -> list[StoredTrial]:
         if folder != experiment_dir and folder.is_dir() and isinstance(config, dict) and ENVELOPE in config:
             found[folder.name] = StoredTrial(folder, config, str(state.get("trial_id", "")))
     for params in experiment_dir.glob("*/params.json"):
-        saved = json.loads(params.read_text())
+        try:
+            saved = json.loads(params.read_text())
+        except (OSError, ValueError):  # cut short: the experiment state (if readable) has the config too
+            continue
         if isinstance(saved, dict) and ENVELOPE in saved:
             known = found.get(params.parent.name)
             found[params.parent.name] = StoredTrial(params.parent, saved, known.ray_id if known else "")

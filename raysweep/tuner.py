@@ -108,8 +108,9 @@ def build_tuner(spec: Spec, phase: Phase, trials: list[PlannedTrial], storage: P
     )
 
 
-def restore_tuner(phase: Phase, storage: Path, resources: TrialResources):
-    """The phase's Tuner restored from Ray's saved experiment state, or None when there is none to restore.
+def restore_tuner(phase: Phase, storage: Path, resources: TrialResources, echo=print):
+    """The phase's Tuner restored from Ray's saved experiment state, or None when there is none to restore
+    or it cannot be read (cut short by a full disk or a crash mid-write: the caller rebuilds the phase).
 
     Unfinished and errored trials resume from their checkpoints with the same trainable and resources;
     the restored callbacks log through the session's logger (see TuneCallback).
@@ -119,4 +120,12 @@ def restore_tuner(phase: Phase, storage: Path, resources: TrialResources):
     path = str((storage / phase.experiment).resolve())  # Ray's restore needs an absolute path or a URI
     if not tune.Tuner.can_restore(path):
         return None
-    return tune.Tuner.restore(path, trainable=_trainable(resources), resume_errored=True)
+    try:
+        return tune.Tuner.restore(path, trainable=_trainable(resources), resume_errored=True)
+    except Exception as err:  # JSONDecodeError, EOFError, pickle errors of a truncated state
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        echo(f"warning: Ray's experiment state in {path} is unreadable ({type(err).__name__}: {first}); rebuilding "
+             "the phase from the sweep's manifest and the trials' checkpoints")
+        for state in Path(path).glob("experiment_state-*.json"):  # Ray would read it again
+            state.rename(state.with_name(f"unreadable-{state.name}"))
+        return None
