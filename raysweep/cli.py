@@ -327,7 +327,7 @@ def _interrupted(stop) -> int:
     """The one line a stopped sweep ends with: what stopped it and how to go on; exit 128 + the signal."""
     where = getattr(stop, "sweep_dir", None)
     hint = (f"; its trials keep their checkpoints: resume with  raysweep resume {where}" if where else
-            "; nothing of the sweep was started")
+            "; no trial had started")
     print(f"raysweep: interrupted by {stop.name}{hint}", file=sys.stderr, flush=True)
     return stop.exit_code
 

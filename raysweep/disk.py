@@ -59,6 +59,17 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(existing).free
 
 
+FULL_BELOW = 2**20  # free bytes under which a file system counts as full (a checkpoint no longer fits)
+
+
+def storage_is_full(path: Path) -> bool:
+    """Whether ``path``'s file system has (nearly) no space left."""
+    try:
+        return free_bytes(path) < FULL_BELOW
+    except OSError:
+        return False
+
+
 def is_no_space(err: BaseException) -> bool:
     """Whether ``err`` (or the text of a trial's error) says the disk or the quota is full."""
     if isinstance(err, OSError) and err.errno in NO_SPACE:

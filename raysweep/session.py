@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from raysweep.disk import StorageFull, full_disk_errors, is_no_space
+from raysweep.disk import StorageFull, full_disk_errors, is_no_space, storage_is_full
 from raysweep.interrupt import Interrupted, StopSignals
 from raysweep.manifest import Manifest
 from raysweep.mlflow_store import SweepRun, TrackingUnavailable
@@ -96,11 +96,7 @@ class SweepSession:
                     tuner = self._new_tuner(phase, planned)
                 else:
                     tuner = self._restore_or_rebuild(phase, planned)
-                with self.stops.fit():  # a stop signal: Interrupted, and the phase stays unfinished
-                    results = tuner.fit()
-                full = full_disk_errors(r.error for r in results)
-                if full:  # trials that failed writing to a full disk did not fail: the phase stays unfinished
-                    raise StorageFull(self.storage, f"{len(full)} trials could not write: {full[0]}", self.storage_need)
+                results = self._fit(tuner)
                 self._phase_done(phase, results)
             totals = self.manifest.totals()
             self.manifest.update(status="finished" if not totals[1] else "failed")
@@ -110,6 +106,24 @@ class SweepSession:
             raise
         finally:
             self.logger.flush_all()
+
+    def _fit(self, tuner):
+        """``tuner.fit()``; a stop signal raises Interrupted, a full storage StorageFull (the phase stays
+        unfinished either way). Ray reads back what it wrote while the disk was full (empty error files: an
+        EOFError in building its ResultGrid), so a full disk is also told by the free space left."""
+        try:
+            with self.stops.fit():
+                results = tuner.fit()
+        except Exception as err:
+            if is_no_space(err) or storage_is_full(self.storage):
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+                raise StorageFull(self.storage, first, self.storage_need) from None
+            raise
+        errors = [r.error for r in results if r.error is not None]
+        full = full_disk_errors(errors)
+        if full or (errors and storage_is_full(self.storage)):  # trials that could not write did not fail
+            raise StorageFull(self.storage, f"{len(errors)} trials could not write", self.storage_need)
+        return results
 
     def _confirmed(self) -> list[PlannedTrial]:
         best = [PlannedTrial.from_tune_config(c) for c in self.manifest.data["top_k"]]

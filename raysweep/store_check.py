@@ -171,13 +171,16 @@ def _check_sqlite(uri: str, timeout_s: float, field: str) -> None:
                                                 timeout=timeout_s)) as db:
             db.execute("PRAGMA schema_version").fetchone()
             # A header intact but pages damaged opens fine and fails only mid-sweep: read every page now.
-            problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+            try:
+                problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+            except sqlite3.DatabaseError as err:  # "database disk image is malformed" before any row
+                problems = [str(err)]
     except sqlite3.Error as err:
         raise ConfigError(field, f"cannot open {path} as a sqlite database: {err}") from None
     if problems != ["ok"]:
         first = (problems or ["no answer"])[0].splitlines()[0][:200]
         raise ConfigError(field, f"the sqlite database {path} is corrupt (PRAGMA quick_check: {first}; "
-                                 f"{len(problems)} problems); restore it from a backup or name another file")
+                                 f"{len(problems)} problem(s)); restore it from a backup or name another file")
 
 
 def _check_file_store(uri: str, field: str) -> None:
