@@ -27,6 +27,7 @@ from benchmarks.common import save
 ROOT = Path(__file__).resolve().parent.parent
 FAULT_TESTS = [
     "tests/test_reliability_cli.py",
+    "tests/test_reliability_v3_cli.py",
     "tests/test_fault_tolerance.py",
     "tests/test_cluster.py",
     "tests/test_bad_input.py",

@@ -50,7 +50,7 @@ def check_name(value: object, field: str, max_bytes: int = MAX_NAME_BYTES) -> st
     # name read differently from what it is, in a terminal, a folder listing or the MLflow UI.
     control = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf")), None)
     if control is not None:
-        raise ConfigError(field, f"must not contain control or format characters (found {control!r} "
+        raise ConfigError(field, f"must not contain control characters or format characters (found {control!r} "
                                  f"U+{ord(control):04X}), got {value!r}")
     size = len(value.encode("utf-8"))
     if size > max_bytes:

@@ -120,12 +120,30 @@ def restore_tuner(phase: Phase, storage: Path, resources: TrialResources, echo=p
     path = str((storage / phase.experiment).resolve())  # Ray's restore needs an absolute path or a URI
     if not tune.Tuner.can_restore(path):
         return None
-    try:
-        return tune.Tuner.restore(path, trainable=_trainable(resources), resume_errored=True)
-    except Exception as err:  # JSONDecodeError, EOFError, pickle errors of a truncated state
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        echo(f"warning: Ray's experiment state in {path} is unreadable ({type(err).__name__}: {first}); rebuilding "
-             "the phase from the sweep's manifest and the trials' checkpoints")
-        for state in Path(path).glob("experiment_state-*.json"):  # Ray would read it again
-            state.rename(state.with_name(f"unreadable-{state.name}"))
+    # Ray reads its state file only inside fit(), and one cut short then starts the phase afresh from a
+    # param space it did not keep: read it here first.
+    problem = unreadable_state(Path(path))
+    if problem is None:
+        try:
+            return tune.Tuner.restore(path, trainable=_trainable(resources), resume_errored=True)
+        except Exception as err:  # EOFError, pickle errors of a truncated tuner.pkl
+            problem = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+    echo(f"warning: Ray's experiment state in {path} is unreadable ({problem}); rebuilding the phase from the "
+         "sweep's manifest and the trials' checkpoints")
+    for state in Path(path).glob("experiment_state-*.json"):  # else Ray would read it again
+        state.rename(state.with_name(f"unreadable-{state.name}"))
+    return None
+
+
+def unreadable_state(experiment_dir: Path) -> str | None:
+    """What is wrong with the newest experiment state file Ray would restore from, or None if it parses."""
+    import json
+
+    states = sorted(experiment_dir.glob("experiment_state-*.json"))
+    if not states:
         return None
+    try:
+        data = json.loads(states[-1].read_text())
+    except (OSError, ValueError) as err:
+        return f"{states[-1].name}: {type(err).__name__}: {err}"
+    return None if isinstance(data, dict) and "trial_data" in data else f"{states[-1].name}: no trial_data"
