@@ -19,8 +19,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 from benchmarks.common import save  # noqa: E402
-from raysweep.plan import plan  # noqa: E402
-from raysweep.spec import validate_spec  # noqa: E402
+from raysweep.planning.plan import plan  # noqa: E402
+from raysweep.spec.schema import validate_spec  # noqa: E402
 from trainables.loop import Trial  # noqa: E402
 
 DATASET = {"name": "mnist1d", "num_samples": 10000}
@@ -43,8 +43,8 @@ def run(num_trials: int, epochs: int, with_mlflow: bool, workdir: Path) -> dict:
     import ray
     from ray import tune
 
-    from raysweep.mlflow_store import SweepRun
-    from raysweep.trial_logger import TrialLogger, TuneCallback
+    from raysweep.tracking.mlflow_store import SweepRun
+    from raysweep.tracking.trial_logger import TrialLogger, TuneCallback
     from trainables.tune import ENVELOPE, envelope, read_envelope, run_trial
 
     spec = validate_spec({"name": "bench", "dataset": DATASET, "model": MODEL, "train": {"epochs": epochs},

@@ -26,8 +26,8 @@ def one_trial(workdir: Path) -> dict:
     import ray
     from ray import tune
 
-    from raysweep.plan import plan
-    from raysweep.spec import validate_spec
+    from raysweep.planning.plan import plan
+    from raysweep.spec.schema import validate_spec
     from trainables.tune import ENVELOPE, envelope, run_trial
 
     marks: dict[str, list[float]] = {"start": [], "results": []}
@@ -66,10 +66,10 @@ def one_trial(workdir: Path) -> dict:
 def demo(workdir: Path) -> dict:
     from importlib import resources
 
-    from raysweep.plan import plan
-    from raysweep.runner import run_sweep
-    from raysweep.spec import validate_spec
-    from raysweep.spec_yaml import apply_overrides, load_spec_file
+    from raysweep.execution.runner import run_sweep
+    from raysweep.planning.plan import plan
+    from raysweep.spec.loading import apply_overrides, load_spec_file
+    from raysweep.spec.schema import validate_spec
 
     path = resources.files("raysweep") / "specs" / "quickstart.yaml"
     spec = validate_spec(apply_overrides(load_spec_file(str(path)), [

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from raysweep.cluster import LOOPBACK_ENV, parse_address, start_ray, storage_problems
+from raysweep.execution.cluster import LOOPBACK_ENV, parse_address, start_ray, storage_problems
 from trainables.params import ConfigError
 
 from _cli import raysweep_cmd

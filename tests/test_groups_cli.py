@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from analysis import mlflow_tags as tags
-from raysweep.report import sweep_table
+from raysweep.reporting.report import sweep_table
 
 from _cli import raysweep_cmd
 from _faults import GAUSSIAN, MLP, epoch_log, finished_and_midway, last_epochs, setup_workdir

@@ -207,8 +207,8 @@ def test_more_than_100_params_and_1000_metrics_per_run_are_chunked(server):
     """The trial logger against the real server: 250 params, 1500 metrics in one epoch, a 700-char value."""
     from mlflow import MlflowClient
 
-    from raysweep.mlflow_store import SweepRun
-    from raysweep.trial_logger import TrialLogger, TuneCallback
+    from raysweep.tracking.mlflow_store import SweepRun
+    from raysweep.tracking.trial_logger import TrialLogger, TuneCallback
     from raysweep.trials import PlannedTrial
     from trainables.tune import ENVELOPE, envelope
 

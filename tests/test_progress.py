@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from ray.tune import ProgressReporter
 
-from raysweep.progress import SweepProgress, eta_seconds, format_duration, status_line, tally
+from raysweep.execution.progress import SweepProgress, eta_seconds, format_duration, status_line, tally
 from trainables.tune import ENVELOPE
 
 

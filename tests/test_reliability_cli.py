@@ -29,11 +29,11 @@ from test_cluster import _loopback, listening_sockets
 
 from analysis import mlflow_tags as tags
 from raysweep.cli import main
-from raysweep.manifest import Manifest, claim_sweep_dir
 from raysweep.paths import SWEEP_TIMESTAMP
-from raysweep.plan import plan
-from raysweep.spec import validate_spec
-from raysweep.ui import alive
+from raysweep.planning.plan import plan
+from raysweep.reporting.ui import alive
+from raysweep.spec.schema import validate_spec
+from raysweep.tracking.manifest import Manifest, claim_sweep_dir
 from trainables.checkpoint import load_state
 from trainables.tune import ENVELOPE, envelope
 
@@ -282,9 +282,9 @@ SAME_SECOND = f'''
 import time
 import types
 
-import raysweep.manifest
+import raysweep.tracking.manifest
 
-raysweep.manifest.time = types.SimpleNamespace(strftime=time.strftime,
+raysweep.tracking.manifest.time = types.SimpleNamespace(strftime=time.strftime,
                                                localtime=lambda now=None: time.localtime({FROZEN}))
 '''
 

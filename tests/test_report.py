@@ -12,8 +12,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from analysis.importance import build_study, importances, infer_distribution
 from analysis.page import Section, render_page
-from raysweep.report import build_report
-from raysweep.summaries import summarize_sweep
+from raysweep.reporting.report import build_report
+from raysweep.reporting.summaries import summarize_sweep
 
 import _multi
 from _cli import raysweep, run_spec

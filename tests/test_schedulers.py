@@ -4,7 +4,7 @@ running a real sweep through the CLI (slow): every trial logged once, stopped on
 import pytest
 from mlflow import MlflowClient
 
-from raysweep.schedulers import SCHEDULERS, resolve_scheduler
+from raysweep.search.schedulers import SCHEDULERS, resolve_scheduler
 from trainables.params import ConfigError
 
 from _cli import run_spec

@@ -6,8 +6,8 @@ import optuna
 import pytest
 
 from raysweep.cli import main
-from raysweep.plan import plan
-from raysweep.spec import validate_spec
+from raysweep.planning.plan import plan
+from raysweep.spec.schema import validate_spec
 from search_spaces import space_for
 from search_spaces.ablation import ofat
 from search_spaces.grid import expand_method
@@ -117,7 +117,7 @@ class _Result:
 
 
 def test_top_configs_rank_survivors_then_validation_and_add_the_baseline():
-    from raysweep.plan import top_configs
+    from raysweep.planning.plan import top_configs
 
     spec = _spec(methods={"ce": {}, "focal": {"gamma": [0.5, 1, 2]}}, seeds=1)
     ce, f05, f1, f2 = plan(spec)
@@ -136,7 +136,7 @@ def test_baseline_must_be_one_of_the_spec_methods():
 
 
 def test_asha_rungs_follow_rays_geometric_milestones():
-    from raysweep.schedulers import asha_rungs
+    from raysweep.search.schedulers import asha_rungs
 
     assert asha_rungs(4, 2, 20) == [4, 8, 16]
     assert asha_rungs(5, 2, 20) == [5, 10]

@@ -7,10 +7,10 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from raysweep.manifest import Manifest, claim_sweep_dir
-from raysweep.plan import plan
-from raysweep.spec import validate_spec
-from raysweep.sync import checkpoint_results, sync_sweep, trial_history
+from raysweep.planning.plan import plan
+from raysweep.spec.schema import validate_spec
+from raysweep.tracking.manifest import Manifest, claim_sweep_dir
+from raysweep.tracking.sync import checkpoint_results, sync_sweep, trial_history
 from trainables.checkpoint import STATE_FILE, save_state
 from trainables.tune import ENVELOPE, LAST_METRICS, envelope
 

@@ -162,8 +162,8 @@ def run_trial(tune_config: dict[str, Any]) -> None:
 
 
 def _run_group(env: Envelope, resume: Mapping[str, Any] | None, last: Mapping[str, Any], report, node_id: str) -> None:
-    """Train a group with :func:`trainables.group.train_group`; one Tune result per round (see group_result)."""
-    from trainables.group import train_group
+    """Train a group with :func:`trainables.groups.group.train_group`; one Tune result per round (see group_result)."""
+    from trainables.groups.group import train_group
 
     configs = list(env.members)
     latest: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (last.get(MEMBERS) or {}).items()}

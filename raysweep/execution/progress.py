@@ -21,6 +21,7 @@ from typing import IO, Any, Callable, Iterable
 
 from ray.tune import ProgressReporter
 
+from raysweep.text import format_duration
 from trainables.tune import ENVELOPE, read_envelope
 
 ERROR, RUNNING, TERMINATED = "ERROR", "RUNNING", "TERMINATED"  # Ray's Trial.status values (PENDING, PAUSED wait)
@@ -123,16 +124,6 @@ def eta_seconds(elapsed_s: float, epochs_done: int, epochs_left: float) -> float
     if epochs_done <= 0 or elapsed_s <= 0:
         return None
     return elapsed_s * epochs_left / epochs_done
-
-
-def format_duration(seconds: float) -> str:
-    """``42s``, ``3m05s``, ``2h07m``."""
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _ended(t: Tally) -> str:

@@ -1,7 +1,7 @@
 """One sweep in one driver process: its phases run (or restored) on Ray, logged to MLflow, kept in the manifest.
 
 Both a new sweep and a resumed one build a :class:`SweepSession` once Ray is up and the MLflow parent is
-known (:mod:`raysweep.runner` does that), then call :meth:`SweepSession.run` and :meth:`SweepSession.finish`.
+known (:mod:`raysweep.execution.runner` does that), then call :meth:`SweepSession.run` and :meth:`SweepSession.finish`.
 The crash-recovery invariants live here, each in one place:
 
 - a phase the manifest records as finished is never run again; one it records as started is restored
@@ -9,7 +9,7 @@ The crash-recovery invariants live here, each in one place:
   checkpoint), never planned anew;
 - phase 2's configurations are chosen once, when phase 1 finishes, and kept in the manifest, so a resumed
   sweep confirms exactly what the crashed one chose;
-- every trial logs through one idempotent :class:`~raysweep.trial_logger.TrialLogger` keyed by trial key,
+- every trial logs through one idempotent :class:`~raysweep.tracking.trial_logger.TrialLogger` keyed by trial key,
   so neither a restore nor ``raysweep sync`` duplicates a run or an epoch.
 """
 
@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from raysweep.manifest import Manifest
-from raysweep.mlflow_store import SweepRun
-from raysweep.plan import Phase, confirm_plan, member_results, phases, top_configs
-from raysweep.preflight import TrialResources
-from raysweep.spec import Spec
-from raysweep.trial_logger import TrialLogger, TuneCallback
+from raysweep.execution.preflight import TrialResources
+from raysweep.execution.tuner import build_tuner, restore_tuner
+from raysweep.planning.plan import Phase, confirm_plan, member_results, phases, top_configs
+from raysweep.spec.schema import Spec
+from raysweep.tracking.manifest import Manifest
+from raysweep.tracking.mlflow_store import SweepRun
+from raysweep.tracking.trial_logger import TrialLogger, TuneCallback
 from raysweep.trials import PlannedTrial
-from raysweep.tuner import build_tuner, restore_tuner
 
 
 @dataclass
@@ -130,8 +130,8 @@ class SweepSession:
     def finish(self) -> SweepResult:
         """End the parent run and build the summary table (from MLflow), unless MLflow is unreachable."""
         from analysis.tables import to_frame, to_markdown
-        from raysweep.report import sweep_table
-        from raysweep.summaries import summarize_sweep
+        from raysweep.reporting.report import sweep_table
+        from raysweep.reporting.summaries import summarize_sweep
 
         TuneCallback.detach(self.sweep_id)
         num_trials, num_errors, num_non_finite = self.manifest.totals()

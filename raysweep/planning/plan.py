@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-from raysweep.cluster import local_cpus
 from raysweep.paths import CONFIRM_SUFFIX
-from raysweep.spec import Spec
+from raysweep.spec.resources import local_cpus
+from raysweep.spec.schema import Spec
 from raysweep.trials import PlannedTrial, config_id, fmt, relative_cost, resolve_point
 from trainables.methods import METHODS
 from trainables.params import ConfigError

@@ -2,7 +2,7 @@
 
 A phase's planned trials run as a grid of envelopes (one per trial, see :mod:`trainables.tune`); a
 sampling mode's searcher draws them instead. The scheduler comes from the spec's scheduler entry (only
-phase 1 stops early), the MLflow logging from the session's :class:`~raysweep.trial_logger.TuneCallback`.
+phase 1 stops early), the MLflow logging from the session's :class:`~raysweep.tracking.trial_logger.TuneCallback`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from raysweep.plan import Phase, group_trials, grouping
-from raysweep.preflight import TrialResources
-from raysweep.progress import SweepProgress
-from raysweep.schedulers import SCHEDULERS
-from raysweep.spec import Spec
-from raysweep.trial_logger import TuneCallback
+from raysweep.execution.preflight import TrialResources
+from raysweep.execution.progress import SweepProgress
+from raysweep.planning.plan import Phase, group_trials, grouping
+from raysweep.search.schedulers import SCHEDULERS
+from raysweep.spec.schema import Spec
+from raysweep.tracking.trial_logger import TuneCallback
 from raysweep.trials import PlannedTrial
 from trainables.tune import ENVELOPE, envelope, read_envelope, run_trial
 

@@ -1,8 +1,8 @@
 """Run a sweep, or resume one whose driver died: the preflights, the sweep folder and manifest, the MLflow
-parent run, then one :class:`~raysweep.session.SweepSession` for the phases and the table.
+parent run, then one :class:`~raysweep.execution.session.SweepSession` for the phases and the table.
 
 Order matters for the promise "bad input starts nothing": the spec is validated and planned before this
-module is called; storage, datasets and the cluster are checked (:mod:`raysweep.preflight`) before any
+module is called; storage, datasets and the cluster are checked (:mod:`raysweep.execution.preflight`) before any
 sweep folder or MLflow run is created.
 """
 
@@ -14,14 +14,14 @@ from typing import Callable
 import yaml
 
 from analysis import mlflow_tags as tags
-from raysweep.manifest import Manifest, claim_sweep_dir
-from raysweep.mlflow_store import SweepRun, limit_http_retries
-from raysweep.plan import plan
-from raysweep.preflight import check_datasets, check_storage, check_tracking, connected
-from raysweep.provenance import provenance
-from raysweep.session import SweepResult, SweepSession, jsonable
-from raysweep.spec import Spec, validate_spec
-from raysweep.sync import replay_storage
+from raysweep.execution.preflight import check_datasets, check_storage, check_tracking, connected
+from raysweep.execution.session import SweepResult, SweepSession, jsonable
+from raysweep.planning.plan import plan
+from raysweep.spec.schema import Spec, validate_spec
+from raysweep.tracking.manifest import Manifest, claim_sweep_dir
+from raysweep.tracking.mlflow_store import SweepRun, limit_http_retries
+from raysweep.tracking.provenance import provenance
+from raysweep.tracking.sync import replay_storage
 from raysweep.trials import PlannedTrial
 from trainables.params import ConfigError
 

@@ -29,9 +29,9 @@ from typing import Any, Mapping
 import yaml
 
 from analysis import mlflow_tags as tags
-from raysweep.manifest import Manifest
-from raysweep.mlflow_store import SweepRun, TrackingUnavailable, get_or_create_experiment, limit_http_retries
-from raysweep.trial_logger import TrialLogger, error_reason
+from raysweep.tracking.manifest import Manifest
+from raysweep.tracking.mlflow_store import SweepRun, TrackingUnavailable, get_or_create_experiment, limit_http_retries
+from raysweep.tracking.trial_logger import TrialLogger, error_reason
 from trainables.checkpoint import STATE_FILE, load_state
 from trainables.params import ConfigError
 from trainables.tune import ENVELOPE, LAST_METRICS, MEMBERS, read_envelope

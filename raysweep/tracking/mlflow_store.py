@@ -3,7 +3,7 @@
 Every call that can reach the store goes through :meth:`SweepRun.call`, a circuit breaker: a failure
 prints one warning, and for ``retry_after_s`` seconds further calls fail at once instead of waiting on a
 dead server, so tracking never stalls or ends a sweep. What the sweep logs per trial is
-:mod:`raysweep.trial_logger`'s job; the tag names are in :mod:`analysis.mlflow_tags`.
+:mod:`raysweep.tracking.trial_logger`'s job; the tag names are in :mod:`analysis.mlflow_tags`.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def open_client(tracking_uri: str, wait_s: float = STORE_CREATION_WAIT_S) -> Mlf
     on its database file (SQLite's own locks are fcntl byte ranges, which flock does not touch): the first
     process migrates the schema, the others wait for it (at most ``wait_s`` seconds) and find it done.
     """
-    from raysweep.store_check import sqlite_path, uri_scheme
+    from raysweep.tracking.store_check import sqlite_path, uri_scheme
 
     path = sqlite_path(tracking_uri) if uri_scheme(tracking_uri) == "sqlite" else None
     if path is None:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Mapping
 from ray.tune import Callback
 
 from analysis import mlflow_tags as tags
-from raysweep.mlflow_store import (
+from raysweep.tracking.mlflow_store import (
     SweepRun,
     TrackingUnavailable,
     epoch_batches,
