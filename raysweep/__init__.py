@@ -46,8 +46,10 @@ def plan(spec: Spec) -> list[PlannedTrial]:
 
 def run(spec: Spec, *, echo: Callable[[str], None] = print, verbose: bool = False) -> SweepResult:
     """Run ``spec`` on Ray as ``raysweep run`` does (preflights, MLflow parent, phases, summary runs, table)."""
+    from raysweep.environment import apply_defaults
     from raysweep.execution.runner import run_sweep
 
+    apply_defaults()
     return run_sweep(spec, plan(spec), echo=echo, verbose=verbose)
 
 

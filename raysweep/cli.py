@@ -12,9 +12,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
 EXIT_USAGE = 2
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "search_spaces" / "presets"
 
@@ -300,8 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from raysweep.environment import apply_defaults
     from trainables.params import ConfigError
 
+    apply_defaults()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -234,3 +234,18 @@ def test_a_local_ray_listens_on_loopback_only(monkeypatch):
     finally:
         ray.shutdown()
         shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
+
+
+def test_the_private_ray_switch_loopback_only_relies_on_is_still_what_ray_reads():
+    """Ray 2.60 offers no public way to keep a local Ray on 127.0.0.1 (``ray.init``'s node IP argument is
+    private too, and a loopback value is resolved to the outward IP): ``loopback_only`` flips the switch Ray
+    reads for Windows and macOS. This pin fails loudly, naming what moved, the day Ray changes it."""
+    import inspect
+
+    from ray._private import ray_constants, services
+
+    assert ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR == LOOPBACK_ENV, "Ray renamed its clusters switch"
+    assert isinstance(ray_constants.ENABLE_RAY_CLUSTER, bool), "Ray no longer parses the switch at import"
+    source = inspect.getsource(services.get_node_ip_address)
+    assert "ray_constants.ENABLE_RAY_CLUSTER" in source and "get_localhost_ip()" in source, \
+        "Ray's node IP no longer follows the switch: loopback_only would not keep a local Ray on 127.0.0.1"

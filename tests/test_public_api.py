@@ -40,3 +40,21 @@ def test_each_subpackage_names_public_parts_that_resolve(package):
         assert getattr(module, name) is not None
     with pytest.raises(AttributeError):
         module.no_such_name  # noqa: B018
+
+
+def test_importing_raysweep_sets_no_environment_variable_and_the_cli_sets_its_defaults():
+    import subprocess
+    import sys
+
+    from raysweep.environment import DEFAULTS
+
+    code = ("import os, json; before = dict(os.environ)\n"
+            "import raysweep.cli, raysweep.execution.runner, raysweep.reporting.report, raysweep.tracking.sync\n"
+            "changed = {k: v for k, v in os.environ.items() if before.get(k) != v}\n"
+            "from raysweep.environment import apply_defaults; env = {}; apply_defaults(env)\n"
+            "print(json.dumps([changed, env]))")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in DEFAULTS}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    changed, applied = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    assert changed == {} and applied == dict(DEFAULTS)

@@ -27,7 +27,7 @@ PACKAGES = ("raysweep", "search_spaces", "trainables", "analysis")
 ALLOWED = {"raysweep": {"search_spaces", "trainables", "analysis"}, "search_spaces": {"trainables"},
            "trainables": set(), "analysis": set()}
 # raysweep's layers: each unit (a subpackage, or a top-level module) -> the units it may import.
-LEAVES = {"paths", "trials", "text", "_exports"}
+LEAVES = {"paths", "trials", "text", "environment", "_exports"}
 LAYERS: dict[str, set[str]] = {
     **{leaf: set() for leaf in LEAVES},
     "search": LEAVES,

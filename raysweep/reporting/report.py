@@ -8,7 +8,6 @@ to date (:mod:`raysweep.reporting.summaries`, which a sweep's end also calls). R
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -55,7 +54,6 @@ from raysweep.reporting.summaries import (
 from raysweep.search.schedulers import resolve_scheduler
 from trainables.params import ConfigError
 
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 TOP_CONFIGS = 5
 ARTIFACT_DIR = "report"
 # Parent-run tags: read (written by the runner) and written (the headline).

@@ -22,8 +22,6 @@ from mlflow.entities import Metric, Param, RunTag
 from analysis import mlflow_tags as tags
 from raysweep.paths import contained
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
 MAX_BATCH_PARAMS = 100  # params or tags per log_batch request
 MAX_BATCH_METRICS = 1000
 MAX_PARAM_LENGTH = 500  # longer values are shortened in params; the full config is a JSON artifact

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID
 
 from analysis import mlflow_tags as tags
 from raysweep.tracking.mlflow_store import (
@@ -36,10 +37,9 @@ from raysweep.trials import PlannedTrial
 from trainables.tune import MEMBERS, Envelope, read_envelope
 
 PER_CLASS_ARTIFACT = "per_class_test_acc.csv"  # final per-class accuracy when there are too many classes for metrics
-# Keys Ray adds to every result; everything else numeric that a trial reports is a metric.
-RAY_RESULT_KEYS = {"timestamp", "done", "training_iteration", "time_this_iter_s", "time_total_s", "pid",
-                   "time_since_restore", "iterations_since_restore", "checkpoint_dir_name", "date", "hostname",
-                   "node_ip", "trial_id", "experiment_tag", "config", "should_checkpoint", "node_id"}
+# Keys Ray adds to every result (its public AUTO_RESULT_KEYS and the per-trial ones it adds beside them);
+# everything else numeric that a trial reports is a metric.
+RAY_RESULT_KEYS = frozenset(AUTO_RESULT_KEYS) | {DONE, TRIAL_ID, EXPERIMENT_TAG, SHOULD_CHECKPOINT, "node_id"}
 
 
 def trial_metrics(result: Mapping[str, Any]) -> dict[str, float]:
