@@ -142,3 +142,22 @@ def test_asha_rungs_follow_rays_geometric_milestones():
     assert asha_rungs(5, 2, 20) == [5, 10]
     assert asha_rungs(1, 1.5, 4) == [1, 1.5, 2.25, 3.375]  # a fractional factor used to loop forever here
     assert asha_rungs(10, 3, 10) == []
+
+
+def test_a_search_mode_registered_after_import_is_accepted_at_validation(monkeypatch):
+    """``search.mode``'s allowed values are the registry's when a spec is validated, so a plugin's mode works."""
+    from raysweep.search.modes import MODES, SearchMode
+
+    class EveryOther(SearchMode):
+        name = "every_other"
+        description = "every second configuration of the grid (a plugin's mode)"
+
+        def points(self, spec):
+            return super().points(spec)[::2]
+
+    with pytest.raises(ConfigError, match="search.mode: must be one of 'grid', 'ofat', 'optuna', 'random'"):
+        _spec(methods={"focal": {"gamma": [0.5, 1, 2, 3]}}, search={"mode": "every_other"})
+    monkeypatch.setitem(MODES._entries, "every_other", EveryOther)
+    monkeypatch.setitem(MODES._descriptions, "every_other", EveryOther.description)
+    trials = plan(_spec(methods={"focal": {"gamma": [0.5, 1, 2, 3]}}, search={"mode": "every_other"}))
+    assert sorted({t.config["method"]["gamma"] for t in trials}) == [0.5, 2.0]

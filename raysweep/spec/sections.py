@@ -45,7 +45,7 @@ class Section:
 
 @dataclass(frozen=True)
 class Search(Section):
-    mode: str = knob("grid", (str,), choices=tuple(MODES.names()))
+    mode: str = knob("grid", (str,), choices=MODES.names)  # read when a spec is validated: plugins can add modes
     metric: str = knob("val_balanced_acc", (str,), choices=tuple(SEARCH_METRICS))
     direction: str | None = knob(None, (str,), choices=("max", "min"), nullable=True,
                                  help="null = the metric's natural one")
