@@ -75,7 +75,7 @@ class TrialLog:
     node_tags: dict[str, str] = field(default_factory=dict)  # waiting to be sent
     host_tagged: bool = False  # its node's ip and hostname were queued once
     nodes: list[str] = field(default_factory=list)
-    sent_at: float = 0.0  # time.monotonic() of the last send of its epochs
+    sent_at: float | None = None  # time.monotonic() of the last send of its epochs (None: never sent)
     seen: int = 0  # highest epoch reported
     stop_reason: str | None = None  # set by a non-finite loss (kept over 'completed')
     final: tuple[str, str | None] | None = None  # (run status, error reason) once the trial ended
@@ -160,7 +160,7 @@ class TrialLogger:
     def due(self, log: TrialLog) -> bool:
         """Whether a running trial's waiting epochs should go now: it has no run yet, it ended, or its last
         send is ``send_interval_s`` old."""
-        return (log.run_id is None or log.final is not None
+        return (log.run_id is None or log.final is not None or log.sent_at is None
                 or time.monotonic() - log.sent_at >= self.send_interval_s)
 
     def flush(self, log: TrialLog, force: bool = True) -> None:
