@@ -45,7 +45,7 @@ def run(num_trials: int, epochs: int, with_mlflow: bool, workdir: Path) -> dict:
 
     from raysweep.tracking.mlflow_store import SweepRun
     from raysweep.tracking.trial_logger import TrialLogger, TuneCallback
-    from trainables.tune import ENVELOPE, envelope, read_envelope, run_trial
+    from trainables.tune import ENVELOPE, Envelope, run_trial
 
     spec = validate_spec({"name": "bench", "dataset": DATASET, "model": MODEL, "train": {"epochs": epochs},
                           "methods": {"ce": {}}, "seeds": num_trials, "resources": {"cpu": 1}})
@@ -58,9 +58,9 @@ def run(num_trials: int, epochs: int, with_mlflow: bool, workdir: Path) -> dict:
             callbacks = [TuneCallback(TrialLogger(sweep))]
         tuner = tune.Tuner(
             tune.with_resources(run_trial, {"cpu": 1}),
-            param_space={ENVELOPE: tune.grid_search([envelope([t.as_tune_config()], [], None, None) for t in trials])},
+            param_space={ENVELOPE: tune.grid_search([Envelope.of([t]).to_config()[ENVELOPE] for t in trials])},
             tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True,
-                                        trial_dirname_creator=lambda t: read_envelope(t.config).key),
+                                        trial_dirname_creator=lambda t: Envelope.from_config(t.config).key),
             run_config=tune.RunConfig(name=f"bench-{with_mlflow}", storage_path=str(workdir), callbacks=callbacks,
                                       verbose=0),
         )

@@ -28,7 +28,7 @@ def one_trial(workdir: Path) -> dict:
 
     from raysweep.planning.plan import plan
     from raysweep.spec.schema import validate_spec
-    from trainables.tune import ENVELOPE, envelope, run_trial
+    from trainables.tune import ENVELOPE, Envelope, run_trial
 
     marks: dict[str, list[float]] = {"start": [], "results": []}
 
@@ -47,7 +47,7 @@ def one_trial(workdir: Path) -> dict:
     t_init = time.perf_counter() - t0
     try:
         tuner = tune.Tuner(tune.with_resources(run_trial, {"cpu": 1}),
-                           param_space={ENVELOPE: tune.grid_search([envelope([t.as_tune_config()], [], None, None)
+                           param_space={ENVELOPE: tune.grid_search([Envelope.of([t]).to_config()[ENVELOPE]
                                                                    for t in trials])},
                            run_config=tune.RunConfig(name="overhead", storage_path=str(workdir), callbacks=[Clock()],
                                                      verbose=0))

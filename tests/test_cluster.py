@@ -64,6 +64,7 @@ def cluster(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_sweep_spreads_over_two_nodes_and_survives_losing_one(tmp_path, cluster):
     address, env, tracked, head, node2 = cluster
     spec = {"name": "twonode", "plugins": ["fault_plugin"], "dataset": GAUSSIAN, "model": MLP,
@@ -147,6 +148,7 @@ def test_addresses_parse_or_fail_naming_cluster_address():
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.gpu
 def test_fractional_gpu_trials_cap_their_memory(tmp_path):
     spec = {"name": "gpu", "dataset": GAUSSIAN, "model": MLP,
@@ -206,6 +208,7 @@ def test_proc_net_addresses_decode():
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_a_local_ray_listens_on_loopback_only(monkeypatch):
     """Every listening socket of the driver and of every process the local Ray started (GCS, raylet, agents,
     workers) is on a loopback address; and the switch is off again afterwards."""

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 
 from _cli import raysweep, run_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 SPEC = {
     "name": "e2e",

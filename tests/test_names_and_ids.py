@@ -133,6 +133,7 @@ def _claim_in_process(storage, barrier, queue):
     queue.put(claim_sweep_dir(storage, "k9", now=NOON)[0])
 
 
+@pytest.mark.process
 def test_concurrent_processes_claim_distinct_folders(tmp_path):
     ctx = multiprocessing.get_context("fork")
     barrier, queue = ctx.Barrier(4), ctx.Queue()

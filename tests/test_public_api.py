@@ -42,6 +42,7 @@ def test_each_subpackage_names_public_parts_that_resolve(package):
         module.no_such_name  # noqa: B018
 
 
+@pytest.mark.process
 def test_importing_raysweep_sets_no_environment_variable_and_the_cli_sets_its_defaults():
     import subprocess
     import sys

@@ -103,6 +103,7 @@ def _uri(root):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_report_writes_tables_plots_importance_and_a_self_contained_page(reported):
     root, out = reported
     assert out.splitlines()[0] == "| config | test_acc (%) |"
@@ -124,6 +125,7 @@ def test_report_writes_tables_plots_importance_and_a_self_contained_page(reporte
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_parent_run_holds_the_report_and_one_summary_run_per_configuration(reported):
     root, _ = reported
     client = MlflowClient(_uri(root))
@@ -152,6 +154,7 @@ def test_parent_run_holds_the_report_and_one_summary_run_per_configuration(repor
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_report_twice_and_after_deleting_ray_results_reproduces_tables_without_new_runs(reported):
     root, _ = reported
     client = MlflowClient(_uri(root))

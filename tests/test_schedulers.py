@@ -58,6 +58,7 @@ def _children(root, name):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.parametrize("scheduler", [{"name": "hyperband", "reduction_factor": 2},
                                        {"name": "median", "grace_period": 1, "min_samples_required": 2}],
                          ids=["hyperband", "median"])

@@ -14,7 +14,7 @@ from search_spaces.grid import expand_method
 from search_spaces.methods.dm import BETA_GRID, beta_range
 from search_spaces.sampling import sample
 from trainables.params import ConfigError
-from trainables.tune import ENVELOPE, envelope
+from trainables.tune import Envelope
 
 PRESETS = sorted(Path(__file__).resolve().parent.parent.glob("search_spaces/presets/*.yaml"))
 
@@ -111,7 +111,7 @@ class _Result:
     """The part of a Ray Tune Result that top_configs reads."""
 
     def __init__(self, trial, epoch, val):
-        self.config = {ENVELOPE: envelope([trial.as_tune_config()], [], None, None)}
+        self.config = Envelope.of([trial]).to_config()
         self.metrics = {"epoch": epoch, "val_balanced_acc": val}
         self.error = None
 

@@ -50,14 +50,14 @@ def _logged_trial(tmp_path, send_interval_s):
     from raysweep.tracking.mlflow_store import SweepRun
     from raysweep.tracking.trial_logger import TrialLogger, TuneCallback
     from raysweep.trials import PlannedTrial
-    from trainables.tune import ENVELOPE, envelope
+    from trainables.tune import Envelope
 
     planned = PlannedTrial({"method": {"name": "ce"}, "dataset": {"name": "gaussian"}, "train": {"epochs": 5},
                             "seed": 0}, "c0ffee0000", 0, "ce")
     sweep = SweepRun.create(f"sqlite:///{tmp_path / 'mlflow.db'}", "batched", "batched-1", {})
     logger = TrialLogger(sweep, send_interval_s=send_interval_s)
     callback = TuneCallback(logger)
-    trial = SimpleNamespace(config={ENVELOPE: envelope([planned.as_tune_config()], [], None, None)}, trial_id="t0")
+    trial = SimpleNamespace(config=Envelope.of([planned]).to_config(), trial_id="t0")
     callback.on_trial_start(0, [], trial)
     calls = []
     log_batch = sweep.client.log_batch
@@ -107,6 +107,7 @@ def _open_and_create(args):
     return open_client(uri).create_experiment(name)
 
 
+@pytest.mark.process
 def test_processes_opening_one_fresh_sqlite_store_at_once_all_get_it(tmp_path):
     """Two sweeps started together on a new mlflow.db race on MLflow's schema migration ("table ... already
     exists"); the loser once ran its whole sweep untracked. Four processes open it at the same moment."""

@@ -18,7 +18,7 @@ from raysweep.reporting.ui import alive, descendants, group_members, runs_url
 
 from _procs import wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 
 def test_runs_url_is_the_training_runs_hash_route():

@@ -29,7 +29,7 @@ import yaml
 from _cli import raysweep, raysweep_cmd
 from _procs import free_port, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.server]
 
 CHROMIUM = ("chromium", "chromium-browser")
 PAGE_TIMEOUT_S = 180  # one page load, Chromium's start and exit included

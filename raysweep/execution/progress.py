@@ -22,7 +22,7 @@ from typing import IO, Any, Callable, Iterable
 from ray.tune import ProgressReporter
 
 from raysweep.text import format_duration
-from trainables.tune import ENVELOPE, read_envelope
+from trainables.tune import ENVELOPE, Envelope
 
 ERROR, RUNNING, TERMINATED = "ERROR", "RUNNING", "TERMINATED"  # Ray's Trial.status values (PENDING, PAUSED wait)
 INTERVAL_S = 30.0  # plain output: at most one line this often
@@ -33,14 +33,14 @@ def trial_label(trial: Any) -> str:
     """The Tune trial's label (``focal gamma=0.5 s0``) from its envelope (see trainables.tune.Envelope)."""
     if ENVELOPE not in (trial.config or {}):
         return str(getattr(trial, "trial_id", "?"))
-    return read_envelope(trial.config).label
+    return Envelope.from_config(trial.config).label
 
 
 def trial_planned_epochs(trial: Any) -> int | None:
     """The epochs the trial is planned to run (its longest member's), or None when its config does not say."""
     if ENVELOPE not in (trial.config or {}):
         return None
-    return max(int(m["train"]["epochs"]) for m in read_envelope(trial.config).members)
+    return max(m.epochs for m in Envelope.from_config(trial.config).members)
 
 
 def epochs_reported(trial: Any) -> int:

@@ -98,7 +98,7 @@ class SweepSession:
         self.manifest.update(status="finished" if not totals[1] else "failed")
 
     def _confirmed(self) -> list[PlannedTrial]:
-        best = [PlannedTrial.from_tune_config(c) for c in self.manifest.data["top_k"]]
+        best = [PlannedTrial.from_dict(c) for c in self.manifest.data["top_k"]]
         self.echo(f"phase 2: confirming {len(best)} configurations with {len(self.spec.seeds)} seeds: "
                   + "; ".join(t.label for t in best))
         return confirm_plan(self.spec, best)
@@ -117,7 +117,7 @@ class SweepSession:
         if phase.name == "search" and self.spec.search.two_phase:
             search = self.spec.search
             best = top_configs(results, search.metric, search.direction, search.top_k, search.baseline)
-            self.manifest.update(top_k=[jsonable(t.as_tune_config()) for t in best])
+            self.manifest.update(top_k=[jsonable(t.to_dict()) for t in best])
         self.manifest.finish_phase(phase.name, len(members), errors, non_finite)
 
     def _record_plan(self, phase: Phase, trials: list[PlannedTrial]) -> None:
