@@ -66,8 +66,6 @@ class SweepSession:
         self.spec, self.manifest, self.sweep, self.resources, self.echo = spec, manifest, sweep, resources, echo
         self.verbose = verbose
         self.storage = manifest.storage_root
-        # The store may answer only later (an outage, a concurrent first write): record the parent id then.
-        sweep.on_parent = lambda run_id: manifest.update(parent_run_id=run_id)
         self.logger = TrialLogger(sweep)
         self.callback = TuneCallback(self.logger)
 

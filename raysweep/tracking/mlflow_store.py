@@ -196,10 +196,13 @@ class SweepRun:
     retry_after_s = 20.0
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_id: str, parent_tags: Mapping[str, Any] | None = None,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, on_parent: Callable[[str], None] | None = None) -> None:
         self.tracking_uri, self.experiment, self.sweep_id = tracking_uri, experiment, sweep_id
         self.tags = {k: str(v) for k, v in (parent_tags or {}).items()}
         self.run_id = run_id
+        # Called with the parent run id once it is created or found (the runner records it in the manifest:
+        # the store may answer only after an outage or a concurrent first write).
+        self.on_parent = on_parent
         self._reset()
 
     def _reset(self) -> None:
@@ -210,14 +213,13 @@ class SweepRun:
         self.failures = 0
         self._pending_texts: list[tuple[str, str]] = []
         self._pending_status: str | None = None
-        # Called with the parent run id once it exists (the session records it in the sweep manifest).
-        self.on_parent: Callable[[str], None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("tracking_uri", "experiment", "sweep_id", "tags", "run_id")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.on_parent = None  # a callback of the process that pickled it
         self._reset()
 
     @classmethod
@@ -229,9 +231,9 @@ class SweepRun:
 
     @classmethod
     def open(cls, tracking_uri: str, experiment: str, sweep_id: str, parent_tags: Mapping[str, Any],
-             run_id: str | None = None) -> SweepRun:
+             run_id: str | None = None, on_parent: Callable[[str], None] | None = None) -> SweepRun:
         """The parent run (created or found) if the store answers; otherwise one to create later."""
-        sweep = cls(tracking_uri, experiment, sweep_id, parent_tags, run_id)
+        sweep = cls(tracking_uri, experiment, sweep_id, parent_tags, run_id, on_parent)
         try:
             sweep.parent()
         except TrackingUnavailable:
