@@ -514,7 +514,7 @@ def test_a_manifest_that_parses_but_lacks_keys_names_the_file_and_what_is_missin
                                                                                   monkeypatch, capsys):
     import json
 
-    from raysweep.manifest import Manifest
+    from raysweep.tracking.manifest import Manifest
 
     monkeypatch.chdir(tmp_path)
     sweep_dir = tmp_path / "raysweep_results" / "bad-20260101-000000"

@@ -44,13 +44,14 @@ def assert_each_trial_logged_once(root: Path, experiment: str, epochs: int) -> N
 
 # ---- 1-2. a stop signal ends the sweep as interrupted; resume finishes it ------------------------------------
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.parametrize("how, code", [
     ("SIGINT to the group, then resume", 130),
     ("SIGTERM to the driver", 143),
     ("SIGHUP to the driver", 129),
     ("SIGINT twice", 130),
 ])
-def test_1_2_a_stop_signal_ends_the_sweep_as_interrupted(work, procs, how, code):  # noqa: F811
+def test_a_stop_signal_ends_the_sweep_as_interrupted(work, procs, how, code):  # noqa: F811
     """The issue saw Ctrl-C exit 0 with a table of epoch-2 accuracies and the sweep marked finished, and SIGTERM
     abort with exit 134 and the parent left RUNNING. Now: exit 128+signal, one line with the resume command, no
     table, the manifest `interrupted`, the parent KILLED; resume finishes each trial with epochs 1..E once."""
@@ -111,7 +112,8 @@ def interrupt_midway(work, procs, name: str, spec: dict, at_least: int) -> Path:
 
 # ---- 4 and 6. a corrupt checkpoint falls back to the newest readable one; staging stays in the trial folder ----
 @pytest.mark.slow
-def test_4_6_a_truncated_checkpoint_is_reported_and_skipped_and_no_state_is_staged_in_tmpdir(work, procs):  # noqa: F811
+@pytest.mark.ray
+def test_a_truncated_checkpoint_is_reported_and_skipped_and_no_state_is_staged_in_tmpdir(work, procs):  # noqa: F811
     """The issue saw a trial whose restored checkpoint was truncated fail twice with `OSError: [Errno 22]`
     naming no file and end FAILED at 5 of 12 epochs. Here the newest checkpoint (the one Ray restores from) is
     cut to half its size: resume names its file, falls back to the one before, and logs epochs 1..E once. A
@@ -174,7 +176,8 @@ def fill(disk: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_3_a_full_disk_is_one_line_and_the_sweep_resumes_once_space_is_freed(work, procs, small_disk):  # noqa: F811
+@pytest.mark.ray
+def test_a_full_disk_is_one_line_and_the_sweep_resumes_once_space_is_freed(work, procs, small_disk):  # noqa: F811
     """The issue saw 7 tracebacks, Ray's experiment state cut short, the manifest and parent left RUNNING, and
     then `resume` crash with JSONDecodeError; a disk full at the start gave an ENOSPC traceback and an empty
     sweep folder. Now: a full disk at the start is exit 2 naming `storage` with the space needed and leaves
@@ -225,8 +228,9 @@ def test_3_a_full_disk_is_one_line_and_the_sweep_resumes_once_space_is_freed(wor
 
 
 # ---- 5. a corrupt or in-memory store is refused before anything starts -----------------------------------------
+@pytest.mark.process
 @pytest.mark.parametrize("uri", ["sqlite:///mlflow.db", "sqlite:///:memory:"], ids=["damaged file", "in memory"])
-def test_5_a_corrupt_or_in_memory_store_exits_2_before_anything_starts(work, uri):  # noqa: F811
+def test_a_corrupt_or_in_memory_store_exits_2_before_anything_starts(work, uri):  # noqa: F811
     """The issue saw an `mlflow.db` with garbage in the middle (header intact) pass the pre-run check and the
     whole sweep run untracked with exit 0, and `sqlite:///:memory:` exit 0 with the record lost. Through the
     CLI: exit 2, one line naming tracking.uri, no sweep folder, the damaged file untouched."""
