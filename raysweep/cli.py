@@ -117,7 +117,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from raysweep.execution.runner import resume_sweep
     from raysweep.tracking.manifest import Manifest
 
-    manifest = Manifest.find(args.sweep, args.storage)
+    manifest = Manifest.find(args.sweep, args.storage).complete()
     result = resume_sweep(manifest, verbose=args.verbose)
     _print_result(result)
     return 1 if result.num_errors else 0
@@ -128,7 +128,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from raysweep.tracking.manifest import Manifest
     from raysweep.tracking.sync import sync_sweep
 
-    report = sync_sweep(Manifest.find(args.sweep, args.storage), tracking_uri=args.tracking_uri)
+    report = sync_sweep(Manifest.find(args.sweep, args.storage).complete(), tracking_uri=args.tracking_uri)
     recovered = f" ({report.epochs_recovered} recovered from checkpoints)" if report.epochs_recovered else ""
     print(f"sweep {report.sweep_id}: {report.trials} trials in Ray's storage; created {report.runs_created} runs"
           f"{' and the parent run' if report.parent_created else ''}, logged {report.epochs_logged} epochs"
@@ -203,8 +203,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     uri, experiment = args.tracking_uri, args.experiment
     if args.sweep:  # a sweep folder (or id) of the Ray results: its manifest names the store and experiment
-        data = Manifest.find(args.sweep).data
-        uri, experiment = data["tracking_uri"], experiment or data.get("experiment")
+        manifest = Manifest.find(args.sweep)
+        if not isinstance(manifest.data.get("tracking_uri"), str):
+            raise UsageError(f"sweep: {manifest.path} is damaged: no tracking_uri (the store to open)")
+        uri, experiment = manifest.data["tracking_uri"], experiment or manifest.data.get("experiment")
     uri = resolve_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         limit_http_retries()  # a server that is down must not hold the answer for minutes

@@ -182,6 +182,10 @@ def test_report_of_a_missing_sweep_exits_2_and_ui_points_at_a_server(tmp_path, c
     from raysweep.cli import main
 
     assert main(["report", "nope", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path)]) == 2
+    assert "--tracking-uri: no MLflow store at" in capsys.readouterr().err
+    assert not (tmp_path / "m.db").exists(), "a read-only command creates no store"
+    MlflowClient(f"sqlite:///{tmp_path / 'm.db'}").search_experiments()  # an empty store: the sweep is missing
+    assert main(["report", "nope", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path)]) == 2
     assert "no experiment 'nope'" in capsys.readouterr().err
     assert main(["ui", "--tracking-uri", "http://127.0.0.1:5999"]) == 0
     assert "its UI is already there, open http://127.0.0.1:5999" in capsys.readouterr().out

@@ -114,11 +114,16 @@ class Manifest:
             raise ConfigError("sweep", f"cannot read {path}: {err}") from None
         if not isinstance(data, dict) or data.get("version") != VERSION:
             raise ConfigError("sweep", f"{path} is not a raysweep manifest (version {VERSION})")
-        problems = manifest_problems(data)
-        if problems:
-            raise ConfigError("sweep", f"{path} is damaged: {'; '.join(problems)} (resume and sync need them; restore "
-                                       "the file from a backup)")
         return cls(Path(path), data)
+
+    def complete(self) -> "Manifest":
+        """This manifest, if it holds every key resume and sync read (:data:`REQUIRED`); else a ConfigError
+        naming the file and what is missing (a file that parses but lost keys was a KeyError traceback)."""
+        problems = manifest_problems(self.data)
+        if problems:
+            raise ConfigError("sweep", f"{self.path} is damaged: {'; '.join(problems)} (resume and sync need them; "
+                                       "restore the file from a backup)")
+        return self
 
     @property
     def sweep_dir(self) -> Path:
