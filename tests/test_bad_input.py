@@ -530,3 +530,15 @@ def test_a_manifest_that_parses_but_lacks_keys_names_the_file_and_what_is_missin
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"raysweep: error: sweep: {manifest.path} is damaged: ") and words in err, err
     assert "\n" not in err and not (tmp_path / "m.db").exists()
+
+
+def test_plan_writes_nothing(tmp_path, monkeypatch, capsys):
+    """`raysweep plan` only reads: no store, no results folder, whatever the spec names."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = {**BASE, "storage": str(tmp_path / "results"), "tracking": {"uri": f"sqlite:///{tmp_path / 'm.db'}"}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    with bounded(60, "raysweep plan"):
+        assert main(["plan", "spec.yaml"]) == 0
+    assert "sweep bad" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["spec.yaml"]
