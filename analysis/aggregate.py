@@ -38,6 +38,9 @@ class Cell:
     n: int
     early_stopped: int = 0  # trials in the group stopped by the scheduler before the last epoch
     ci95: float = math.nan  # half-width of the 95% Student-t interval of the mean; NaN when n = 1
+    stopped_at: int | None = None  # every trial of the cell was stopped early at this epoch; None: they finished
+    left_out: int = 0  # trials of the group not pooled: stopped at another epoch than the cell's
+    flags: tuple[str, ...] = ()  # degenerate-run flags of the cell's trials (analysis.health)
 
 
 def ci95_halfwidth(std: float, n: int) -> float:
@@ -156,6 +159,7 @@ def known_keys(df: pd.DataFrame) -> list[str]:
 
 
 def is_early_stopped(df: pd.DataFrame) -> pd.Series:
+    """Whether each trial was stopped by the scheduler before its last epoch."""
     if "stop_reason" not in df:
         return pd.Series(False, df.index)
     return df["stop_reason"].astype(str).str.startswith("stopped")

@@ -1,0 +1,107 @@
+"""Results that look like results but are not: collapsed predictors, diverged losses, and configurations
+that are one configuration under several names.
+
+A trial is flagged when its test predictions collapse onto few classes (per-class test accuracy 0 on at
+least half the classes, or balanced accuracy within 1/C of chance 1/C) or its loss turned non-finite.
+Configurations whose trials are identical on every seed (every logged metric equal to the last digit)
+are reported once, naming all of them, with the method's logged diagnostics that explain it (CDB's
+``cdb_tau`` saturating at its maximum makes tau=5, sigmoid and linear one configuration).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence
+
+import pandas as pd
+
+CLASS_COLUMN = re.compile(r"^metric\.test_acc_class(\d+)$")
+COLLAPSED = "collapsed"  # per-class accuracy 0 on at least half the classes
+CHANCE = "chance"  # balanced accuracy within 1/C of chance
+NON_FINITE = "non-finite loss"
+FLAG_MEANINGS = {
+    COLLAPSED: "test accuracy 0 on at least half the classes (predictions collapsed onto a few classes)",
+    CHANCE: "balanced test accuracy within 1/C of chance (1/C)",
+    NON_FINITE: "the training loss turned non-finite",
+}
+# Metrics every trial logs; any other final metric is a method's own diagnostic (cdb_tau, dm_weight_mean...).
+STANDARD_PREFIXES = ("val_", "test_", "train_", "clean_", "meta_")
+STANDARD_METRICS = ("lr", "epoch", "non_finite_loss", "epoch_seconds")
+
+
+def class_columns(df: pd.DataFrame) -> list[str]:
+    """The final per-class test accuracy columns (``metric.test_acc_class<c>``), by class index."""
+    found = [(int(m.group(1)), c) for c in df.columns if (m := CLASS_COLUMN.match(c))]
+    return [c for _, c in sorted(found)]
+
+
+def trial_flags(df: pd.DataFrame) -> pd.Series:
+    """Per trial, a tuple of flags (empty when healthy): ``collapsed``, ``chance``, ``non-finite loss``.
+
+    ``collapsed`` and ``chance`` need the per-class test accuracies (logged when there are few classes);
+    balanced accuracy is ``metric.test_acc`` (the runner's test accuracy is the class mean).
+    """
+    classes = class_columns(df)
+    n_classes = len(classes)
+    per_class = df[classes].astype(float) if classes else None
+    out = []
+    for i, (_, row) in enumerate(df.iterrows()):
+        flags = []
+        if per_class is not None:
+            accs = per_class.iloc[i]
+            if accs.notna().all() and int((accs == 0).sum()) * 2 >= n_classes:
+                flags.append(COLLAPSED)
+            balanced = row.get("metric.test_acc")
+            if balanced is not None and not pd.isna(balanced) and abs(float(balanced) - 1 / n_classes) <= 1 / n_classes:
+                flags.append(CHANCE)
+        loss_flag = row.get("metric.non_finite_loss")
+        if str(row.get("stop_reason", "")).startswith("non-finite") or (loss_flag is not None
+                                                                          and not pd.isna(loss_flag)
+                                                                          and float(loss_flag) > 0):
+            flags.append(NON_FINITE)
+        out.append(tuple(flags))
+    return pd.Series(out, index=df.index, dtype=object)
+
+
+def diagnostic_columns(df: pd.DataFrame) -> list[str]:
+    """Final-value columns of the methods' own diagnostics (``metric.cdb_tau``), not the standard metrics."""
+    names = [c[len("metric."):] for c in df.columns if c.startswith("metric.")]
+    return ["metric." + n for n in names if not n.startswith(STANDARD_PREFIXES) and n not in STANDARD_METRICS
+            and not CLASS_COLUMN.match("metric." + n)]
+
+
+def signature(trials: pd.DataFrame, pair_on: Sequence[str] = ("seed", "dataset.data_seed")) -> tuple:
+    """What makes two groups of trials the same results: per pairing key, every final metric exactly.
+
+    Method diagnostics are left out: they may differ (a tau of 5 versus 7 clipped to 5) while every
+    result agrees.
+    """
+    keys = [k for k in pair_on if k in trials.columns]
+    skip = set(diagnostic_columns(trials))
+    metrics = sorted(c for c in trials.columns if c.startswith("metric.") and c not in skip)
+    rows = []
+    for _, row in trials.iterrows():
+        values = tuple(None if pd.isna(row[m]) else repr(float(row[m])) for m in metrics)
+        rows.append((tuple(repr(row[k]) for k in keys), values))
+    return tuple(sorted(rows))
+
+
+def shared_diagnostics(trials: pd.DataFrame) -> list[str]:
+    """``name = value`` for each method diagnostic that is the same final value in every trial given."""
+    out = []
+    for column in diagnostic_columns(trials):
+        values = trials[column].dropna().unique()
+        if len(values) == 1 and len(trials[column].dropna()) == len(trials):
+            value = float(values[0])
+            out.append(f"{column[len('metric.'):]} = {value:g}" if math.isfinite(value) else column)
+    return out
+
+
+def describe_flags(flags: Sequence[str]) -> str:
+    """One sentence naming what the flags found."""
+    return "; ".join(f"{f}: {FLAG_MEANINGS[f]}" for f in dict.fromkeys(flags) if f in FLAG_MEANINGS)
+
+
+__all__ = ["trial_flags", "class_columns", "diagnostic_columns", "signature", "shared_diagnostics",
+           "describe_flags", "FLAG_MEANINGS", "COLLAPSED", "CHANCE", "NON_FINITE"]
