@@ -21,8 +21,10 @@ from scipy import stats
 
 ID_COLUMNS = ("run_id", "status", "trial_key", "config_id", "seed", "method", "label", "phase", "stop_reason",
               "plan_index", "epochs_run")
-VALUE_PREFIXES = ("metric.", "best.")
-KINDS = {"final": "metric.", "best": "best."}
+VALUE_PREFIXES = ("metric.", "best.", "selected.")
+# final: the last epoch; best: the peak over epochs (an oracle for test metrics); selected: at the epoch of the
+# best validation score (what model selection on validation would report)
+KINDS = {"final": "metric.", "best": "best.", "selected": "selected."}
 METHOD_ROOT = "method"  # the config section of a trial's method: ``method.name`` and its knobs
 SHARED_ROOTS = ("dataset", "model", "train")  # config sections every trial has, whatever its method
 # A method named like one of these would make ``<method>.<knob>`` ambiguous with a config key or a value column.

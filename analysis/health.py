@@ -27,7 +27,8 @@ FLAG_MEANINGS = {
 }
 # Metrics every trial logs; any other final metric is a method's own diagnostic (cdb_tau, dm_weight_mean...).
 STANDARD_PREFIXES = ("val_", "test_", "train_", "clean_", "meta_")
-STANDARD_METRICS = ("lr", "epoch", "non_finite_loss", "epoch_seconds")
+BOOKKEEPING = ("lr", "epoch", "epoch_seconds")  # not results: timings differ between identical runs
+STANDARD_METRICS = BOOKKEEPING + ("non_finite_loss",)
 
 
 def class_columns(df: pd.DataFrame) -> list[str]:
@@ -74,11 +75,11 @@ def diagnostic_columns(df: pd.DataFrame) -> list[str]:
 def signature(trials: pd.DataFrame, pair_on: Sequence[str] = ("seed", "dataset.data_seed")) -> tuple:
     """What makes two groups of trials the same results: per pairing key, every final metric exactly.
 
-    Method diagnostics are left out: they may differ (a tau of 5 versus 7 clipped to 5) while every
-    result agrees.
+    Method diagnostics and bookkeeping (timings, the learning rate) are left out: they may differ (a tau of
+    5 versus 7 clipped to 5, a slower epoch) while every result agrees.
     """
     keys = [k for k in pair_on if k in trials.columns]
-    skip = set(diagnostic_columns(trials))
+    skip = set(diagnostic_columns(trials)) | {f"metric.{m}" for m in BOOKKEEPING}
     metrics = sorted(c for c in trials.columns if c.startswith("metric.") and c not in skip)
     rows = []
     for _, row in trials.iterrows():

@@ -44,6 +44,7 @@ SHORT_ROOTS = ("dataset", "train", "model")  # headers read "imbalance = 10", no
 DAGGER = "†"
 
 __all__ = ["Cell", "SensitivityTable", "seed_table", "one_way", "breakdown_table", "knob_tables", "render", "FORMATS",
+           "select", "data_axes", "split_levels", "level_text", "short_key",
            "to_markdown", "to_frame", "to_latex", "to_html", "format_cell", "row_values", "higher_is_better"]
 
 
@@ -449,6 +450,33 @@ def knob_tables(df: pd.DataFrame, metric: str, *, axes: list[str] | None = None,
     return {name: t for name, t in candidates.items() if t.filled >= MIN_FILLED_CELLS}
 
 
+def _same_value(value, target: str) -> bool:
+    """Whether a config value equals the text of ``--where key=value`` (numbers compared as numbers)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    try:
+        return float(value) == float(target)
+    except (TypeError, ValueError):
+        return str(value) == target
+
+
+def select(df: pd.DataFrame, where: Sequence[str] = ()) -> pd.DataFrame:
+    """The trials whose config matches every ``key=value`` of ``where`` (``dataset.imbalance=100``,
+    ``focal.gamma=2``): holds an axis fixed. A KeyError names an unknown key or the values a key has."""
+    for item in where:
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key:
+            raise KeyError(f"where: expected key=value, got {item!r}")
+        values = _key(df, key, "where")
+        mask = values.map(lambda v, t=text: _same_value(v, t))
+        if not mask.any():
+            present = sorted({str(_plain(v)) for v in values.dropna()}, key=str)
+            raise KeyError(f"where: {key} is never {text!r}; its values: {', '.join(present)}")
+        df = df[mask]
+    return df
+
+
 def _sort_key(value):
     if isinstance(value, bool):
         return (1, 0.0, str(value))
@@ -498,9 +526,11 @@ def _header(table: SensitivityTable) -> list[str]:
 def _note(table: SensitivityTable) -> str:
     from analysis.marks import describe
 
-    what = "best-epoch" if table.kind == "best" else "final"
+    what = {"best": "best-epoch value per trial (the peak over epochs: an oracle when the metric is a test metric)",
+            "selected": "value per trial at the epoch of its best validation score"}.get(table.kind,
+                                                                                       "final value per trial")
     metric = "Metrics: the columns" if table.cols_key == "metric" else f"Metric: {table.metric}"
-    parts = [f"{metric}{table.unit}, {what} value per trial, mean ± sample std over seeds (n trials)."]
+    parts = [f"{metric}{table.unit}, {what}, mean ± sample std over seeds (n trials)."]
     if table.marks is not None:
         parts += describe(table.marks, table)
         for col, why in table.marks.tie_reasons.items():

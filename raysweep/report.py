@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
 import yaml
 from mlflow import MlflowClient
 
@@ -22,6 +23,7 @@ from analysis import importance as imp
 from analysis import mlflow_tags as tags
 from analysis import plots
 from analysis.aggregate import aggregate_configs, scope_knobs
+from analysis.marks import COMPARISON_COLUMNS, MarkOptions, comparison_rows, mark_table
 from analysis.mlflow_io import (
     final_phase,
     find_sweep,
@@ -41,6 +43,7 @@ from analysis.tables import (
     knob_tables,
     render,
     seed_table,
+    select,
     to_html,
     to_markdown,
 )
@@ -61,18 +64,49 @@ ARTIFACT_DIR = "report"
 # Parent-run tags: read (written by the runner) and written (the headline).
 
 
+BASELINE_DEFAULT = "auto"  # ce when the sweep has it
+NO_BASELINE = ("none", "null")  # --baseline none switches the comparison off
+
+
+def mark_options(defaults: dict, baseline: str | None = None) -> MarkOptions:
+    """The significance options: the spec's ``table`` section (as the parent run's tag holds it), with
+    ``baseline`` from ``--baseline`` when given (``none`` = off)."""
+    chosen = defaults.get("baseline", BASELINE_DEFAULT) if baseline is None else baseline
+    try:
+        return MarkOptions(None if chosen in NO_BASELINE else chosen, defaults.get("test", "paired_t"),
+                           defaults.get("correction", "holm"), float(defaults.get("alpha", 0.05)))
+    except ValueError as err:
+        raise KeyError(str(err)) from None
+
+
+def _kind_of(metric: str) -> tuple[str, str]:
+    """``best_test_acc`` -> (test_acc, best) and ``selected_test_acc`` -> (test_acc, selected): every metric a
+    report tables is accepted by ``table --metric``."""
+    for kind in ("best", "selected"):
+        if metric.startswith(kind + "_"):
+            return metric[len(kind) + 1:], kind
+    return metric, "final"
+
+
 def sweep_table(tracking_uri: str, *, experiment: str | None = None, parent_run_id: str | None = None,
-                rows: str | None = None, cols: str | None = None, metric: str | None = None) -> SensitivityTable:
-    """The seed-averaged table of a sweep; unset rows/cols/metric fall back to the spec's ``table`` section."""
+                rows: str | None = None, cols: str | None = None, metric: str | None = None,
+                where: tuple[str, ...] = (), baseline: str | None = None) -> SensitivityTable:
+    """The seed-averaged table of a sweep, marked against the baseline; unset rows/cols/metric fall back to the
+    spec's ``table`` section. ``where`` holds axes fixed (``dataset.imbalance=100``)."""
     client = MlflowClient(tracking_uri)
     parent = find_sweep(client, experiment, parent_run_id)
     defaults = json.loads(parent.data.tags.get(tags.TABLE, "{}"))
-    df = trials_frame(client, parent)
+    metric, kind = _kind_of(metric or defaults.get("metric", "test_acc"))
+    options = mark_options(defaults, baseline)
+    history = (metric, "val_balanced_acc") if kind != "final" else ()
+    df = load_sweep(client, parent, history).trials if history else trials_frame(client, parent)
     if df.empty:
         raise KeyError("the sweep has no trial runs")
-    return seed_table(scope_knobs(final_phase(df)), metric or defaults.get("metric", "test_acc"),
-                      rows or defaults.get("rows", "config"), cols if cols is not None else defaults.get("cols"),
-                      sweep_axes(parent))
+    final = select(scope_knobs(final_phase(df)), where)
+    table = seed_table(final, metric, rows or defaults.get("rows", "config"),
+                       cols if cols is not None else defaults.get("cols"), sweep_axes(parent), kind=kind)
+    mark_table(table, final, options)
+    return table
 
 
 @dataclass
@@ -131,6 +165,22 @@ def _intro_notes(parent, headline: Headline) -> tuple[list[str], list[str]]:
     return notes + [headline.describe()], warnings
 
 
+def _selection_differs(tables: dict[str, SensitivityTable]) -> list[str]:
+    """Where the configuration validation selects (best at the epoch of best validation) and the one the
+    test-set oracle (peak test over epochs) puts first differ, per column: the report says so."""
+    selected, oracle = tables.get("main_selected"), tables.get("main_best_epoch")
+    if selected is None or oracle is None:
+        return []
+    out = []
+    for col in selected.cols:
+        a, b = selected.best.get(col), oracle.best.get(col)
+        if a is not None and b is not None and a != b:
+            where = "" if selected.cols_key is None else f" at {col}"
+            out.append(f"Selection on test would mislead{where}: the best by validation is {a}, the peak-test "
+                       f"oracle's best is {b}.")
+    return out
+
+
 def _markdown_page(title: str, intro: str, notes: list[str], warnings: list[str],
                    tables: dict[str, SensitivityTable], importance_md: str) -> str:
     lines = [f"# {title}", "", intro, ""]
@@ -143,21 +193,27 @@ def _markdown_page(title: str, intro: str, notes: list[str], warnings: list[str]
 
 def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None, *, rows: str | None = None,
                  cols: str | None = None, metric: str | None = None, others: str = "average",
-                 error: bool = False, log: bool = True, echo: Callable[[str], None] = lambda s: None) -> Report:
-    """Everything about the sweep ``ref`` (experiment name or parent run id) into ``out_dir``; see module doc."""
+                 error: bool = False, log: bool = True, echo: Callable[[str], None] = lambda s: None,
+                 where: tuple[str, ...] = (), baseline: str | None = None) -> Report:
+    """Everything about the sweep ``ref`` (experiment name or parent run id) into ``out_dir``; see module doc.
+
+    ``where`` (``key=value``) restricts the tables, plots and importance to those trials (the summary runs
+    still cover the whole sweep); ``baseline`` overrides the spec's ``table.baseline`` (``none`` = off).
+    """
     seconds: dict[str, float] = {}
     tick = time.perf_counter()
     client = MlflowClient(tracking_uri)
     parent = resolve_sweep(client, ref)
     defaults = json.loads(parent.data.tags.get(tags.TABLE, "{}"))
     metric = metric or defaults.get("metric", "test_acc")
+    options = mark_options(defaults, baseline)
     selection_metric, selection_direction = search_metric(parent)
     direction = selection_direction if metric == selection_metric else None
     sweep = load_sweep(client, parent, summary_history_metrics(parent, (metric,)))
     raw = sweep.trials
     if raw.empty:
         raise KeyError("the sweep has no trial runs")
-    df = scope_knobs(raw)  # tables, plots, importance and the CSVs name knobs after their method
+    df = select(scope_knobs(raw), where)  # tables, plots, importance and the CSVs name knobs after their method
     seconds["read"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -172,16 +228,27 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
     # Headline tables summarise phase 2 when there was one; sensitivity and importance use phase 1.
     final, search = final_phase(df), search_phase(df)
     tables["main"] = seed_table(final, metric, rows, cols, axes, direction, error=error)
+    if f"selected.{metric}" in df:
+        tables["main_selected"] = seed_table(final, metric, rows, cols, axes, direction, kind="selected", error=error)
+        tables["main_selected"].title += " at the epoch of best validation (selected on validation)"
     if f"best.{metric}" in df:
         tables["main_best_epoch"] = seed_table(final, metric, rows, cols, axes, direction, kind="best", error=error)
-        tables["main_best_epoch"].title += " (best epoch of each trial)"
+        tables["main_best_epoch"].title += " (oracle: each trial's peak over epochs, selected on test)"
     if any(f"metric.{m}" in df for m in GROUP_METRICS):
         tables["many_medium_few"] = breakdown_table(final, rows if rows != cols else "config", axes=axes, error=error)
+    headline_tables = set(tables)
     tables.update(knob_tables(search, metric, axes=axes, others=others, direction=direction, error=error,
                               skip=[(rows, cols)]))
+    for name, table in tables.items():
+        mark_table(table, final if name in headline_tables else search, options)
+    selection_notes = _selection_differs(tables)
     files: list[Path] = []
     for name, table in tables.items():
         files += write_table(table, out / "tables" / _slug(name))
+    comparisons = pd.DataFrame([row for name, t in tables.items() for row in comparison_rows(name, t)],
+                               columns=COMPARISON_COLUMNS)
+    files.append(out / "tables" / "comparisons.csv")
+    comparisons.to_csv(files[-1], index=False)
     configs = aggregate_configs(final_phase(raw))  # config keys as the trials' params, for the summary runs
     files.append(out / "tables" / "configs.csv")
     scope_knobs(configs).to_csv(files[-1], index=False)
@@ -232,6 +299,7 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
              f"seeds {sorted(df['seed'].unique().tolist())}; parent run {parent.info.run_id}. "
              f"Read from MLflow alone.")
     notes, warnings = _intro_notes(parent, headline)
+    notes += selection_notes + ([f"Trials restricted to {', '.join(where)}."] if where else [])
     sections = [Section(t.title or name, to_html(t), pictures[name]) for name, t in tables.items()]
     sections.append(Section("learning curves and survival", images=curves))
     sections.append(Section("hyperparameter importance (fANOVA, PED-ANOVA)", text=importance_md,
@@ -244,7 +312,8 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
 
     if log:
         tick = time.perf_counter()
-        client.log_artifacts(parent.info.run_id, str(out), ARTIFACT_DIR)
+        folder = ARTIFACT_DIR + (f"/where_{_slug('_'.join(where))}" if where else "")  # never over the full report
+        client.log_artifacts(parent.info.run_id, str(out), folder)
         seconds["mlflow_log"] = time.perf_counter() - tick
     return Report(out, parent.info.run_id, tables["main"], tables, files, summary_runs, created, seconds, len(df),
                   headline)
