@@ -173,18 +173,24 @@ def rung_survival(trials: pd.DataFrame, path: Path, rungs: list[int] | None = No
     return _save(fig, path)
 
 
-def importance_bars(frame: pd.DataFrame, method: str, path: Path) -> Path:
-    """Horizontal bars of fANOVA and PED-ANOVA importance of one method's hyperparameters."""
-    part = frame[frame["method"] == method]
+def importance_bars(frame: pd.DataFrame, method: str, path: Path, setting: str = "") -> Path:
+    """Horizontal bars of fANOVA and PED-ANOVA importance of one method's knobs at one setting of the data
+    axes, with the spread over bootstrap resamples of seeds as error bars."""
+    part = frame[(frame["method"] == method) & (frame["setting"] == setting)]
     wide = part.pivot_table(index="param", columns="evaluator", values="importance").fillna(0.0)
     wide = wide.sort_values(wide.columns[0])
+    spread = part.pivot_table(index="param", columns="evaluator", values="spread", dropna=False).reindex(
+        index=wide.index, columns=wide.columns)
     fig, ax = plt.subplots(figsize=(6, 1.2 + 0.45 * len(wide)))
     height = 0.8 / max(len(wide.columns), 1)
     for j, evaluator in enumerate(wide.columns):
-        ax.barh(np.arange(len(wide)) + j * height, wide[evaluator], height=height,
+        err = spread[evaluator].fillna(0.0).to_numpy()
+        ax.barh(np.arange(len(wide)) + j * height, wide[evaluator], height=height, xerr=err, capsize=2,
                 label={"fanova": "fANOVA", "ped_anova": "PED-ANOVA"}.get(evaluator, evaluator))
     ax.set_yticks(np.arange(len(wide)) + height * (len(wide.columns) - 1) / 2, list(wide.index))
-    ax.set_xlabel("importance (normalised)")
-    ax.set_title(f"hyperparameter importance: {method} ({int(part['n_trials'].iloc[0])} trials)", fontsize=9)
+    n_boot = int(part["n_resamples"].iloc[0])
+    ax.set_xlabel("importance (normalised)" + (f"; error bar: std over {n_boot} seed resamples" if n_boot else ""))
+    where = f" at {setting}" if setting else ""
+    ax.set_title(f"hyperparameter importance: {method}{where} ({int(part['n_trials'].iloc[0])} trials)", fontsize=9)
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -187,7 +187,7 @@ def _markdown_page(title: str, intro: str, notes: list[str], warnings: list[str]
     lines += [f"- {n}" for n in notes] + [f"- **Warning:** {w}" for w in warnings] + [""]
     for name, table in tables.items():
         lines += [f"## {table.title or name}", "", to_markdown(table), ""]
-    lines += ["## hyperparameter importance (fANOVA, PED-ANOVA)", "", importance_md, ""]
+    lines += ["## hyperparameter importance per setting (fANOVA, PED-ANOVA)", "", importance_md, ""]
     return "\n".join(lines)
 
 
@@ -281,8 +281,8 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
     importance_md = imp.importance_markdown(importance)
     files.append(out / "importance.md")
     files[-1].write_text(importance_md + "\n")
-    importance_pngs = [plots.importance_bars(importance, m, out / "plots" / f"importance_{_slug(m)}.png")
-                       for m in importance["method"].unique()]
+    importance_pngs = [plots.importance_bars(importance, m, out / "plots" / f"importance_{_slug(m + ' ' + s)}.png", s)
+                       for m, s in dict.fromkeys(zip(importance["method"], importance["setting"], strict=True))]
     seconds["importance"] = time.perf_counter() - tick
 
     summary_runs, created, headline = {}, 0, None
@@ -302,7 +302,7 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
     notes += selection_notes + ([f"Trials restricted to {', '.join(where)}."] if where else [])
     sections = [Section(t.title or name, to_html(t), pictures[name]) for name, t in tables.items()]
     sections.append(Section("learning curves and survival", images=curves))
-    sections.append(Section("hyperparameter importance (fANOVA, PED-ANOVA)", text=importance_md,
+    sections.append(Section("hyperparameter importance per setting (fANOVA, PED-ANOVA)", text=importance_md,
                             images=importance_pngs))
     files.append(out / "report.html")
     files[-1].write_text(render_page(title, intro, sections, notes=notes, warnings=warnings))

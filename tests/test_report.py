@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from analysis.importance import build_study, importances, infer_distribution
+from analysis.importance import build_study, importance_markdown, importances, infer_distribution
 from analysis.page import Section, render_page
 from raysweep.report import build_report
 from raysweep.summaries import summarize_sweep
@@ -50,13 +50,41 @@ def test_importance_ranks_the_factor_that_decides_the_metric_first():
     study = build_study(df[df["method"] == "dm"], "test_acc")
     assert len(study.trials) == 54 and study.direction.name == "MAXIMIZE"
     assert set(study.trials[0].distributions) == {"method.beta", "method.gamma", "train.schedule"}
-    frame = importances(df, "test_acc")
+    frame = importances(df, "test_acc", resamples=0)
     assert set(frame["method"]) == {"dm"}, "ce has one trial: too few for importance"
     assert set(frame["param"]) == {"dm.beta", "dm.gamma", "train.schedule"}, "knobs are named after their method"
     for evaluator in ("fanova", "ped_anova"):
         part = frame[frame["evaluator"] == evaluator].set_index("param")["importance"]
         assert part.idxmax() == "dm.beta" and part["dm.beta"] > 0.8
         assert math.isclose(part.sum(), 1.0, rel_tol=1e-6)
+
+
+def test_importance_is_per_setting_of_the_data_axes_with_spread_and_disagreement():
+    """imbalance moves every accuracy by 0.3 (it would swamp the knobs); within a level beta decides."""
+    df = _tidy(n_seeds=3)
+    df = pd.concat([df.assign(**{"dataset.imbalance": 10}),
+                    df.assign(**{"dataset.imbalance": 100, "metric.test_acc": df["metric.test_acc"] - 0.3})],
+                   ignore_index=True)
+    frame = importances(df, "test_acc", resamples=4)
+    assert list(frame.columns) == ["method", "setting", "evaluator", "param", "importance", "spread", "n_trials",
+                                   "n_resamples"]
+    groups = set(zip(frame["method"], frame["setting"], strict=True))
+    assert groups == {("dm", "imbalance = 10"), ("dm", "imbalance = 100")}
+    assert "dataset.imbalance" not in set(frame["param"]), "a data axis is not a method's knob"
+    assert set(frame["n_trials"]) == {54} and set(frame["n_resamples"]) == {4}
+    for (_, _), part in frame.groupby(["setting", "evaluator"]):
+        assert part.set_index("param")["importance"].idxmax() == "dm.beta"
+        assert math.isclose(part["importance"].sum(), 1.0, rel_tol=1e-6)
+        assert (part["spread"] >= 0).all() and part["spread"].notna().all()
+    text = importance_markdown(frame)
+    assert "**dm** at imbalance = 10 (54 trials; ± = std over 4 bootstrap resamples of seeds)" in text
+    row = frame[(frame["setting"] == "imbalance = 10") & (frame["param"] == "dm.gamma")].set_index("evaluator")
+    gap = abs(row.loc["fanova", "importance"] - row.loc["ped_anova", "importance"])
+    assert f"| dm.gamma | {row.loc['fanova', 'importance']:.3f} ± {row.loc['fanova', 'spread']:.3f} |" in text
+    assert text.split("| dm.gamma |")[1].splitlines()[0].endswith(f"| {gap:.3f} |")
+    # One seed: nothing to resample, no spread.
+    single = importances(df[df["seed"] == 0], "test_acc", resamples=4)
+    assert single["spread"].isna().all() and set(single["n_resamples"]) == {0}
 
 
 def test_html_page_inlines_its_images(tmp_path):
@@ -112,7 +140,7 @@ def test_report_writes_tables_plots_importance_and_a_self_contained_page(reporte
     assert {"configs.csv", "trials.csv"} <= tables
     pngs = {p.name for p in (root / "out" / "plots").iterdir()}
     assert {"main.png", "oneway_focal.gamma.png", "learning_curves_test_acc.png", "rung_survival.png",
-            "importance_focal.png"} <= pngs
+            "importance_focal.png"} <= pngs, "one setting: the plot is named after the method"
     assert all((root / "out" / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     page = (root / "out" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(pngs)
