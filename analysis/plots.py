@@ -117,8 +117,53 @@ def grouped_bars(table: SensitivityTable, path: Path) -> Path:
     return _save(fig, path)
 
 
+GROUP_TITLES = {"test_many_acc": "many-shot", "test_medium_acc": "medium-shot", "test_few_acc": "few-shot",
+                "test_acc": "all classes"}
+
+
+def breakdown_bars(table: SensitivityTable, path: Path) -> Path:
+    """The many / medium / few-shot table as one panel per class group, side by side, each a horizontal bar per
+    row (seed mean, std error bar) on a shared axis: the labels stay readable and the figure grows downwards
+    with the rows, not sideways (one wide bar chart of 27 configurations x 4 groups was 5258 px wide). A group
+    without values (no class of the split in it, e.g. few-shot at a low imbalance) says so in its panel."""
+    rows = list(table.rows)
+    fig, axes = plt.subplots(1, len(table.cols), sharey=True, squeeze=False,
+                             figsize=(2.2 + 2.3 * len(table.cols), 1.3 + 0.3 * len(rows)))
+    ys = np.arange(len(rows))
+    top = 1.0
+    for ax, col in zip(axes[0], table.cols, strict=True):
+        cells = [table.cells.get((r, col)) for r in rows]
+        present = [i for i, c in enumerate(cells) if c is not None]
+        means = [table.value(cells[i].mean) for i in present]
+        err = [0.0 if math.isnan(cells[i].std) else table.spread(cells[i].std) for i in present]
+        stopped = [getattr(cells[i], "stopped_at", None) is not None for i in present]
+        ax.barh([ys[i] for i in present], means, xerr=err, capsize=2, height=0.7,
+                color=["#b0b0b0" if s else "C0" for s in stopped])
+        for i, mean, e in zip(present, means, err, strict=True):
+            ax.text(mean + e, ys[i], f" {mean:.1f}", va="center", fontsize=7)
+        for i in (i for i, c in enumerate(cells) if c is None and present):
+            ax.text(0, ys[i], " no class in this group", va="center", fontsize=6, color="#777777")
+        if not present:
+            ax.text(0.5, 0.5, "no class of the split\nin this group", transform=ax.transAxes, ha="center",
+                    va="center", fontsize=8, color="#555555")
+        ax.set_title(GROUP_TITLES.get(str(col), str(col)), fontsize=9)
+        ax.set_xlabel(("error" if table.error else "accuracy") + table.unit, fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        top = max(top, max([m + e for m, e in zip(means, err, strict=True)], default=1.0))
+    for ax in axes[0]:
+        ax.set_xlim(0, top * 1.2)  # one scale for every group, room for the value labels
+    axes[0][0].set_yticks(ys, [str(r) for r in rows], fontsize=8)
+    axes[0][0].invert_yaxis()  # the table's first row on top
+    fig.suptitle(table.title + ("; grey: stopped early" if any(getattr(c, "stopped_at", None) is not None
+                                                              for c in table.cells.values()) else ""), fontsize=9)
+    return _save(fig, path)
+
+
 def table_plot(table: SensitivityTable, path: Path) -> Path:
-    """The picture that fits the table: heatmap for two-way, curve for a numeric factor, bars otherwise."""
+    """The picture that fits the table: panels per class group for the many / medium / few breakdown, heatmap for
+    two-way, curve for a numeric factor, bars otherwise."""
+    if table.cols_key == "metric":  # the many / medium / few breakdown
+        return breakdown_bars(table, path)
     numeric_rows = table.rows_key not in ("config", "method", "label") and _numeric(table.rows)
     if numeric_rows and len(table.rows) > 1:
         return sensitivity_curve(table, path)

@@ -56,8 +56,8 @@ def comparison_view(columns: Sequence[str] | None = None, order_by: str | None =
     """The runs-table state of raysweep's saved view: sweeps' parents and their summary runs (trials filtered
     out), grouped by role with both groups open, every run shown, charts per run (not per group).
 
-    ``columns`` (MLflow's ``params.`k``` / ``metrics.`m``` keys) replace the default column set, ``order_by``
-    sorts the table; ``charts`` and ``sections`` set the chart tab (MLflow 3.17's card and section shapes)."""
+    ``columns`` (MLflow's ``params.`k``` / ``metrics.`m``` keys) replace the default column set, in that order,
+    ``order_by`` sorts the table; ``charts`` and ``sections`` set the chart tab (MLflow 3.17's card and section shapes)."""
     role = tags.ROLE
     state: dict[str, Any] = {
         "searchFilter": f"tags.`{role}` != '{tags.TRIAL}'",
@@ -65,8 +65,10 @@ def comparison_view(columns: Sequence[str] | None = None, order_by: str | None =
         "groupsExpanded": {f"tag.{role}.{tags.SUMMARY}": True, f"tag.{role}.{tags.SWEEP}": True},
         "useGroupedValuesInCharts": False, "runsHiddenMode": "SHOW_ALL",
     }
-    if columns is not None:
-        state["selectedColumns"] = list(columns)
+    if columns is not None:  # shown in this order after the run name, which gets room for a configuration's label
+        name = "attributes.`Run Name`"
+        widths = {name: 250} | {c: 100 if c.startswith("metrics.") else 90 for c in columns}  # first screen
+        state.update(selectedColumns=list(columns), columnOrder=[name] + list(columns), columnWidths=widths)
     if order_by is not None:
         state.update(orderByKey=order_by, orderByAsc=ascending)
     if charts is not None:

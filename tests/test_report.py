@@ -87,6 +87,23 @@ def test_importance_is_per_setting_of_the_data_axes_with_spread_and_disagreement
     assert single["spread"].isna().all() and set(single["n_resamples"]) == {0}
 
 
+def test_many_medium_few_plot_grows_down_with_the_rows_not_sideways(tmp_path):
+    from PIL import Image
+
+    from analysis.plots import breakdown_bars, table_plot
+    from analysis.tables import breakdown_table
+
+    df = _multi.tidy_frame()  # 10 configurations x 2 imbalance levels: 20 rows
+    df = df.assign(**{"metric.test_many_acc": df["metric.test_acc"] + 0.1,
+                      "metric.test_medium_acc": df["metric.test_acc"] - 0.1, "metric.test_few_acc": math.nan})
+    table = breakdown_table(df, "config", axes=["dataset.imbalance"])
+    # The empty few-shot group keeps its column (and gets a panel that says so).
+    assert len(table.rows) == 20 and table.cols == ["test_many_acc", "test_medium_acc", "test_few_acc", "test_acc"]
+    width, height = Image.open(table_plot(table, tmp_path / "mmf.png")).size
+    assert width <= 1400 and 20 * 30 <= height <= 20 * 45, (width, height)
+    assert Image.open(breakdown_bars(table, tmp_path / "again.png")).size == (width, height)
+
+
 def test_html_page_inlines_its_images(tmp_path):
     import matplotlib
 
