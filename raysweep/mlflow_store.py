@@ -57,7 +57,8 @@ def comparison_view(columns: Sequence[str] | None = None, order_by: str | None =
     out), grouped by role with both groups open, every run shown, charts per run (not per group).
 
     ``columns`` (MLflow's ``params.`k``` / ``metrics.`m``` keys) replace the default column set, in that order,
-    ``order_by`` sorts the table; ``charts`` and ``sections`` set the chart tab (MLflow 3.17's card and section shapes)."""
+    ``order_by`` sorts the table; ``charts`` and ``sections`` set the chart tab (MLflow 3.17's card and section
+    shapes)."""
     role = tags.ROLE
     state: dict[str, Any] = {
         "searchFilter": f"tags.`{role}` != '{tags.TRIAL}'",
