@@ -263,7 +263,7 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
     higher = higher_is_better(metric, direction)
     ranked = configs.dropna(subset=[metric]).sort_values(metric, ascending=not higher)["config_id"].tolist()
     config_label = config_labels(final, axes)
-    top = {cid: config_label[cid] for cid in ranked[:TOP_CONFIGS]}
+    top = {cid: config_label[cid] for cid in [c for c in ranked if c in config_label][:TOP_CONFIGS]}
     curves = []
     for m in dict.fromkeys((metric, selection_metric)):
         if m in set(sweep.histories["metric"]):
