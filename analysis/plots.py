@@ -210,3 +210,35 @@ def importance_bars(frame: pd.DataFrame, method: str, path: Path) -> Path:
     ax.set_title(f"hyperparameter importance: {method} ({int(part['n_trials'].iloc[0])} trials)", fontsize=9)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def budget_curves(frame: pd.DataFrame, path: Path, metric: str, percent: bool = True) -> Path:
+    """Expected best ``metric`` against the number of configurations tried, one line per method, band = ± std;
+    one panel per data setting (:func:`analysis.ranking.budget_frame`)."""
+    settings = list(dict.fromkeys(frame["setting"]))
+    scale = 100.0 if percent else 1.0
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.6), squeeze=False)
+    for ax, setting in zip(axes[0], settings, strict=True):
+        part = frame[frame["setting"] == setting]
+        for method, rows in part.groupby("method", sort=False):
+            line, = ax.plot(rows["n"], scale * rows["expected_max"], marker=".", label=method)
+            ax.fill_between(rows["n"], scale * (rows["expected_max"] - rows["std"]),
+                            scale * (rows["expected_max"] + rows["std"]), color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("configurations tried (n)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(setting, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"expected best {metric}" + (" (%)" if percent else ""))
+    axes[0][-1].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def cd_diagram(result, path: Path) -> Path:
+    """scikit-posthocs' critical-difference diagram of :class:`analysis.stats.CriticalDifference`."""
+    import scikit_posthocs as sp
+
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.3 * len(result.ranks)))
+    sp.critical_difference_diagram(result.ranks, result.pairwise, alpha=result.alpha, ax=ax)
+    ax.set_title(f"average ranks over {result.n_settings} settings (Friedman p = {result.p_value:.3g}, "
+                 f"Nemenyi CD = {result.cd:.2f})", fontsize=9)
+    return _save(fig, path)

@@ -21,8 +21,8 @@ from mlflow import MlflowClient
 
 from analysis import importance as imp
 from analysis import mlflow_tags as tags
-from analysis import plots
-from analysis.aggregate import aggregate_configs, scope_knobs
+from analysis import plots, ranking
+from analysis.aggregate import aggregate_configs, is_early_stopped, scope_knobs
 from analysis.marks import COMPARISON_COLUMNS, MarkOptions, comparison_rows, mark_table
 from analysis.mlflow_io import (
     final_phase,
@@ -34,6 +34,7 @@ from analysis.mlflow_io import (
     trials_frame,
 )
 from analysis.page import Section, render_page
+from analysis.ranking import BUDGET_MODES
 from analysis.tables import (
     FORMATS,
     GROUP_METRICS,
@@ -181,12 +182,39 @@ def _selection_differs(tables: dict[str, SensitivityTable]) -> list[str]:
     return out
 
 
+def _method_comparisons(parent, search, final, metric: str, selection_metric: str, selection_direction: str,
+                        direction: str | None, rungs, out: Path) -> list[Section]:
+    """The budget curves (random and Optuna sweeps without early stopping) and the critical-difference
+    diagram (at least 3 methods over 5 data settings), as report sections; files go under ``out``."""
+    sections = []
+    early = rungs is not None or bool(is_early_stopped(search).any())
+    if parent.data.tags.get(tags.MODE) in BUDGET_MODES and not early:
+        frame = ranking.budget_frame(search, selection_metric, selection_direction == "max")
+        if not frame.empty:
+            percent = selection_metric.endswith("acc")
+            frame.assign(**{c: frame[c] * (100.0 if percent else 1.0) for c in ("expected_max", "std")}).to_csv(
+                out / "tables" / "budget.csv", index=False)
+            picture = plots.budget_curves(frame, out / "plots" / "budget.png", selection_metric, percent)
+            sections.append(Section(f"expected best {selection_metric} against the number of configurations tried",
+                                    text=ranking.budget_markdown(frame, percent), images=[picture]))
+    scores = ranking.method_scores(final, metric, selection_metric, selection_direction == "max")
+    result = ranking.ranks_if_enough(scores, higher_is_better(metric, direction))
+    if result is not None:
+        scores.to_csv(out / "tables" / "cd_scores.csv")
+        picture = plots.cd_diagram(result, out / "plots" / "critical_difference.png")
+        sections.append(Section("critical-difference diagram (Friedman, Nemenyi)",
+                                text=ranking.cd_markdown(result, metric), images=[picture]))
+    return sections
+
+
 def _markdown_page(title: str, intro: str, notes: list[str], warnings: list[str],
-                   tables: dict[str, SensitivityTable], importance_md: str) -> str:
+                   tables: dict[str, SensitivityTable], importance_md: str, extra: list[Section] = ()) -> str:
     lines = [f"# {title}", "", intro, ""]
     lines += [f"- {n}" for n in notes] + [f"- **Warning:** {w}" for w in warnings] + [""]
     for name, table in tables.items():
         lines += [f"## {table.title or name}", "", to_markdown(table), ""]
+    for section in extra:
+        lines += [f"## {section.title}", "", section.text, ""]
     lines += ["## hyperparameter importance (fANOVA, PED-ANOVA)", "", importance_md, ""]
     return "\n".join(lines)
 
@@ -272,6 +300,8 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
     rungs = _rungs(_spec(client, parent), int(search["epochs_run"].max()))
     if rungs is not None or search["epochs_run"].nunique() > 1:
         curves.append(plots.rung_survival(search, out / "plots" / "rung_survival.png", rungs))
+    extra = _method_comparisons(parent, search, final, metric, selection_metric, selection_direction, direction,
+                                rungs, out)
     seconds["plots"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -301,13 +331,15 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
     notes, warnings = _intro_notes(parent, headline)
     notes += selection_notes + ([f"Trials restricted to {', '.join(where)}."] if where else [])
     sections = [Section(t.title or name, to_html(t), pictures[name]) for name, t in tables.items()]
+    sections += extra
     sections.append(Section("learning curves and survival", images=curves))
     sections.append(Section("hyperparameter importance (fANOVA, PED-ANOVA)", text=importance_md,
                             images=importance_pngs))
     files.append(out / "report.html")
     files[-1].write_text(render_page(title, intro, sections, notes=notes, warnings=warnings))
     files.append(out / "report.md")
-    files[-1].write_text(_markdown_page(title, intro, notes, warnings, tables, importance_md))
+    files[-1].write_text(_markdown_page(title, intro, notes, warnings, tables, importance_md, extra))
+    files += [p for section in extra for p in section.images]
     files += [p for group in pictures.values() for p in group] + curves + importance_pngs
 
     if log:

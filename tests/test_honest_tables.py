@@ -203,3 +203,23 @@ def test_set_one_axis_and_a_bad_table_baseline(capsys):
     assert apply_overrides(spec, ["axes.dataset.imbalance=[10, 100]"])["axes"] == {"dataset.imbalance": [10, 100]}
     code, _, err = run_cli(["plan", "raysweep/specs/quickstart.yaml", "--set", "table.baseline=mwnett"], capsys)
     assert code == 2 and "table.baseline: must be auto, null or one of the spec's methods" in err
+
+
+def test_budget_curves_and_method_scores_are_per_setting_and_selected_on_validation():
+    from analysis.ranking import budget_frame, budget_markdown, method_scores, ranks_if_enough
+    from analysis.stats import expected_max
+
+    df = _multi.tidy_frame()
+    frame = budget_frame(df, "val_balanced_acc")
+    cb10 = frame[(frame["method"] == "cb") & (frame["setting"] == "imbalance = 10")]
+    means = df[(df["method"] == "cb") & (df["dataset.imbalance"] == 10)].groupby("config_id")[
+        "metric.val_balanced_acc"].mean()
+    assert cb10["n"].tolist() == [1, 2, 3, 4] and set(cb10["configs"]) == {4}
+    assert cb10["expected_max"].tolist() == pytest.approx([expected_max(means, n)[0] for n in range(1, 5)])
+    assert "i.i.d." in budget_markdown(frame, percent=True) and "**imbalance = 100**" in budget_markdown(frame, True)
+    scores = method_scores(df, "test_acc", "val_balanced_acc")
+    assert list(scores.index) == ["imbalance = 10", "imbalance = 100"]
+    best_cb = max(_multi.acc("cb", {"gamma": g, "beta": b}, 10, s) for g in (0.5, 2.0) for b in (0.9, 0.99)
+                  for s in (0,))  # validation = test + 0.01 here, so the validation pick is the test-best config
+    assert scores.loc["imbalance = 10", "cb"] == pytest.approx(best_cb + 0.0005)
+    assert ranks_if_enough(scores) is None  # 2 settings: no critical-difference diagram
