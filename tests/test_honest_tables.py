@@ -12,8 +12,8 @@ from analysis.marks import COMPARISON_COLUMNS, MarkOptions, comparison_rows, mar
 from analysis.stats import holm, sign_flip_pvalue
 from analysis.tables import knob_tables, seed_table, select, to_frame, to_html, to_latex, to_markdown
 from raysweep.cli import main
-from raysweep.report import build_report
-from raysweep.spec_yaml import apply_overrides
+from raysweep.reporting.report import build_report
+from raysweep.spec.loading import apply_overrides
 
 import _multi
 

@@ -77,7 +77,7 @@ def test_asha_never_pools_an_early_stopped_trial_with_a_finished_one(tmp_path):
     proc = raysweep("report", "honest_asha", "--tracking-uri", uri, "--out", "out", "--no-log", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from analysis.mlflow_io import find_sweep, trials_frame
-    from raysweep.report import build_report
+    from raysweep.reporting.report import build_report
 
     client = MlflowClient(uri)
     trials = trials_frame(client, find_sweep(client, "honest_asha"))

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from raysweep.cluster import check_storage_on_nodes, local_cpus, start_ray
-from raysweep.mlflow_store import resolve_tracking_uri
-from raysweep.resources import check_fits, local_cluster, trial_resources
-from raysweep.spec import Spec
-from raysweep.store_check import check_scheme, check_store
+from raysweep.execution.cluster import check_storage_on_nodes, start_ray
+from raysweep.spec.resources import check_fits, local_cluster, local_cpus, trial_resources
+from raysweep.spec.schema import Spec
+from raysweep.tracking.mlflow_store import resolve_tracking_uri
+from raysweep.tracking.store_check import check_scheme, check_store
 from raysweep.trials import PlannedTrial
 from trainables.data import DATASETS, resolve_dataset
 from trainables.data.sizes import SplitSizes, check_split_sizes

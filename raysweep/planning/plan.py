@@ -15,13 +15,13 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-from raysweep.cluster import local_cpus
 from raysweep.paths import CONFIRM_SUFFIX
-from raysweep.spec import Spec
+from raysweep.spec.resources import local_cpus
+from raysweep.spec.schema import Spec
 from raysweep.trials import PlannedTrial, config_id, fmt, relative_cost, resolve_point
 from trainables.methods import METHODS
 from trainables.params import ConfigError
-from trainables.tune import MEMBERS, read_envelope
+from trainables.tune import MEMBERS, Envelope
 
 SEARCH, CONFIRM = "search", "confirm"
 
@@ -183,11 +183,11 @@ def member_results(results) -> Iterator[tuple[PlannedTrial, dict[str, Any], bool
     """(planned trial, its last reported metrics, whether its Ray trial errored) of every member of a
     phase's Ray results: a group reports each member's latest metrics under ``members``."""
     for result in results:
-        env = read_envelope(result.config)
+        env = Envelope.from_config(result.config)
         metrics = result.metrics or {}
         for member in env.members:
-            mine = (metrics.get(MEMBERS) or {}).get(member["trial_key"], {}) if env.grouped else metrics
-            yield PlannedTrial.from_tune_config(member), mine, result.error is not None
+            mine = (metrics.get(MEMBERS) or {}).get(member.key, {}) if env.grouped else metrics
+            yield member, mine, result.error is not None
 
 
 def describe_plan(spec: Spec, trials: list[PlannedTrial]) -> list[str]:
