@@ -223,3 +223,14 @@ def test_budget_curves_and_method_scores_are_per_setting_and_selected_on_validat
                   for s in (0,))  # validation = test + 0.01 here, so the validation pick is the test-best config
     assert scores.loc["imbalance = 10", "cb"] == pytest.approx(best_cb + 0.0005)
     assert ranks_if_enough(scores) is None  # 2 settings: no critical-difference diagram
+
+
+def test_an_empty_group_column_is_kept_and_explained():
+    df, *_ = _sweep()
+    low = df.assign(**{"dataset.imbalance": 10, "config_id": df["config_id"] + " low", "metric.test_few_acc": math.nan})
+    data = pd.concat([df.assign(**{"metric.test_few_acc": df["metric.test_acc"] / 2}), low], ignore_index=True)
+    t = seed_table(data, "test_few_acc", rows="config", cols="dataset.imbalance")
+    assert t.cols == [10, 100] and not any(c == 10 for _, c in t.cells)
+    md = to_markdown(t)
+    assert md.splitlines()[0] == "| config | imbalance = 10 | imbalance = 100 |"
+    assert "Empty columns (imbalance = 10): no trial there has a value of test_few_acc" in md

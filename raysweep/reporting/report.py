@@ -22,7 +22,7 @@ from analysis import importance as imp
 from analysis import mlflow_tags as tags
 from analysis import plots, ranking
 from analysis.aggregate import aggregate_configs, is_early_stopped, scope_knobs
-from analysis.marks import COMPARISON_COLUMNS, MarkOptions, comparison_rows, mark_table
+from analysis.marks import COMPARISON_COLUMNS, MarkOptions, best_per_setting, comparison_rows, mark_table
 from analysis.mlflow_io import (
     final_phase,
     find_sweep,
@@ -170,13 +170,14 @@ def _selection_differs(tables: dict[str, SensitivityTable]) -> list[str]:
     selected, oracle = tables.get("main_selected"), tables.get("main_best_epoch")
     if selected is None or oracle is None:
         return []
+    by_validation, by_test = best_per_setting(selected), best_per_setting(oracle)
     out = []
-    for col in selected.cols:
-        a, b = selected.best.get(col), oracle.best.get(col)
-        if a is not None and b is not None and a != b:
-            where = "" if selected.cols_key is None else f" at {col}"
-            out.append(f"Selection on test would mislead{where}: the best by validation is {a}, the peak-test "
-                       f"oracle's best is {b}.")
+    for (col, setting), row in by_validation.items():
+        other = by_test.get((col, setting))
+        if other is not None and other != row:
+            where = ", ".join(x for x in (setting, "" if selected.cols_key is None else f"column {col}") if x)
+            out.append(f"Selection on test would mislead{' at ' + where if where else ''}: the best by validation "
+                       f"is {row}, the peak-test oracle's best is {other}.")
     return out
 
 
