@@ -283,7 +283,8 @@ def seed_table(df: pd.DataFrame, metric: str, rows: str = "config", cols: str | 
         if empty:
             table.cols = sorted(table.cols + empty, key=_sort_key)
             table.notes.append(f"Empty columns ({', '.join(level_text(cols, c) for c in empty)}): no trial there has "
-                               f"a value of {metric} (e.g. no few-shot class at a low imbalance).")
+                               f"a value of {metric} (a class group with no class there, e.g. few-shot at a low "
+                               "imbalance, or trials that failed before reporting).")
     return table
 
 
