@@ -44,25 +44,22 @@ def trial_flags(df: pd.DataFrame) -> pd.Series:
     balanced accuracy is ``metric.test_acc`` (the runner's test accuracy is the class mean).
     """
     classes = class_columns(df)
-    n_classes = len(classes)
-    per_class = df[classes].astype(float) if classes else None
-    out = []
-    for i, (_, row) in enumerate(df.iterrows()):
-        flags = []
-        if per_class is not None:
-            accs = per_class.iloc[i]
-            if accs.notna().all() and int((accs == 0).sum()) * 2 >= n_classes:
-                flags.append(COLLAPSED)
-            balanced = row.get("metric.test_acc")
-            if balanced is not None and not pd.isna(balanced) and abs(float(balanced) - 1 / n_classes) <= 1 / n_classes:
-                flags.append(CHANCE)
-        loss_flag = row.get("metric.non_finite_loss")
-        if str(row.get("stop_reason", "")).startswith("non-finite") or (loss_flag is not None
-                                                                          and not pd.isna(loss_flag)
-                                                                          and float(loss_flag) > 0):
-            flags.append(NON_FINITE)
-        out.append(tuple(flags))
-    return pd.Series(out, index=df.index, dtype=object)
+    collapsed = pd.Series(False, df.index)
+    chance = pd.Series(False, df.index)
+    if classes:
+        per_class = df[classes].astype(float)
+        collapsed = per_class.notna().all(axis=1) & ((per_class == 0).sum(axis=1) * 2 >= len(classes))
+        if "metric.test_acc" in df:
+            balanced = pd.to_numeric(df["metric.test_acc"], errors="coerce")
+            chance = (balanced - 1 / len(classes)).abs() <= 1 / len(classes)
+    non_finite = pd.Series(False, df.index)
+    if "stop_reason" in df:
+        non_finite |= df["stop_reason"].astype(str).str.startswith("non-finite")
+    if "metric.non_finite_loss" in df:
+        non_finite |= pd.to_numeric(df["metric.non_finite_loss"], errors="coerce").fillna(0) > 0
+    flags = [tuple(name for name, hit in ((COLLAPSED, c), (CHANCE, h), (NON_FINITE, n)) if hit)
+             for c, h, n in zip(collapsed, chance, non_finite, strict=True)]
+    return pd.Series(flags, index=df.index, dtype=object)
 
 
 def diagnostic_columns(df: pd.DataFrame) -> list[str]:
@@ -82,9 +79,9 @@ def signature(trials: pd.DataFrame, pair_on: Sequence[str] = ("seed", "dataset.d
     skip = set(diagnostic_columns(trials)) | {f"metric.{m}" for m in BOOKKEEPING}
     metrics = sorted(c for c in trials.columns if c.startswith("metric.") and c not in skip)
     rows = []
-    for _, row in trials.iterrows():
-        values = tuple(None if pd.isna(row[m]) else repr(float(row[m])) for m in metrics)
-        rows.append((tuple(repr(row[k]) for k in keys), values))
+    for record in trials[keys + metrics].itertuples(index=False, name=None):
+        ids, values = record[:len(keys)], record[len(keys):]
+        rows.append((tuple(repr(k) for k in ids), tuple(None if pd.isna(v) else repr(float(v)) for v in values)))
     return tuple(sorted(rows))
 
 

@@ -171,6 +171,22 @@ def mark_table(table, source: pd.DataFrame, options: MarkOptions | None = None) 
     table.marks = marks
 
 
+def best_per_setting(table) -> dict[tuple, Hashable]:
+    """(column, setting) -> the row of the best finished mean, the setting being the shared swept keys the
+    cell's trials hold fixed (a column of config rows may span imbalance levels)."""
+    keys = setting_keys(table.data) if table.data is not None else []
+    out: dict[tuple, tuple[float, Hashable]] = {}
+    for (r, c), cell in table.cells.items():
+        if cell.stopped_at is not None:
+            continue
+        fixed = _fixed(table.data.loc[table.members[(r, c)]], keys)
+        key = (c, ", ".join(f"{k.split('.')[-1]} = {v}" for k, v in sorted(fixed.items())))
+        better = key not in out or (cell.mean > out[key][0] if table.higher else cell.mean < out[key][0])
+        if better:
+            out[key] = (cell.mean, r)
+    return {k: row for k, (_, row) in out.items()}
+
+
 def describe(marks: Marks, table) -> list[str]:
     """The sentences of a table's note: what bold and the symbols mean, the test, pairing, n, correction, alpha."""
     o = marks.options
@@ -227,5 +243,5 @@ def comparison_rows(name: str, table) -> list[dict]:
 COMPARISON_COLUMNS = ["table", "row", "col", "baseline", "n_pairs", "mean_diff", "ci_low", "ci_high", "p_value",
                       "p_adjusted", "test", "correction", "significant"]
 
-__all__ = ["MarkOptions", "Marks", "Compared", "mark_table", "describe", "comparison_rows", "COMPARISON_COLUMNS",
-           "setting_keys", "SYMBOLS", "AUTO_BASELINE"]
+__all__ = ["best_per_setting", "MarkOptions", "Marks", "Compared", "mark_table", "describe", "comparison_rows",
+           "COMPARISON_COLUMNS", "setting_keys", "SYMBOLS", "AUTO_BASELINE"]

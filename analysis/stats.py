@@ -78,13 +78,20 @@ def pair(a: pd.DataFrame, b: pd.DataFrame, value: str, on: Sequence[str] = PAIR_
     if missing:
         raise KeyError(f"pair: key {missing[0]!r} is a column of one side only")
 
-    def side(frame: pd.DataFrame, name: str) -> pd.DataFrame:
-        data = frame[keys + [value]].copy()
-        data[value] = pd.to_numeric(data[value], errors="coerce")
-        data = data[np.isfinite(data[value])]
-        return data.groupby(keys, dropna=False)[value].mean().rename(name).reset_index()
+    # Plain dictionaries: a report pairs thousands of small cells, where pandas' groupby and merge dominate.
+    def side(frame: pd.DataFrame) -> dict[tuple, float]:
+        values = pd.to_numeric(frame[value], errors="coerce").to_numpy(dtype=float)
+        sums: dict[tuple, list[float]] = {}
+        for key, v in zip(frame[keys].itertuples(index=False, name=None), values, strict=True):
+            if np.isfinite(v):  # a missing key value (NaN) matches another missing one, as in a merge
+                key = tuple(None if isinstance(x, float) and math.isnan(x) else x for x in key)
+                sums.setdefault(key, []).append(v)
+        return {k: math.fsum(vs) / len(vs) for k, vs in sums.items()}
 
-    return side(a, "a").merge(side(b, "b"), on=keys, how="inner")
+    left, right = side(a), side(b)
+    shared = [k for k in left if k in right]
+    frame = pd.DataFrame(shared, columns=keys) if shared else pd.DataFrame(columns=keys)
+    return frame.assign(a=[left[k] for k in shared], b=[right[k] for k in shared])
 
 
 def _identical(diffs: np.ndarray) -> bool:

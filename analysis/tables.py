@@ -278,6 +278,13 @@ def seed_table(df: pd.DataFrame, metric: str, rows: str = "config", cols: str | 
     table = _build(data, metric, rows, cols, higher_is_better(metric, direction), percent, error and percent, kind)
     table.title = f"{metric} by {rows}" + (f" x {cols}" if cols else "")
     table.notes = [_averages(table, df, rows, cols)] + notes
+    if cols not in (None, "metric"):  # a column where no trial has the metric stays, empty and explained
+        empty = [c for c in dict.fromkeys(data["_col"].dropna()) if c not in table.cols]
+        if empty:
+            table.cols = sorted(table.cols + empty, key=_sort_key)
+            table.notes.append(f"Empty columns ({', '.join(level_text(cols, c) for c in empty)}): no trial there has "
+                               f"a value of {metric} (a class group with no class there, e.g. few-shot at a low "
+                               "imbalance, or trials that failed before reporting).")
     return table
 
 

@@ -12,8 +12,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from analysis.importance import build_study, importance_markdown, importances, infer_distribution
 from analysis.page import Section, render_page
-from raysweep.report import build_report
-from raysweep.summaries import summarize_sweep
+from raysweep.reporting.report import _slug, build_report
+from raysweep.reporting.summaries import summarize_sweep
 
 import _multi
 from _cli import raysweep, run_spec
@@ -148,6 +148,7 @@ def _uri(root):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_report_writes_tables_plots_importance_and_a_self_contained_page(reported):
     root, out = reported
     assert out.splitlines()[0] == "| config | test_acc (%) |"
@@ -169,6 +170,7 @@ def test_report_writes_tables_plots_importance_and_a_self_contained_page(reporte
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_parent_run_holds_the_report_and_one_summary_run_per_configuration(reported):
     root, _ = reported
     client = MlflowClient(_uri(root))
@@ -197,6 +199,7 @@ def test_parent_run_holds_the_report_and_one_summary_run_per_configuration(repor
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_report_twice_and_after_deleting_ray_results_reproduces_tables_without_new_runs(reported):
     root, _ = reported
     client = MlflowClient(_uri(root))
@@ -339,9 +342,11 @@ def test_report_of_several_methods_never_mixes_them_and_adds_no_runs_after_summa
     assert {r.info.run_id for r in client.search_runs([exp], max_results=1000)} == before
 
     knob_tables = {n for n in report.tables if n.startswith(("oneway_", "twoway_"))}
-    assert knob_tables == {"oneway_dataset.imbalance", "oneway_focal.gamma", "oneway_cb.beta", "oneway_cb.gamma",
-                           "oneway_dm.beta", "twoway_focal.gamma_x_dataset.imbalance", "twoway_cb.beta_x_cb.gamma",
-                           "twoway_dm.beta_x_dataset.imbalance"}
+    # issue 21: tables that do not show the imbalance are made per level instead of pooling the two
+    per_level = {f"{name}@imbalance={i}" for name in ("oneway_focal.gamma", "oneway_cb.beta", "oneway_cb.gamma",
+                                                     "oneway_dm.beta", "twoway_cb.beta_x_cb.gamma") for i in (10, 100)}
+    assert knob_tables == {"oneway_dataset.imbalance", "twoway_focal.gamma_x_dataset.imbalance",
+                           "twoway_dm.beta_x_dataset.imbalance"} | per_level
     methods = {"ce", "focal", "cb", "dm"}
     for name, table in report.tables.items():
         assert "nan" not in [str(x) for x in table.rows + table.cols], name
@@ -354,9 +359,10 @@ def test_report_of_several_methods_never_mixes_them_and_adds_no_runs_after_summa
                 assert table.rows_key == "dataset.imbalance" and set(table.cols) == methods, name
     tables_dir, plots_dir = root / "out" / "tables", root / "out" / "plots"
     for name in report.tables:
-        assert (plots_dir / f"{name}.png").read_bytes()[:4] == b"\x89PNG", "one plot per table, named like it"
+        stem = _slug(name)
+        assert (plots_dir / f"{stem}.png").read_bytes()[:4] == b"\x89PNG", "one plot per table, named like it"
         for fmt in ("md", "csv"):
-            text = (tables_dir / f"{name}.{fmt}").read_text()
+            text = (tables_dir / f"{stem}.{fmt}").read_text()
             assert not re.search(r"(^|[|,= ])nan([|,\n ]|$)", text, re.M), f"{name}.{fmt}"
     assert not any("method.gamma" in p.name or "method.beta" in p.name for p in tables_dir.iterdir())
     configs = pd.read_csv(tables_dir / "configs.csv")

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from scipy import stats
 
 from analysis.stats import holm
-from raysweep.summaries import summarize_sweep
+from raysweep.reporting.summaries import summarize_sweep
 
 import _multi
 
@@ -141,7 +141,7 @@ def test_the_saved_view_shows_the_knobs_and_the_table_metric_sorted_by_it(three_
     assert [c["metricKey"] for c in view["compareRunCharts"][1:3]] == ["test_acc", "test_acc_vs_ce"]
     assert view["searchFilter"] == "tags.`raysweep.role` != 'trial'"
     # A later sweep start in the same experiment keeps the view (it is the summaries' to set).
-    from raysweep.mlflow_store import get_or_create_experiment
+    from raysweep.tracking.mlflow_store import get_or_create_experiment
 
     get_or_create_experiment(client, experiment.name, uri)
     assert client.get_experiment(experiment.experiment_id).tags["mlflow.sharedViewState.raysweep"] == \

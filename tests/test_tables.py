@@ -255,7 +255,9 @@ def test_config_keys_and_method_scoped_keys_both_work_as_rows_and_cols():
     # The old failure: method.beta x method.gamma was a grid of nan rows and columns.
     t = seed_table(one_level, "test_acc", rows="method.beta", cols="method.gamma")
     assert "nan" not in _labels(t)
-    assert t.rows == [0.5, 0.9, 0.99, 2.0, "ce", "focal", "ids"] and t.cols == [0.1, 0.5, 2.0, "ce", "dm"]
+    # issue 21: IDS gamma=0.2 errored before reporting; its column stays, empty and explained
+    assert t.rows == [0.5, 0.9, 0.99, 2.0, "ce", "focal", "ids"] and t.cols == [0.1, 0.2, 0.5, 2.0, "ce", "dm"]
+    assert "Empty columns (method.gamma = 0.2)" in to_markdown(t)
     assert t.cells[("ce", "ce")].n == 2 and t.cells[(0.5, "dm")].n == 2
     assert "labelled by the method (ce, focal, ids)" in to_markdown(t).splitlines()[-1]
     scoped = seed_table(scope_knobs(one_level), "test_acc", rows="method.beta", cols="method.gamma")
