@@ -22,7 +22,7 @@ from analysis import importance as imp
 from analysis import mlflow_tags as tags
 from analysis import plots, ranking
 from analysis.aggregate import aggregate_configs, is_early_stopped, scope_knobs
-from analysis.marks import COMPARISON_COLUMNS, MarkOptions, best_per_setting, comparison_rows, mark_table
+from analysis.marks import COMPARISON_COLUMNS, best_per_setting, comparison_rows, mark_table
 from analysis.mlflow_io import (
     final_phase,
     find_sweep,
@@ -51,9 +51,11 @@ from raysweep.reporting.summaries import (
     Headline,
     config_labels,
     headline_of,
+    mark_options,
     search_metric,
     summarize_loaded,
     summary_history_metrics,
+    sweep_comparisons,
 )
 from raysweep.search.schedulers import resolve_scheduler
 from trainables.params import ConfigError
@@ -61,21 +63,6 @@ from trainables.params import ConfigError
 TOP_CONFIGS = 5
 ARTIFACT_DIR = "report"
 # Parent-run tags: read (written by the runner) and written (the headline).
-
-
-BASELINE_DEFAULT = "auto"  # ce when the sweep has it
-NO_BASELINE = ("none", "null")  # --baseline none switches the comparison off
-
-
-def mark_options(defaults: dict, baseline: str | None = None) -> MarkOptions:
-    """The significance options: the spec's ``table`` section (as the parent run's tag holds it), with
-    ``baseline`` from ``--baseline`` when given (``none`` = off)."""
-    chosen = defaults.get("baseline", BASELINE_DEFAULT) if baseline is None else baseline
-    try:
-        return MarkOptions(None if chosen in NO_BASELINE else chosen, defaults.get("test", "paired_t"),
-                           defaults.get("correction", "holm"), float(defaults.get("alpha", 0.05)))
-    except ValueError as err:
-        raise KeyError(str(err)) from None
 
 
 def _kind_of(metric: str) -> tuple[str, str]:
@@ -321,7 +308,9 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
         summary_runs, created = headline.summary_runs, headline.summary_created
         seconds["summary_runs"] = time.perf_counter() - tick
     else:
-        headline = headline_of(configs, selection_metric, selection_direction, config_label, parent.info.run_id)
+        shown, versus, baseline = sweep_comparisons(parent, final_phase(raw))  # as summarize_loaded compares
+        headline = headline_of(configs, selection_metric, selection_direction, config_label, parent.info.run_id,
+                               versus, shown, baseline)
 
     title = f"raysweep report: {sweep_id}"
     intro = (f"Sweep {sweep_id}: {len(df)} trials, {df['config_id'].nunique()} configurations, "

@@ -286,15 +286,36 @@ def log_headline(client: MlflowClient, parent, headline: Headline) -> bool:
     return True
 
 
-def sweep_options(parent) -> MarkOptions:
-    """The baseline, test, correction and alpha of the sweep's ``table`` section (as :mod:`raysweep.report`
-    reads them, so summary runs and tables compare alike)."""
-    from raysweep.reporting.report import mark_options  # the report imports this module
+BASELINE_DEFAULT = "auto"  # ce when the sweep has it
+NO_BASELINE = ("none", "null")  # --baseline none switches the comparison off
 
+
+def mark_options(defaults: dict, baseline: str | None = None) -> MarkOptions:
+    """The significance options: the spec's ``table`` section (as the parent run's tag holds it), with
+    ``baseline`` from ``--baseline`` when given (``none`` = off)."""
+    chosen = defaults.get("baseline", BASELINE_DEFAULT) if baseline is None else baseline
+    try:
+        return MarkOptions(None if chosen in NO_BASELINE else chosen, defaults.get("test", "paired_t"),
+                           defaults.get("correction", "holm"), float(defaults.get("alpha", 0.05)))
+    except ValueError as err:
+        raise KeyError(str(err)) from None
+
+
+def sweep_options(parent) -> MarkOptions:
+    """The baseline, test, correction and alpha of the sweep's ``table`` section, as the report's tables use
+    them, so summary runs and tables compare alike; the defaults for a tag another version wrote."""
     try:
         return mark_options(json.loads(parent.data.tags.get(tags.TABLE, "{}")))
-    except KeyError:  # a tag written by another version: the defaults
+    except KeyError:
         return MarkOptions()
+
+
+def sweep_comparisons(parent, final: pd.DataFrame) -> tuple[str, dict[str, Versus], str | None]:
+    """(the table's metric, config_id -> its comparison with the baseline, the baseline or None) of a sweep's
+    final-phase trials, with the options of its ``table`` section."""
+    shown = table_metric(parent)
+    versus = baseline_comparisons(final, shown, sweep_options(parent), higher_is_better(shown))
+    return shown, versus, (next(iter(versus.values())).baseline if versus else None)
 
 
 def summarize_loaded(client: MlflowClient, sweep: Sweep, configs: pd.DataFrame) -> Headline:
@@ -302,13 +323,10 @@ def summarize_loaded(client: MlflowClient, sweep: Sweep, configs: pd.DataFrame) 
     (``configs``: its final phase, aggregated)."""
     tick = time.perf_counter()
     metric, direction = search_metric(sweep.parent)
-    shown = table_metric(sweep.parent)
     final = final_phase(sweep.trials)
-    options = sweep_options(sweep.parent)
-    versus = baseline_comparisons(final, shown, options, higher_is_better(shown))
+    shown, versus, baseline = sweep_comparisons(sweep.parent, final)
     ids, created = sync_summary_runs(client, sweep, configs, versus)
     labels = config_labels(final, sweep.axes)
-    baseline = next(iter(versus.values())).baseline if versus else None
     headline = headline_of(configs, metric, direction, labels, sweep.parent.info.run_id, versus, shown, baseline)
     headline.summary_runs, headline.summary_created = ids, created
     log_headline(client, sweep.parent, headline)
