@@ -181,6 +181,8 @@ def importance_markdown(frame: pd.DataFrame) -> str:
             cells = [f"{r[e]:.3f}" + (f" ± {spread.loc[p, e]:.3f}" if math.isfinite(spread.loc[p, e]) else "")
                      for e in EVALUATORS]
             out.append(f"| {p} | {cells[0]} | {cells[1]} | {abs(r['fanova'] - r['ped_anova']):.3f} |")
+        if len(wide) == 1:
+            out.append("\n(one knob varies: its normalised importance is 1 by construction, not a finding)")
         out.append("")
     out.append("Data axes are held fixed (one table per setting): they are not a method's knobs. fANOVA measures a "
                "knob's share of the metric's variance over the whole space, PED-ANOVA how the top trials' values "
