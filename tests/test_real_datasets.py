@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests._images import write_image_lists
 from trainables.data import DATASETS, load_splits, resolve_dataset
-from trainables.data.augment import ImageAugment, auto_augment, cutout, random_crop_flip, random_resized_crop_flip
+from trainables.data.augment import ImageAugment, auto_augment, cutout, random_crop_flip
 from trainables.data.cifar import NORMS
-from trainables.data.image_lists import decode_image, read_list
+from trainables.data.image_lists import read_list
+from trainables.data.image_store import decode_resized, gather_batch
 from trainables.data.protocol import long_tail_counts, n_max_for_total
 from trainables.loop import Trial
 from trainables.params import ConfigError
@@ -79,25 +81,6 @@ def write_mnist(root, train_counts, test_counts):
         images = _ids_to_pixels(np.arange(len(digits)) + offset, 784).reshape(-1, 28, 28)
         _write_idx(raw / f"{prefix}-images-idx3-ubyte", images, gz=True)
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte", digits, gz=False)
-    return root
-
-
-def write_image_lists(root, counts):
-    """PNG folders + ImageNet_LT_{train,val,test}.txt lists; image ids in the red channel of pixel (0, 0)."""
-    from PIL import Image
-
-    next_id = 0
-    for split, per_class in counts.items():
-        lines = []
-        for c, n in enumerate(per_class):
-            (root / split / f"c{c}").mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                pixels = np.full((30, 40, 3), 40 * c, dtype=np.uint8)
-                pixels[:, :, 0] = next_id
-                Image.fromarray(pixels).save(root / split / f"c{c}" / f"{i}.png")
-                lines.append(f"{split}/c{c}/{i}.png {c}")
-                next_id += 1
-        (root / f"ImageNet_LT_{split}.txt").write_text("\n".join(lines) + "\n")
     return root
 
 
@@ -227,14 +210,15 @@ def test_mnist_one_epoch_with_lenet5(tmp_path):
 
 
 # ---- ImageNet-LT / Places-LT lists ------------------------------------------------------------------------------
-def _red_ids(x: torch.Tensor) -> set[int]:
-    return set(x[:, 0, 0, 0].tolist())
+def _red_ids(x) -> set[int]:
+    return set(x[:][:, 0, 0, 0].tolist())
 
 
 def test_image_lists_keep_the_listed_long_tail(tmp_path):
     root = write_image_lists(tmp_path, {"train": [6, 3, 2], "val": [2, 2, 2], "test": [2, 2, 2]})
-    s = splits_of(name="imagenet_lt", root=str(root), image_size=16, meta_per_class=1, val_per_class=1,
-                  many_threshold=4, few_threshold=3, augment="resized")
+    s = splits_of(name="imagenet_lt", root=str(root), image_size=16, store_size=30, meta_per_class=1,
+                  val_per_class=1, many_threshold=4, few_threshold=3, augment="resized",
+                  cache_dir=str(tmp_path / "cache"))
     assert s.class_counts.tolist() == [6, 3, 2] and s.train.x.shape == (11, 3, 16, 16)
     assert {k: v.tolist() for k, v in s.groups.items()} == {"many": [0], "medium": [1], "few": [2]}
     assert torch.bincount(s.meta.y).tolist() == [1, 1, 1] and torch.bincount(s.val.y).tolist() == [1, 1, 1]
@@ -242,19 +226,19 @@ def test_image_lists_keep_the_listed_long_tail(tmp_path):
     val_ids = set(range(11, 17))
     assert _red_ids(s.meta.x) | _red_ids(s.val.x) == val_ids  # meta and val split the official val list
     assert_balanced_disjoint(s, _red_ids)
-    out = s.augment(s.train.x, torch.Generator().manual_seed(0))
+    out = gather_batch(s.train.x, torch.arange(11), s.augment, torch.Generator().manual_seed(0))
     assert out.shape == s.train.x.shape and out.dtype == torch.uint8
 
 
-def test_image_lists_one_epoch_with_resnet10_and_a_decode_cache(tmp_path):
+def test_image_lists_one_epoch_with_resnet10_and_a_node_store(tmp_path):
     root = write_image_lists(tmp_path / "data", {"train": [4, 2], "val": [1, 1], "test": [1, 1]})
-    cfg = {"name": "places_lt", "root": str(root), "image_size": 32, "meta_per_class": 1,
+    cfg = {"name": "places_lt", "root": str(root), "image_size": 32, "store_size": 36, "meta_per_class": 1,
            "cache_dir": str(tmp_path / "c"),
            **{f"{s}_list": f"ImageNet_LT_{s}.txt" for s in ("train", "val", "test")}}
     one_epoch(cfg, "resnet10", batch_size=3)
-    assert len(os.listdir(tmp_path / "c")) == 3
+    assert len([p for p in os.listdir(tmp_path / "c") if not p.endswith(".lock")]) == 3  # train, val, test stores
     cached = DATASETS.get("places_lt").load({**resolve_dataset(cfg), "workers": 2})
-    assert cached.x_train.shape == (6, 3, 32, 32)
+    assert cached.x_train.shape == (6, 3, 32, 32) and cached.x_train.store.shapes.tolist() == [[36, 48]] * 6
 
 
 def test_decode_resizes_the_short_side_and_center_crops(tmp_path):
@@ -263,7 +247,7 @@ def test_decode_resizes_the_short_side_and_center_crops(tmp_path):
     pixels = np.zeros((20, 60, 3), dtype=np.uint8)
     pixels[:, 14:46], pixels[:, 46:] = 200, 100  # the center square (columns 20-40) plus a margin for the filter
     Image.fromarray(pixels).save(tmp_path / "a.png")
-    out = decode_image(str(tmp_path / "a.png"), 10)
+    out = decode_resized(str(tmp_path / "a.png"), 10, 10)
     assert out.shape == (3, 10, 10) and out.dtype == np.uint8
     assert (out == 200).all()
 
@@ -364,14 +348,8 @@ def test_cutout_blanks_one_clipped_square():
     assert ((out == 0) | (out == 255)).all() and ((out == 0).all(1) == (out[:, 0] == 0)).all()
 
 
-def test_resized_crop_of_the_whole_image_without_flip_is_the_identity():
-    x = _batch()
-    out = random_resized_crop_flip(x, torch.Generator().manual_seed(0), scale=(1, 1), ratio=(1, 1), flip=False)
-    assert torch.equal(out, x)
-
-
 @pytest.mark.parametrize("augment", [ImageAugment(), ImageAugment(pad_mode="reflect", policy="cifar10", cutout=16),
-                                     ImageAugment(crop="resized"), ImageAugment(crop="none")])
+                                     ImageAugment(crop="none")])
 def test_augmentation_keeps_shapes_and_dtypes_and_follows_the_generator(augment):
     x = _batch(c=1) if augment.crop == "none" else _batch()
     a = augment(x, torch.Generator().manual_seed(1))

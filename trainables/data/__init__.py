@@ -99,7 +99,7 @@ def load_splits(dataset_cfg: Mapping[str, Any]) -> Splits:
     return _cached_splits(json.dumps(dict(dataset_cfg), sort_keys=True))
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=1)  # a reused actor keeps its last dataset, never a pile of them
 def _cached_splits(key: str) -> Splits:
     source, own, protocol = split_inputs(json.loads(key))
     return build_splits(source.load(own), **protocol)
