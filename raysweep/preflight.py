@@ -25,6 +25,7 @@ from trainables.data import DATASETS, resolve_dataset
 from trainables.data.sizes import SplitSizes, check_split_sizes
 from trainables.methods import METHODS
 from trainables.metrics import reported_metrics
+from trainables.pairs import check_pairs
 from trainables.params import ConfigError
 
 
@@ -70,8 +71,9 @@ def check_storage(path: str) -> Path:
 
 def check_datasets(spec: Spec, trials: list[PlannedTrial]) -> None:
     """Each distinct dataset config: its source's own preflight (e.g. files present under ``root``), then
-    its split sizes (every class keeps training examples after the hold-outs) where labels are cheap, and
-    that the table's metric is one the trials will report."""
+    that each trial's model can take its inputs (trainables.pairs), then its split sizes (every class keeps
+    training examples after the hold-outs) where labels are cheap, and that the table's metric is one the
+    trials will report."""
     configs = [t.config["dataset"] for t in trials] or [resolve_dataset(spec.dataset)]
     seen = set()
     for cfg in configs:
@@ -80,6 +82,7 @@ def check_datasets(spec: Spec, trials: list[PlannedTrial]) -> None:
         if key not in seen and preflight is not None:
             preflight(cfg)
         seen.add(key)
+    check_pairs([t.config for t in trials])
     check_table_metric(spec, check_split_sizes(configs).values())
 
 

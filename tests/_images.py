@@ -1,7 +1,10 @@
-"""Image-list datasets written in the real formats for the tests: image folders plus ``path label`` lists."""
+"""Image datasets written in their real formats for the tests: CIFAR pickles, MNIST IDX files, and image
+folders plus ``path label`` lists. Nothing is downloaded."""
 
 from __future__ import annotations
 
+import gzip
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -31,4 +34,59 @@ def write_image_lists(root: Path, counts: dict[str, list[int]], *, size: tuple[i
                 lines.append(f"{split}/c{c}/{i}.{ext} {c}")
                 next_id += 1
         (root / f"{prefix}_{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _ids_to_pixels(ids: np.ndarray, size: int) -> np.ndarray:
+    """uint8 rows of ``size`` bytes whose first three bytes encode a unique image id (to check disjointness)."""
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 256, size=(len(ids), size), dtype=np.uint8)
+    rows[:, 0], rows[:, 1], rows[:, 2] = ids % 256, (ids // 256) % 256, ids // 65536
+    return rows
+
+
+def write_cifar10(root, train_per_class=30, test_per_class=12):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    labels = np.repeat(np.arange(10), train_per_class)
+    np.random.default_rng(1).shuffle(labels)
+    data = _ids_to_pixels(np.arange(len(labels)), 3072)
+    for i, part in enumerate(np.array_split(np.arange(len(labels)), 5), 1):
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump({"data": data[part], "labels": labels[part].tolist()}, f)
+    test_labels = np.repeat(np.arange(10), test_per_class)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": _ids_to_pixels(np.arange(len(test_labels)) + 100000, 3072),
+                     "labels": test_labels.tolist()}, f)
+    return root
+
+
+def write_cifar100(root, train_per_class=6, test_per_class=3):
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for split, per, offset in (("train", train_per_class, 0), ("test", test_per_class, 100000)):
+        labels = np.repeat(np.arange(100), per)
+        with open(folder / split, "wb") as f:
+            pickle.dump({"data": _ids_to_pixels(np.arange(len(labels)) + offset, 3072),
+                         "fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist()}, f)
+    return root
+
+
+def _write_idx(path, array, gz):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    opener = gzip.open if gz else open
+    with opener(str(path) + (".gz" if gz else ""), "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist(root, train_counts, test_counts):
+    """torchvision's MNIST/raw layout; image ids in the first 3 pixels; the image files gzipped."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, counts, offset in (("train", train_counts, 0), ("t10k", test_counts, 1 << 20)):
+        digits = np.repeat(np.arange(10), counts)
+        np.random.default_rng(2).shuffle(digits)
+        images = _ids_to_pixels(np.arange(len(digits)) + offset, 784).reshape(-1, 28, 28)
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images, gz=True)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", digits, gz=False)
     return root

@@ -37,6 +37,9 @@ class DatasetSource:
     # (trainables.data.sizes) runs the protocol cheaply. None: that preflight calls ``load`` for a source
     # that reads no files (no ``preflight``), and skips a source that does.
     labels: Callable[[Mapping[str, Any]], SourceData] | None = None
+    # One input's shape and the source's input_norm from its options alone (no file read), so the model/data
+    # pair check (trainables.pairs) runs before anything starts. None: loaded when the source reads no files.
+    inputs: Callable[[Mapping[str, Any]], tuple[tuple[int, ...], Any]] | None = None
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")

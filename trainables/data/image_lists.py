@@ -150,4 +150,5 @@ for _name, _prefix, _what in (("imagenet_lt", "ImageNet_LT", "ImageNet-LT"), ("p
     DATASETS.add(DatasetSource(
         _name, f"{_what} from an image root + split lists (relative/path label); long-tailed as listed",
         _loader(_name, _what), _params(_prefix), defaults={"meta_per_class": 10}, preflight=_preflight(_what),
-        labels=_labels(_what)))
+        labels=_labels(_what), inputs=lambda options: ((3, options["image_size"], options["image_size"]),
+                                                       IMAGENET_NORM)))
