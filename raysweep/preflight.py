@@ -22,6 +22,7 @@ from raysweep.spec import Spec
 from raysweep.store_check import check_scheme, check_store
 from raysweep.trials import PlannedTrial
 from trainables.data import DATASETS, resolve_dataset
+from trainables.data.fit import FitReport, check_fit
 from trainables.data.sizes import SplitSizes, check_split_sizes
 from trainables.methods import METHODS
 from trainables.metrics import reported_metrics
@@ -83,7 +84,35 @@ def check_datasets(spec: Spec, trials: list[PlannedTrial]) -> None:
             preflight(cfg)
         seen.add(key)
     check_pairs([t.config for t in trials])
+    check_memory(spec, trials)
     check_table_metric(spec, check_split_sizes(configs).values())
+
+
+def local_memory() -> int:
+    """Bytes of this machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(spec: Spec, trials: list[PlannedTrial]) -> FitReport | None:
+    """The fit check (trainables.data.fit) with what this machine knows: a local run's node is this machine
+    (its memory, its planned concurrent trials) and its GPU share is 1/trials_per_gpu (or resources.gpu) of
+    the local card; a joined cluster's sizes are unknown here, so only the estimate is made."""
+    from raysweep.plan import planned_slots
+
+    if not trials:
+        return None
+    slots = planned_slots(spec)
+    local = slots is not None
+    share = spec.resources.gpu or (1.0 / spec.resources.trials_per_gpu if spec.resources.trials_per_gpu else 0.0)
+    gpu_share = None
+    if share and local and any(t.config["train"]["device"] != "cpu" for t in trials):
+        import torch
+
+        if torch.cuda.is_available():
+            gpu_share = int(torch.cuda.get_device_properties(0).total_memory * min(share, 1.0))
+    node_memory = local_memory() if local else None
+    return check_fit([t.config for t in trials], trials_per_node=min(slots or 1, len(trials)),
+                     node_memory=node_memory, gpu_share=gpu_share)
 
 
 def check_table_metric(spec: Spec, sizes: Iterable[SplitSizes | None]) -> None:

@@ -10,6 +10,7 @@ step of each).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -56,6 +57,48 @@ def check_model_on_data(model_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, 
                                           f"{tuple(shape)}): {str(err).splitlines()[0]}") from None
 
 
+@dataclass(frozen=True)
+class ModelFootprint:
+    """What a model costs per trial, measured on the meta device (float32).
+
+    ``state_bytes``: weights, gradients and SGD momentum (3 x parameters). ``train_bytes_per_sample``: every
+    layer's output, kept for the backward pass. ``eval_bytes_per_sample``: the largest (input + output) of one
+    layer, the peak of a no-grad forward (ResNet-10's first convolution at 224 px: 3.2 MB a sample).
+    """
+
+    params: int
+    state_bytes: int
+    train_bytes_per_sample: int
+    eval_bytes_per_sample: int
+
+
+def model_footprint(model_cfg: Mapping[str, Any], shape: tuple[int, ...], norm: Any,
+                    dtype: torch.dtype = torch.uint8, num_classes: int = 2) -> ModelFootprint:
+    """The :class:`ModelFootprint` of a resolved model config on inputs of ``shape`` (one forward on meta)."""
+    cfg = {**model_cfg, "input_norm": norm}
+    for key, off in (("bf16", False), ("weights", None)):
+        if key in cfg:
+            cfg[key] = off
+    outputs: list[int] = []
+    peaks: list[int] = []
+
+    def hook(module: torch.nn.Module, inputs: tuple, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and not list(module.children()):
+            size = output[0].numel() * 4  # one sample's
+            outputs.append(size)
+            first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+            peaks.append(size + (first[0].numel() * 4 if first is not None and first.dim() else 0))
+
+    with torch.device("meta"):
+        model = build_model(cfg, shape, num_classes)
+        handles = [m.register_forward_hook(hook) for m in model.modules()]
+        model(torch.empty((2, *shape), dtype=dtype))  # 2: BatchNorm refuses one sample in training mode
+    for handle in handles:
+        handle.remove()
+    params = sum(p.numel() for p in model.parameters())
+    return ModelFootprint(params, 3 * 4 * params, sum(outputs), max(peaks, default=0))
+
+
 def check_pairs(trial_configs: list[Mapping[str, Any]]) -> None:
     """:func:`check_model_on_data` once per distinct (model, dataset) of resolved trial configs."""
     seen = set()
@@ -66,4 +109,4 @@ def check_pairs(trial_configs: list[Mapping[str, Any]]) -> None:
             check_model_on_data(cfg["model"], cfg["dataset"])
 
 
-__all__ = ["check_model_on_data", "check_pairs", "input_spec"]
+__all__ = ["ModelFootprint", "check_model_on_data", "check_pairs", "input_spec", "model_footprint"]

@@ -40,6 +40,9 @@ class DatasetSource:
     # One input's shape and the source's input_norm from its options alone (no file read), so the model/data
     # pair check (trainables.pairs) runs before anything starts. None: loaded when the source reads no files.
     inputs: Callable[[Mapping[str, Any]], tuple[tuple[int, ...], Any]] | None = None
+    # Bytes of the per-node stores the source memory-maps (an estimate from its lists, before any decode), for
+    # the fit check (trainables.data.fit). None: the source's splits are tensors private to each trial.
+    store_bytes: Callable[[Mapping[str, Any]], int] | None = None
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")

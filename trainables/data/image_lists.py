@@ -97,6 +97,21 @@ def _loader(name: str, what: str):
     return load
 
 
+TYPICAL_ASPECT = 4 / 3  # long / short side of a typical photo (ImageNet's mean is about 1.3; 375 x 500 is 4/3)
+
+
+def _store_bytes(what: str):
+    """The stores' bytes from the lists' lengths: training images at short side store_size and a typical
+    aspect, val and test images image_size square."""
+    def estimate(options: Mapping[str, Any]) -> int:
+        lists = _require_lists(local_root(options, preflight=True), options, what)
+        n = {s: len(read_list(lists[s])[1]) for s in SPLITS}
+        short, side = options["store_size"], options["image_size"]
+        return int(n["train"] * 3 * short * int(short * TYPICAL_ASPECT) + (n["val"] + n["test"]) * 3 * side * side)
+
+    return estimate
+
+
 def _labels(what: str):
     """The lists' labels without a pixel (the split-size preflight)."""
     def labels(options: Mapping[str, Any]) -> SourceData:
@@ -150,5 +165,5 @@ for _name, _prefix, _what in (("imagenet_lt", "ImageNet_LT", "ImageNet-LT"), ("p
     DATASETS.add(DatasetSource(
         _name, f"{_what} from an image root + split lists (relative/path label); long-tailed as listed",
         _loader(_name, _what), _params(_prefix), defaults={"meta_per_class": 10}, preflight=_preflight(_what),
-        labels=_labels(_what), inputs=lambda options: ((3, options["image_size"], options["image_size"]),
-                                                       IMAGENET_NORM)))
+        labels=_labels(_what), store_bytes=_store_bytes(_what),
+        inputs=lambda options: ((3, options["image_size"], options["image_size"]), IMAGENET_NORM)))
