@@ -90,3 +90,56 @@ def write_mnist(root, train_counts, test_counts):
         _write_idx(raw / f"{prefix}-images-idx3-ubyte", images, gz=True)
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte", digits, gz=False)
     return root
+
+
+def _jpeg(path: Path, label: int, size: tuple[int, int]) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((*size, 3), 17 * label % 256, dtype=np.uint8)).save(path)
+
+
+def write_inaturalist(root: Path, year: int, train_counts: list[int], val_counts: list[int],
+                      size: tuple[int, int] = (30, 40)) -> Path:
+    """``train<year>.json`` / ``val<year>.json`` in the competition's COCO-style format, plus the images under
+    ``train_val<year>/<supercategory>/<category id>/``. Category ids are 100, 101, ... (not 0-based)."""
+    import json
+
+    image_id = 0
+    for split, counts in (("train", train_counts), ("val", val_counts)):
+        images, annotations = [], []
+        for c, n in enumerate(counts):
+            for i in range(n):
+                name = f"train_val{year}/Plantae/{100 + c}/{split}{i}.jpg"
+                _jpeg(root / name, c, size)
+                images.append({"id": image_id, "file_name": name, "width": size[1], "height": size[0]})
+                annotations.append({"id": image_id, "image_id": image_id, "category_id": 100 + c})
+                image_id += 1
+        categories = [{"id": 100 + c, "name": f"species {c}", "supercategory": "Plantae"} for c in range(len(counts))]
+        (root / f"{split}{year}.json").write_text(json.dumps({"info": {"year": year}, "images": images,
+                                                                "annotations": annotations,
+                                                                "categories": categories, "licenses": []}))
+    return root
+
+
+def write_clothing1m(root: Path, noisy: list[int], val: list[int], test: list[int],
+                     size: tuple[int, int] = (30, 40)) -> Path:
+    """Clothing1M's key lists (noisy train, clean val/test) and label files (noisy / clean ``path label``) under
+    ``root``, the images under ``images/<a>/<b>/``; per-class counts for each split (14 classes)."""
+    lists = {"noisy_train_key_list": [], "clean_val_key_list": [], "clean_test_key_list": []}
+    kv = {"noisy_label_kv": [], "clean_label_kv": []}
+    for (name, label_file), counts in zip((("noisy_train_key_list", "noisy_label_kv"),
+                                           ("clean_val_key_list", "clean_label_kv"),
+                                           ("clean_test_key_list", "clean_label_kv")), (noisy, val, test),
+                                          strict=True):
+        for c, n in enumerate(counts):
+            for i in range(n):
+                path = f"images/{c}/{name[:5]}/{i}.jpg"
+                _jpeg(root / path, c, size)
+                lists[name].append(path)
+                kv[label_file].append(f"{path} {c}")
+    kv["noisy_label_kv"].append("images/9/unused/x.jpg 3")  # the kv files label more images than the lists use
+    for name, lines in {**lists, **kv}.items():
+        (root / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    (root / "category_names_eng.txt").write_text("\n".join(f"class {c}" for c in range(14)) + "\n")
+    return root

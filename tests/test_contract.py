@@ -6,7 +6,14 @@ import math
 import pytest
 import torch
 
-from tests._images import write_cifar10, write_cifar100, write_image_lists, write_mnist
+from tests._images import (
+    write_cifar10,
+    write_cifar100,
+    write_clothing1m,
+    write_image_lists,
+    write_inaturalist,
+    write_mnist,
+)
 from trainables.data import DATASETS, dataset_params, resolve_dataset
 from trainables.loop import Trial, train
 from trainables.methods import METHODS
@@ -135,6 +142,13 @@ def _tiny_image_dataset(name: str, root) -> dict:
         return {"name": name, "root": str(root), "image_size": 32, "store_size": 36, "meta_per_class": 1,
                 "cache_dir": str(root / "cache"), **{f"{s}_list": f"ImageNet_LT_{s}.txt" for s in ("train", "val",
                                                                                                    "test")}}
+    store = {"image_size": 32, "store_size": 36, "cache_dir": str(root / "cache")}
+    if name == "inaturalist":
+        write_inaturalist(root, 2018, [3, 2], [3, 3], size=(40, 52))
+        return {"name": name, "root": str(root), **store}
+    if name == "clothing1m":
+        write_clothing1m(root, [2] * 14, [1] * 14, [1] * 14, size=(40, 52))
+        return {"name": name, "root": str(root), "meta_per_class": 1, **store}
     raise AssertionError(f"image source {name!r} has no tiny stand-in here: add one")
 
 

@@ -93,8 +93,8 @@ def test_cifar10_one_epoch_with_resnet32_and_autoaugment(tmp_path):
     trial = one_epoch({"name": "cifar10", "root": str(root), "imbalance": 2, "meta_per_class": 2,
                        "augment": "autoaugment"}, "resnet32")
     mean, std = NORMS["cifar10"]
-    assert torch.allclose(trial.model.input.mean.flatten(), torch.tensor(mean))
-    assert torch.allclose(trial.model.input.std.flatten(), torch.tensor(std))
+    assert torch.allclose(trial.model.input.norm.mean.flatten(), torch.tensor(mean))
+    assert torch.allclose(trial.model.input.norm.std.flatten(), torch.tensor(std))
 
 
 def test_cifar100_reads_fine_labels(tmp_path):

@@ -58,94 +58,59 @@ def _require_lists(root: str | None, options: Mapping[str, Any], what: str) -> d
     return {s: os.path.join(root, options[f"{s}_list"]) for s in SPLITS}
 
 
-def _augment(options: Mapping[str, Any]) -> PaperCrop | ImageAugment | None:
+# ---- shared by every store-backed source (image lists, iNaturalist, Clothing1M) ------------------------------
+def paper_augment(options: Mapping[str, Any]) -> PaperCrop | ImageAugment | None:
+    """The training augmentation a store-backed source's ``augment`` and ``color_jitter`` options ask for."""
     if options["augment"] == "resized":
         return PaperCrop(options["image_size"], jitter=options["color_jitter"])
     return ImageAugment(crop="none") if options["augment"] == "flip" else None
 
 
-def _store_sizes(options: Mapping[str, Any]) -> None:
+def check_store_sizes(options: Mapping[str, Any]) -> None:
     if options["store_size"] < options["image_size"]:
         raise ConfigError("dataset.store_size", f"is {options['store_size']}, smaller than image_size "
                                                 f"{options['image_size']}: the test view and the crops need at "
                                                 "least image_size stored pixels on the short side")
 
 
-def _loader(name: str, what: str):
-    def load(options: Mapping[str, Any]) -> SourceData:
-        _store_sizes(options)
-        root = local_root(options)
-        lists = _require_lists(root, options, what)
-        parsed = {s: read_list(lists[s]) for s in SPLITS}
-        pools = {}
-        for s in SPLITS:
-            files = [os.path.join(root, p) for p in parsed[s][0]]
-            missing = [p for p, f in zip(parsed[s][0], files, strict=True) if not os.path.isfile(f)]
-            if missing:
-                require_files(root, missing, "listed images", downloadable=False)
-            store = node_store(f"{name}-{s}", lists[s], files, options["store_size"],
-                               None if s == "train" else options["image_size"], threads=options["workers"],
-                               root=options["cache_dir"])
-            pools[s] = StoreView.of(store, options["image_size"])
-        num_classes = int(max(parsed[s][1].max() for s in SPLITS)) + 1
-        return SourceData(
-            x_train=pools["train"], y_train=parsed["train"][1], num_classes=num_classes,
-            x_test=pools["test"], y_test=parsed["test"][1], x_val=pools["val"], y_val=parsed["val"][1],
-            keep_train=True, augment=_augment(options), input_norm=IMAGENET_NORM,
-        )
-
-    return load
+def image_pools(name: str, root: str, listed: Mapping[str, tuple[str, list[str]]],
+                options: Mapping[str, Any]) -> dict[str, StoreView]:
+    """Each split's store view: ``listed`` maps a split to (its list file, its image paths relative to root).
+    ``train`` is stored whole (short side store_size); every other split as the test view (center image_size)."""
+    pools = {}
+    for split, (list_path, paths) in listed.items():
+        files = [os.path.join(root, p) for p in paths]
+        missing = [p for p, f in zip(paths, files, strict=True) if not os.path.isfile(f)]
+        if missing:
+            require_files(root, missing, "listed images", downloadable=False)
+        store = node_store(f"{name}-{split}", list_path, files, options["store_size"],
+                           None if split == "train" else options["image_size"], threads=options["workers"],
+                           root=options["cache_dir"])
+        pools[split] = StoreView.of(store, options["image_size"])
+    return pools
 
 
 TYPICAL_ASPECT = 4 / 3  # long / short side of a typical photo (ImageNet's mean is about 1.3; 375 x 500 is 4/3)
 
 
-def _store_bytes(what: str):
-    """The stores' bytes from the lists' lengths: training images at short side store_size and a typical
-    aspect, val and test images image_size square."""
-    def estimate(options: Mapping[str, Any]) -> int:
-        lists = _require_lists(local_root(options, preflight=True), options, what)
-        n = {s: len(read_list(lists[s])[1]) for s in SPLITS}
-        short, side = options["store_size"], options["image_size"]
-        return int(n["train"] * 3 * short * int(short * TYPICAL_ASPECT) + (n["val"] + n["test"]) * 3 * side * side)
-
-    return estimate
+def store_estimate(n_train: int, n_eval: int, options: Mapping[str, Any]) -> int:
+    """Bytes of the stores: training images at short side store_size and a typical aspect, the others
+    image_size square (the estimate the fit check uses before anything is decoded)."""
+    short, side = options["store_size"], options["image_size"]
+    return int(n_train * 3 * short * int(short * TYPICAL_ASPECT) + n_eval * 3 * side * side)
 
 
-def _labels(what: str):
-    """The lists' labels without a pixel (the split-size preflight)."""
-    def labels(options: Mapping[str, Any]) -> SourceData:
-        lists = _require_lists(local_root(options, preflight=True), options, what)
-        parsed = {s: read_list(lists[s])[1] for s in SPLITS}
-        empty = {s: torch.empty((len(parsed[s]), 0)) for s in SPLITS}
-        return SourceData(x_train=empty["train"], y_train=parsed["train"], num_classes=int(max(
-            v.max() for v in parsed.values())) + 1, x_test=empty["test"], y_test=parsed["test"], x_val=empty["val"],
-            y_val=parsed["val"], keep_train=True)
-
-    return labels
+def labels_source(labels: Mapping[str, np.ndarray], num_classes: int, **protocol: Any) -> SourceData:
+    """A SourceData of labels only (empty (N, 0) inputs) for the split-size preflight."""
+    empty = {s: torch.empty((len(y), 0)) for s, y in labels.items()}
+    return SourceData(x_train=empty["train"], y_train=labels["train"], num_classes=num_classes,
+                      x_test=empty.get("test"), y_test=labels.get("test"), x_val=empty.get("val"),
+                      y_val=labels.get("val"), **protocol)
 
 
-def _preflight(what: str):
-    def check(cfg: Mapping[str, Any]) -> None:
-        if cfg["imbalance"] != 1 or cfg["n_max"] is not None:
-            raise ConfigError("dataset.imbalance", f"{what} is long-tailed already: leave imbalance at 1 and n_max "
-                                                   "unset")
-        _store_sizes(cfg)
-        root = local_root(cfg, preflight=True)
-        lists = _require_lists(root, cfg, what)
-        for split, path in lists.items():  # cheap: only the first image of each list
-            first = read_list(path)[0][0]
-            require_files(root, [first], f"{what} images of the {split} list", downloadable=False)
-
-    return check
-
-
-def _params(prefix: str) -> dict[str, Param]:
+def store_params() -> dict[str, Param]:
+    """The options of a store-backed source (besides its root and its lists)."""
     return {
-        "root": root_param("the images and the split lists"),
-        **{f"{s}_list": Param(f"{prefix}_{s}.txt", (str,), help=f"{s} list of 'relative/path label' lines (relative "
-                                                                "to root)")
-           for s in SPLITS},
         "image_size": Param(224, (int,), low=16, high=1024, help="side of the training crops and of the test view"),
         "store_size": Param(256, (int,), low=16, high=2048,
                             help="stored short side (aspect kept); val/test: resize to it, center crop image_size"),
@@ -161,9 +126,75 @@ def _params(prefix: str) -> dict[str, Param]:
     }
 
 
+def image_inputs(options: Mapping[str, Any]) -> tuple[tuple[int, ...], Any]:
+    return (3, options["image_size"], options["image_size"]), IMAGENET_NORM
+
+
+# ---- ImageNet-LT / Places-LT ------------------------------------------------------------------------------------
+def _loader(name: str, what: str):
+    def load(options: Mapping[str, Any]) -> SourceData:
+        check_store_sizes(options)
+        root = local_root(options)
+        lists = _require_lists(root, options, what)
+        parsed = {s: read_list(lists[s]) for s in SPLITS}
+        pools = image_pools(name, root, {s: (lists[s], parsed[s][0]) for s in SPLITS}, options)
+        num_classes = int(max(parsed[s][1].max() for s in SPLITS)) + 1
+        return SourceData(
+            x_train=pools["train"], y_train=parsed["train"][1], num_classes=num_classes,
+            x_test=pools["test"], y_test=parsed["test"][1], x_val=pools["val"], y_val=parsed["val"][1],
+            keep_train=True, augment=paper_augment(options), input_norm=IMAGENET_NORM,
+        )
+
+    return load
+
+
+def _store_bytes(what: str):
+    def estimate(options: Mapping[str, Any]) -> int:
+        lists = _require_lists(local_root(options, preflight=True), options, what)
+        n = {s: len(read_list(lists[s])[1]) for s in SPLITS}
+        return store_estimate(n["train"], n["val"] + n["test"], options)
+
+    return estimate
+
+
+def _labels(what: str):
+    """The lists' labels without a pixel (the split-size preflight)."""
+    def labels(options: Mapping[str, Any]) -> SourceData:
+        lists = _require_lists(local_root(options, preflight=True), options, what)
+        parsed = {s: read_list(lists[s])[1] for s in SPLITS}
+        return labels_source(parsed, int(max(v.max() for v in parsed.values())) + 1, keep_train=True)
+
+    return labels
+
+
+def _preflight(what: str):
+    def check(cfg: Mapping[str, Any]) -> None:
+        if cfg["imbalance"] != 1 or cfg["n_max"] is not None:
+            raise ConfigError("dataset.imbalance", f"{what} is long-tailed already: leave imbalance at 1 and n_max "
+                                                   "unset")
+        check_store_sizes(cfg)
+        root = local_root(cfg, preflight=True)
+        lists = _require_lists(root, cfg, what)
+        for split, path in lists.items():  # cheap: only the first image of each list
+            first = read_list(path)[0][0]
+            require_files(root, [first], f"{what} images of the {split} list", downloadable=False)
+
+    return check
+
+
+def _params(prefix: str) -> dict[str, Param]:
+    return {
+        "root": root_param("the images and the split lists"),
+        **{f"{s}_list": Param(f"{prefix}_{s}.txt", (str,), help=f"{s} list of 'relative/path label' lines (relative "
+                                                                "to root)")
+           for s in SPLITS},
+        **store_params(),
+    }
+
+
 for _name, _prefix, _what in (("imagenet_lt", "ImageNet_LT", "ImageNet-LT"), ("places_lt", "Places_LT", "Places-LT")):
     DATASETS.add(DatasetSource(
         _name, f"{_what} from an image root + split lists (relative/path label); long-tailed as listed",
         _loader(_name, _what), _params(_prefix), defaults={"meta_per_class": 10}, preflight=_preflight(_what),
         labels=_labels(_what), store_bytes=_store_bytes(_what),
-        inputs=lambda options: ((3, options["image_size"], options["image_size"]), IMAGENET_NORM)))
+        inputs=image_inputs))
