@@ -22,7 +22,7 @@ from raysweep.spec import Spec
 from raysweep.store_check import check_scheme, check_store
 from raysweep.trials import PlannedTrial
 from trainables.data import DATASETS, resolve_dataset
-from trainables.data.fit import FitReport, check_fit
+from trainables.data.fit import FitReport, check_fit, node_memory
 from trainables.data.sizes import SplitSizes, check_split_sizes
 from trainables.methods import METHODS
 from trainables.metrics import reported_metrics
@@ -90,7 +90,7 @@ def check_datasets(spec: Spec, trials: list[PlannedTrial]) -> None:
 
 def local_memory() -> int:
     """Bytes of this machine's physical memory."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return node_memory()
 
 
 def check_memory(spec: Spec, trials: list[PlannedTrial]) -> FitReport | None:
@@ -110,9 +110,8 @@ def check_memory(spec: Spec, trials: list[PlannedTrial]) -> FitReport | None:
 
         if torch.cuda.is_available():
             gpu_share = int(torch.cuda.get_device_properties(0).total_memory * min(share, 1.0))
-    node_memory = local_memory() if local else None
     return check_fit([t.config for t in trials], trials_per_node=min(slots or 1, len(trials)),
-                     node_memory=node_memory, gpu_share=gpu_share)
+                     node_memory=local_memory() if local else None, gpu_share=gpu_share)
 
 
 def check_table_metric(spec: Spec, sizes: Iterable[SplitSizes | None]) -> None:

@@ -18,9 +18,9 @@ from trainables.params import ConfigError
 GB = 10**9
 
 
-def imagenet_trial(root, model="resnet10", **train) -> dict:
+def imagenet_trial(root, model="resnet10", loader="auto", **train) -> dict:
     return resolve_trial({"method": {"name": "ce"}, "model": model, "seed": 0,
-                          "dataset": {"name": "imagenet_lt", "root": str(root), "meta_per_class": 1},
+                          "dataset": {"name": "imagenet_lt", "root": str(root), "meta_per_class": 1, "loader": loader},
                           "train": {"epochs": 1, "device": "cpu", **train}})
 
 
@@ -49,9 +49,18 @@ def test_the_stores_count_once_per_node_whatever_the_number_of_trials(lists):
     assert "4 trial(s)" in four.lines()[0]
 
 
-def test_stores_larger_than_the_node_name_store_size(lists):
-    with pytest.raises(ConfigError) as err:
-        check_fit([imagenet_trial(lists, eval_batch_size=8)], trials_per_node=1, node_memory=10**7)
+def test_stores_larger_than_the_node_name_the_loader_then_store_size(lists):
+    train_store = 40 * 3 * 256 * 341
+    with pytest.raises(ConfigError) as err:  # a store asked for: stream instead
+        check_fit([imagenet_trial(lists, loader="store", eval_batch_size=8)], trials_per_node=1, node_memory=10**7)
+    assert err.value.path == "dataset.loader"
+    auto = trial_fit(imagenet_trial(lists, eval_batch_size=8), 10**7)  # auto streams the training images
+    assert auto.store == 14 * 3 * 224 * 224 and auto.store + train_store > 0.9 * 10**7
+    assert auto.loader.startswith("imagenet_lt: dataset.loader stream (auto: the stores (0.0 GB) exceed")
+    assert trial_fit(imagenet_trial(lists, eval_batch_size=8), 10**9).loader.startswith(
+        "imagenet_lt: dataset.loader store (auto: the stores")
+    with pytest.raises(ConfigError) as err:  # even the val/test stores do not fit
+        check_fit([imagenet_trial(lists, eval_batch_size=8)], trials_per_node=1, node_memory=10**6)
     assert err.value.path == "dataset.store_size"
 
 

@@ -21,6 +21,7 @@ from tests._images import write_image_lists
 from trainables.data import load_splits, resolve_dataset
 from trainables.data.augment import PaperCrop, color_jitter, resized_crop_box
 from trainables.data.image_store import (
+    ImageFiles,
     ImageStore,
     StoreView,
     build_store,
@@ -292,3 +293,52 @@ def test_a_resumed_trial_sees_the_same_crops_as_an_uninterrupted_one(tmp_path):
     assert len(seen_resumed) == len(seen_whole) - first_epoch > 0
     assert all(torch.equal(a, b) for a, b in zip(seen_resumed, seen_whole[first_epoch:], strict=True))
     assert metrics["epoch"] == 2.0
+
+
+# ---- stream ----------------------------------------------------------------------------------------------------
+def test_stream_and_store_give_the_same_test_images_and_labels(tmp_path):
+    root = write_image_lists(tmp_path / "d", {"train": [4, 3], "val": [2, 2], "test": [3, 3]}, size=(40, 56),
+                             ext="jpg", seed=6)
+    store = load_splits(_dataset(root, tmp_path / "c", loader="store"))
+    stream = load_splits(_dataset(root, tmp_path / "c", loader="stream"))
+    assert isinstance(stream.train.x.store, ImageFiles) and isinstance(store.train.x.store, ImageStore)
+    assert torch.equal(stream.test.x[:], store.test.x[:]) and torch.equal(stream.test.y, store.test.y)
+    assert torch.equal(stream.meta.x[:], store.meta.x[:])
+    assert torch.equal(stream.train.x[:], store.train.x[:])  # the train split's test view: the same pixels
+    assert torch.equal(stream.train.y, store.train.y) and stream.class_counts.tolist() == [4, 3]
+    idx = torch.tensor([5, 1, 3])
+    originals = stream.train.x.images(idx)
+    assert originals[0].shape == (3, 40, 56)  # streamed: the whole original image
+    expected = PaperCrop(24).crops(originals, torch.Generator().manual_seed(2))
+    assert torch.equal(gather_batch(stream.train.x, idx, stream.augment, torch.Generator().manual_seed(2)), expected)
+
+
+def test_a_streamed_epoch_is_the_same_with_loader_workers_and_after_a_resume(tmp_path):
+    root = write_image_lists(tmp_path / "d", {"train": [7, 5], "val": [2, 2], "test": [2, 2]}, size=(40, 56),
+                             ext="jpg", seed=7)
+
+    def config(workers):
+        return {"method": {"name": "ce"}, "model": "resnet10", "seed": 4,
+                "dataset": {"name": "imagenet_lt", "root": str(root), "cache_dir": str(tmp_path / "c"),
+                            "image_size": 24, "store_size": 32, "meta_per_class": 1, "loader": "stream",
+                            "workers": workers},
+                "train": {"epochs": 2, "batch_size": 4, "device": "cpu", "eval_batch_size": 8}}
+
+    def epoch_batches_of(trial):
+        _, batches = trial.begin_epoch()
+        return [trial.batch(b)[0] for b in batches]
+
+    inline = Trial(config(1))  # 0 loader processes: read in the loop
+    pooled = Trial(config(3))  # 2 loader processes reading ahead
+    assert inline.train_set.x.store.workers == 0 and pooled.train_set.x.store.workers == 2
+    first = epoch_batches_of(inline)
+    assert all(torch.equal(a, b) for a, b in zip(first, epoch_batches_of(pooled), strict=True))
+    inline.end_epoch(0.0, 0.1, 0.0)
+    second = epoch_batches_of(inline)
+    resumed = Trial(config(3))
+    epoch_batches_of(resumed)
+    resumed.end_epoch(0.0, 0.1, 0.0)
+    state = resumed.state_dict()
+    again = Trial(config(3))
+    again.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(second, epoch_batches_of(again), strict=True))

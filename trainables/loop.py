@@ -190,7 +190,10 @@ class Trial:
         weights = self.method.sample_weights(e)
         lr = self.optimizer.param_groups[0]["lr"]
         self.model.train()
-        return lr, epoch_batches(len(self.train_set), self.config["train"]["batch_size"], weights, self.generator)
+        batches = epoch_batches(len(self.train_set), self.config["train"]["batch_size"], weights, self.generator)
+        if isinstance(self.train_set.x, StoreView):
+            self.train_set.x.prefetch(batches)  # a stream reader starts reading the epoch ahead
+        return lr, batches
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(inputs, labels, indices) of one index batch on the device, augmented with the trial's generator."""

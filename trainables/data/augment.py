@@ -234,14 +234,16 @@ class PaperCrop:
     flip: bool = True
     jitter: float = 0.0
 
-    def crops(self, images: Sequence[np.ndarray], generator: torch.Generator,
+    def crops(self, images: Sequence[np.ndarray | torch.Tensor], generator: torch.Generator,
               device: torch.device | str = "cpu") -> torch.Tensor:
-        """uint8 (N, C, size, size) on ``device`` from N uint8 (C, H, W) arrays (memory-mapped views)."""
+        """uint8 (N, C, size, size) on ``device`` from N uint8 (C, H, W) images: arrays (memory-mapped views of a
+        store) or tensors (decoded files)."""
         out = []
         for image in images:
             _, h, w = image.shape
             top, left, bh, bw = resized_crop_box(h, w, generator, self.scale, self.ratio)
-            box = torch.from_numpy(np.array(image[:, top:top + bh, left:left + bw])).to(device)  # copies the box only
+            box = image[:, top:top + bh, left:left + bw]
+            box = (box if isinstance(box, torch.Tensor) else torch.from_numpy(np.array(box))).to(device)  # the box only
             x = TF.resize(box, [self.size, self.size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
             if self.flip and torch.rand(1, generator=generator).item() < 0.5:
                 x = x.flip(-1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -28,6 +29,27 @@ from trainables.params import ConfigError
 
 SAFETY = 0.9  # of a node's memory or a GPU share that trials may plan to use (the rest: the runtime, Ray, CUDA)
 GB = 1e9
+
+
+LOADERS = ("auto", "store", "stream")
+
+
+def node_memory() -> int:
+    """Bytes of this machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def choose_loader(requested: str, store_bytes: int, memory: int | None) -> tuple[str, str]:
+    """(``store`` or ``stream``, why) for a store-backed source: ``auto`` takes the store when the decoded
+    stores fit SAFETY of the node's ``memory`` (None: unknown, the store), else streams the training images."""
+    if requested != "auto":
+        return requested, "as set (dataset.loader)"
+    if memory is None:
+        return "store", "auto; the node's memory is unknown here, each node decides when it starts"
+    budget = SAFETY * memory
+    if store_bytes <= budget:
+        return "store", f"auto: the stores ({store_bytes / GB:.1f} GB) fit {budget / GB:.1f} GB of the node's memory"
+    return "stream", f"auto: the stores ({store_bytes / GB:.1f} GB) exceed {budget / GB:.1f} GB of the node's memory"
 
 
 @dataclass(frozen=True)
@@ -42,6 +64,7 @@ class TrialFit:
     eval_activations: int
     eval_per_sample: int
     eval_batch: int
+    loader: str = ""  # a store-backed source's choice and why ("" for in-memory sources)
 
     @property
     def activations(self) -> int:
@@ -62,8 +85,9 @@ def _sample_bytes(shape: tuple[int, ...], dtype: Any) -> int:
     return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
 
 
-def trial_fit(config: Mapping[str, Any]) -> TrialFit | None:
-    """The estimate for one resolved trial config; None when its inputs are unknown before loading."""
+def trial_fit(config: Mapping[str, Any], memory: int | None = None) -> TrialFit | None:
+    """The estimate for one resolved trial config on a node of ``memory`` bytes (None: unknown); None when
+    its inputs are unknown before loading."""
     from trainables.data.sizes import split_sizes
     from trainables.pairs import input_spec, model_footprint
 
@@ -73,7 +97,14 @@ def trial_fit(config: Mapping[str, Any]) -> TrialFit | None:
         return None
     shape, norm, dtype = spec
     source, own, _ = split_inputs(dataset)
-    store = source.store_bytes(own) if source.store_bytes is not None else 0
+    store, loader = 0, ""
+    if source.store_bytes is not None:
+        store = source.store_bytes({**own, "loader": "store"})
+        if "loader" in own:
+            chosen, why = choose_loader(own["loader"], store, memory)
+            loader = f"{dataset['name']}: dataset.loader {chosen} ({why})"
+            if chosen == "stream":
+                store = source.store_bytes({**own, "loader": "stream"})
     data, sizes = 0, split_sizes(dataset)
     if not store and sizes is not None:
         splits = [sizes.train, sizes.meta, sizes.test] + ([sizes.val] if sizes.val != sizes.meta else [])
@@ -82,7 +113,7 @@ def trial_fit(config: Mapping[str, Any]) -> TrialFit | None:
     return TrialFit(store, json.dumps({"name": dataset["name"], **own}, sort_keys=True, default=str), data,
                     model.state_bytes, train["batch_size"] * model.train_bytes_per_sample,
                     train["eval_batch_size"] * model.eval_bytes_per_sample, model.eval_bytes_per_sample,
-                    train["eval_batch_size"])
+                    train["eval_batch_size"], loader)
 
 
 @dataclass(frozen=True)
@@ -90,6 +121,7 @@ class FitReport:
     """The sweep's estimate: the largest trial, the stores of a node, and the budgets checked (None: unknown)."""
 
     worst: TrialFit
+    loaders: tuple[str, ...]
     stores: int
     trials_per_node: int
     node_memory: int | None
@@ -102,6 +134,7 @@ class FitReport:
                f"{w.data / GB:.2f}, model state {w.state / GB:.2f}, activations {w.activations / GB:.2f} on CPU: "
                f"training {w.train_activations / GB:.2f}, evaluation {w.eval_activations / GB:.2f} at eval batch "
                f"{w.eval_batch})" + (f" of {self.node_memory / GB:.1f} GB" if self.node_memory else "")]
+        out += [f"loader: {line}" for line in self.loaders]
         if on_gpu:
             out.append(f"memory per GPU trial: {w.device() / GB:.2f} GB of a {self.gpu_share / GB:.1f} GB share")
         return out
@@ -118,7 +151,7 @@ def check_fit(configs: Iterable[Mapping[str, Any]], *, trials_per_node: int, nod
     for cfg in configs:
         key = json.dumps([cfg["dataset"], cfg["model"], cfg["train"]], sort_keys=True, default=str)
         if key not in fits:
-            fit = trial_fit(cfg)
+            fit = trial_fit(cfg, node_memory)
             if fit is not None:
                 fits[key] = fit
     if not fits:
@@ -126,12 +159,16 @@ def check_fit(configs: Iterable[Mapping[str, Any]], *, trials_per_node: int, nod
     on_gpu = gpu_share is not None
     stores = sum({f.store_key: f.store for f in fits.values()}.values())
     worst = max(fits.values(), key=lambda f: f.device() if on_gpu else f.private(on_gpu))
-    report = FitReport(worst, stores, trials_per_node, node_memory, gpu_share)
+    loaders = tuple(dict.fromkeys(f.loader for f in fits.values() if f.loader))
+    report = FitReport(worst, loaders, stores, trials_per_node, node_memory, gpu_share)
     if node_memory:
         budget = SAFETY * node_memory
         if stores > budget:
-            raise ConfigError("dataset.store_size", f"the decoded stores need {stores / GB:.1f} GB, more than "
-                                                    f"{budget / GB:.1f} GB of this node's memory; lower store_size")
+            raise ConfigError("dataset.loader" if any("loader store (as set" in f.loader for f in fits.values())
+                              else "dataset.store_size",
+                              f"the decoded stores need {stores / GB:.1f} GB, more than {budget / GB:.1f} GB of this "
+                              "node's memory; stream the training images (loader: stream or auto) or lower "
+                              "store_size")
         private = worst.private(on_gpu)
         if stores + trials_per_node * private > budget:
             per_trial = (budget - stores) / trials_per_node
@@ -164,4 +201,4 @@ def _refuse(fit: TrialFit, need: float, budget: float, activations_count: bool, 
     raise ConfigError(knob, f"{what}; {advice}")
 
 
-__all__ = ["FitReport", "TrialFit", "check_fit", "trial_fit"]
+__all__ = ["FitReport", "LOADERS", "TrialFit", "check_fit", "choose_loader", "node_memory", "trial_fit"]

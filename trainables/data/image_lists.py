@@ -25,7 +25,8 @@ import torch
 from trainables.data import DATASETS, DatasetSource
 from trainables.data.augment import ImageAugment, PaperCrop
 from trainables.data.cifar import local_root, require_files, root_param
-from trainables.data.image_store import StoreView, node_store
+from trainables.data.fit import LOADERS, choose_loader, node_memory
+from trainables.data.image_store import ImageFiles, StoreView, node_store
 from trainables.data.protocol import SourceData
 from trainables.params import ConfigError, Param
 
@@ -75,14 +76,23 @@ def check_store_sizes(options: Mapping[str, Any]) -> None:
 
 def image_pools(name: str, root: str, listed: Mapping[str, tuple[str, list[str]]],
                 options: Mapping[str, Any]) -> dict[str, StoreView]:
-    """Each split's store view: ``listed`` maps a split to (its list file, its image paths relative to root).
-    ``train`` is stored whole (short side store_size); every other split as the test view (center image_size)."""
+    """Each split's view: ``listed`` maps a split to (its list file, its image paths relative to root).
+    ``train`` is stored whole (short side store_size), or read from its files per batch when the loader is
+    ``stream`` (``auto``: when the stores would not fit this node's memory); every other split is stored as
+    the test view (center image_size)."""
+    counts = {s: len(p) for s, (_, p) in listed.items()}
+    full = store_estimate(counts["train"], sum(counts.values()) - counts["train"], {**options, "loader": "store"})
+    loader, _ = choose_loader(options["loader"], full, node_memory())
     pools = {}
     for split, (list_path, paths) in listed.items():
         files = [os.path.join(root, p) for p in paths]
         missing = [p for p, f in zip(paths, files, strict=True) if not os.path.isfile(f)]
         if missing:
             require_files(root, missing, "listed images", downloadable=False)
+        if split == "train" and loader == "stream":
+            workers = max(0, (options["workers"] or torch.get_num_threads()) - 1)  # the trial's CPU share
+            pools[split] = StoreView.of(ImageFiles(files, options["store_size"], workers), options["image_size"])
+            continue
         store = node_store(f"{name}-{split}", list_path, files, options["store_size"],
                            None if split == "train" else options["image_size"], threads=options["workers"],
                            root=options["cache_dir"])
@@ -94,10 +104,11 @@ TYPICAL_ASPECT = 4 / 3  # long / short side of a typical photo (ImageNet's mean 
 
 
 def store_estimate(n_train: int, n_eval: int, options: Mapping[str, Any]) -> int:
-    """Bytes of the stores: training images at short side store_size and a typical aspect, the others
-    image_size square (the estimate the fit check uses before anything is decoded)."""
+    """Bytes of the stores: training images at short side store_size and a typical aspect (none when the
+    loader is ``stream``), the others image_size square (the fit check's estimate before any decode)."""
     short, side = options["store_size"], options["image_size"]
-    return int(n_train * 3 * short * int(short * TYPICAL_ASPECT) + n_eval * 3 * side * side)
+    train = 0 if options["loader"] == "stream" else n_train * 3 * short * int(short * TYPICAL_ASPECT)
+    return int(train + n_eval * 3 * side * side)
 
 
 def labels_source(labels: Mapping[str, np.ndarray], num_classes: int, **protocol: Any) -> SourceData:
@@ -118,8 +129,11 @@ def store_params() -> dict[str, Param]:
                          help="resized: RandomResizedCrop(image_size) of the stored image + flip; flip; none"),
         "color_jitter": Param(0.0, (float,), low=0.0, high=1.0,
                               help="ColorJitter brightness = contrast = saturation after the crop (OLTR: 0.4)"),
+        "loader": Param("auto", (str,), choices=LOADERS,
+                        help="store: decode once per node into a memory-mapped store; stream: decode the training "
+                             "JPEGs per batch; auto: the store when it fits the node's memory, else stream"),
         "workers": Param(None, (int,), low=1, high=256, nullable=True,
-                         help="decoding threads; null = the trial's CPU share (resources.cpu)"),
+                         help="decoding threads (stream: loader processes + 1); null = the trial's CPU share"),
         "cache_dir": Param(None, (str,), nullable=True,
                            help="node-local folder of the decoded stores; null = $RAYSWEEP_DATA_CACHE or "
                                 "~/.cache/raysweep/data"),

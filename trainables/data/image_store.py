@@ -137,12 +137,95 @@ class ImageStore:
         h, w = self.shapes[i]
         return self.pixels[self.offsets[i]:self.offsets[i + 1]].reshape(3, h, w)
 
+    def images(self, rows: Sequence[int]) -> list[np.ndarray]:
+        """The whole stored images of ``rows`` (views of the memory map)."""
+        return [self.image(int(r)) for r in rows]
+
+    def view(self, i: int, size: int) -> np.ndarray:
+        """Image ``i``'s test view: its center ``size`` square (resize + center crop, as stored)."""
+        image = self.image(i)
+        top, left = center_box(image.shape[1], image.shape[2], size)
+        return image[:, top:top + size, left:left + size]
+
     def array(self) -> np.ndarray:
         """A uniform store as one (N, 3, h, w) view of the memory map (no copy)."""
         h, w = self.uniform or (0, 0)
         if not h:
             raise ValueError(f"{self.folder}: images differ in size; read them one by one")
         return self.pixels.reshape(len(self), 3, h, w)
+
+
+class ImageFiles:
+    """The stream reader: images decoded from their files when a batch needs them, nothing kept.
+
+    ``images(rows)``: the whole original images (the papers' RandomResizedCrop is of the original), decoded
+    with ``torchvision.io`` (on the GPU with ``decode_jpeg`` when ``device`` is CUDA); ``view(i, size)``: the
+    test view, resize ``short`` then center crop ``size``, the very pixels a store holds. :meth:`prefetch`
+    starts a ``DataLoader`` over an epoch's batches whose ``workers`` read (and on CPU decode) ahead of the
+    loop; the random crops are drawn in the trial's process, from its generator, so the batches are the same
+    whatever the workers (deterministic per seed and epoch; resumable at an epoch boundary).
+    """
+
+    def __init__(self, files: Sequence[str], short: int, workers: int = 0) -> None:
+        self.files, self.short, self.workers = list(files), short, workers
+        self.device = torch.device("cpu")
+        self._pending: list[np.ndarray] = []
+        self._batches: Any = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    uniform = None
+
+    def read(self, rows: Sequence[int]) -> list[torch.Tensor]:
+        """The files' bytes (on a GPU trial) or their decoded images (CPU): what a loader worker does."""
+        from torchvision.io import ImageReadMode, decode_image, read_file
+
+        data = [read_file(self.files[int(r)]) for r in rows]
+        if self.device.type == "cuda":
+            return data
+        return [decode_image(d, mode=ImageReadMode.RGB) for d in data]
+
+    def _decoded(self, read: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.device.type != "cuda":
+            return read
+        from torchvision.io import decode_jpeg
+
+        return decode_jpeg(read, device=self.device)
+
+    def images(self, rows: Sequence[int]) -> list[torch.Tensor]:
+        rows = np.asarray(rows)
+        if self._pending and np.array_equal(self._pending[0], rows):
+            self._pending.pop(0)
+            return self._decoded(next(self._batches))
+        return self._decoded(self.read(rows))
+
+    def view(self, i: int, size: int) -> np.ndarray:
+        return decode_resized(self.files[i], self.short, size)
+
+    def prefetch(self, batches: list[np.ndarray], device: torch.device) -> None:
+        """Read this epoch's ``batches`` (row arrays) ahead of the loop in ``workers`` processes."""
+        from torch.utils.data import DataLoader
+
+        self.device = device
+        self._pending = [np.asarray(b) for b in batches]
+        loader = DataLoader(_Batches(self, self._pending), batch_size=None, shuffle=False,
+                            num_workers=self.workers, prefetch_factor=2 if self.workers else None,
+                            collate_fn=lambda batch: batch)
+        self._batches = iter(loader)
+
+
+class _Batches(torch.utils.data.Dataset):
+    """One epoch's batches of rows; item k is batch k read by :meth:`ImageFiles.read`."""
+
+    def __init__(self, files: ImageFiles, batches: list[np.ndarray]) -> None:
+        self.files, self.batches = files, list(batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> list[torch.Tensor]:
+        return self.files.read(self.batches[k])
 
 
 def files_key(files: Sequence[str]) -> str:
@@ -179,7 +262,7 @@ class StoreView:
     ``subset`` (a view of some rows) and ``images`` (the whole stored images, for training crops).
     """
 
-    store: ImageStore
+    store: ImageStore | ImageFiles  # the reader: a memory-mapped store, or the files themselves (stream)
     rows: np.ndarray
     size: int
     device: torch.device = torch.device("cpu")
@@ -187,7 +270,7 @@ class StoreView:
     dtype = torch.uint8
 
     @classmethod
-    def of(cls, store: ImageStore, size: int) -> StoreView:
+    def of(cls, store: ImageStore | ImageFiles, size: int) -> StoreView:
         return cls(store, np.arange(len(store), dtype=np.int64), size)
 
     def __len__(self) -> int:
@@ -213,9 +296,14 @@ class StoreView:
             key = key.cpu().numpy()
         return self.rows[key]
 
-    def images(self, key: slice | torch.Tensor | np.ndarray) -> list[np.ndarray]:
-        """The whole stored images of ``key``'s rows: (3, h, w) views of the memory map."""
-        return [self.store.image(int(r)) for r in self._rows(key)]
+    def images(self, key: slice | torch.Tensor | np.ndarray) -> list[np.ndarray] | list[torch.Tensor]:
+        """The whole images of ``key``'s rows: (3, h, w) views of the memory map, or decoded files."""
+        return self.store.images(self._rows(key))
+
+    def prefetch(self, batches: Sequence[torch.Tensor]) -> None:
+        """Tell a stream reader the epoch's index batches, so it reads them ahead (a store needs nothing)."""
+        if isinstance(self.store, ImageFiles):
+            self.store.prefetch([self._rows(b) for b in batches], self.device)
 
     def __getitem__(self, key: slice | torch.Tensor | np.ndarray) -> torch.Tensor:
         rows = self._rows(key)
@@ -225,9 +313,7 @@ class StoreView:
         else:
             batch = np.empty((len(rows), 3, s, s), dtype=np.uint8)
             for k, r in enumerate(rows):
-                image = self.store.image(int(r))
-                top, left = center_box(image.shape[1], image.shape[2], s)
-                batch[k] = image[:, top:top + s, left:left + s]
+                batch[k] = self.store.view(int(r), s)
         out = torch.from_numpy(batch)
         if self.device.type == "cuda":
             return out.pin_memory().to(self.device, non_blocking=True)
@@ -247,5 +333,5 @@ def gather_batch(x: torch.Tensor | StoreView, idx: torch.Tensor,
     return augment(batch, generator) if augment is not None else batch
 
 
-__all__ = ["ImageStore", "STORE_FORMAT", "StoreView", "build_store", "center_box", "decode_resized",
+__all__ = ["ImageFiles", "ImageStore", "STORE_FORMAT", "StoreView", "build_store", "center_box", "decode_resized",
            "gather_batch", "node_store", "resized_shape"]
