@@ -189,9 +189,12 @@ class ImageFiles:
     def _decoded(self, read: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.device.type != "cuda":
             return read
-        from torchvision.io import decode_jpeg
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-        return decode_jpeg(read, device=self.device)
+        try:
+            return decode_jpeg(read, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:  # a file nvJPEG cannot take (a PNG or CMYK JPEG in the list): decode on the CPU
+            return [decode_image(d, mode=ImageReadMode.RGB).to(self.device) for d in read]
 
     def images(self, rows: Sequence[int]) -> list[torch.Tensor]:
         rows = np.asarray(rows)
