@@ -108,8 +108,9 @@ def _spec(tmp_path, lists, **train) -> str:
     return str(path)
 
 
+@pytest.mark.process  # the CLI probes the platform (uname)
 def test_run_refuses_what_cannot_fit_with_exit_2_before_anything_exists(tmp_path, lists, monkeypatch, capsys):
-    monkeypatch.setattr("raysweep.preflight.local_memory", lambda: 16 * GB)
+    monkeypatch.setattr("raysweep.planning.plan.node_memory", lambda: 16 * GB)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     path = _spec(tmp_path, lists, eval_batch_size=8192)

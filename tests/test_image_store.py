@@ -88,6 +88,7 @@ def _open_counting(cache: str, list_path: str, files: list[str], log: str, start
     out.put((str(store.folder), int(np.asarray(store.pixels, dtype=np.int64).sum())))
 
 
+@pytest.mark.process
 def test_four_trials_starting_together_decode_once_and_read_the_same_bytes(tmp_path):
     root = write_image_lists(tmp_path / "d", {"train": [6, 4, 2]}, size=(30, 40), ext="jpg", seed=1)
     list_path, files = _files(root)
@@ -107,6 +108,7 @@ def test_four_trials_starting_together_decode_once_and_read_the_same_bytes(tmp_p
     assert len(results) == 1  # one folder, the same bytes
 
 
+@pytest.mark.process
 def test_a_builder_killed_half_way_leaves_no_store_that_others_trust(tmp_path):
     root = write_image_lists(tmp_path / "d", {"train": [5, 5]}, size=(30, 40), ext="jpg", seed=2)
     list_path, files = _files(root)
@@ -182,6 +184,7 @@ print(json.dumps({"private": anon() - before, "store": s.train.x.store.nbytes + 
 """
 
 
+@pytest.mark.process
 def test_a_trials_private_memory_stays_far_below_its_stores(tmp_path):
     root = write_image_lists(tmp_path / "d", {"train": [150, 100], "val": [2, 2], "test": [60, 60]}, size=(200, 260),
                              ext="jpg", seed=3)
@@ -313,6 +316,7 @@ def test_stream_and_store_give_the_same_test_images_and_labels(tmp_path):
     assert torch.equal(gather_batch(stream.train.x, idx, stream.augment, torch.Generator().manual_seed(2)), expected)
 
 
+@pytest.mark.process
 def test_a_streamed_epoch_is_the_same_with_loader_workers_and_after_a_resume(tmp_path):
     root = write_image_lists(tmp_path / "d", {"train": [7, 5], "val": [2, 2], "test": [2, 2]}, size=(40, 56),
                              ext="jpg", seed=7)

@@ -312,10 +312,10 @@ PRESETS = sorted((Path(__file__).resolve().parent.parent / "search_spaces" / "pr
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
 def test_paper_presets_plan_without_data_and_pass_preflight_with_it(path, tmp_path):
-    from raysweep.plan import plan
-    from raysweep.spec import validate_spec
-    from raysweep.spec_yaml import apply_overrides
-    from raysweep.spec_yaml import load_spec_file as load_spec
+    from raysweep.planning.plan import plan
+    from raysweep.spec.loading import apply_overrides
+    from raysweep.spec.loading import load_spec_file as load_spec
+    from raysweep.spec.schema import validate_spec
 
     spec = load_spec(path)
     assert spec["name"] == path.stem

@@ -102,7 +102,7 @@ def splits_on(splits: Splits, device: torch.device, budget: int | None = None) -
 class Trial:
     """Everything one trial holds: splits, model, optimizer, scheduler, method and RNG.
 
-    Kept as an object so tests, benchmarks and trial groups (:mod:`trainables.group`) can step it;
+    Kept as an object so tests, benchmarks and trial groups (:mod:`trainables.groups.group`) can step it;
     :func:`train` is the way to run one. ``data``: the dataset already on the device (a group passes the
     one copy its members share); by default the trial moves its own.
     """

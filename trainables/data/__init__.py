@@ -111,7 +111,8 @@ def _cached_splits(key: str) -> Splits:
     return build_splits(source.load(own), **protocol)
 
 
-discover(__name__, __path__)  # every module of this package registers its sources (after DATASETS exists)
+# every other module of this package registers its sources (after DATASETS exists)
+discover(__name__, __path__, helpers=("augment", "fit", "image_store", "inputs", "node_cache", "protocol", "sizes"))
 
 __all__ = ["DATASETS", "DatasetSource", "PROTOCOL_PARAMS", "SourceData", "Split", "Splits",
            "dataset_params", "load_splits", "resolve_dataset", "split_inputs"]

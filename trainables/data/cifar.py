@@ -7,7 +7,7 @@ batches are augmented on their device (:mod:`trainables.data.augment`).
 Long-tail profiles (``lt_profile``), both n_c = floor(n_max * mu^(c/(C-1))), head class 0, named after
 where the balanced meta/val hold-out comes from:
 
-- ``holdout_from_train`` (default, METHODS.md 0.1; the MW-Net, CDB, GDW and Difficulty-Net code): the
+- ``holdout_from_train`` (default, docs/METHODS.md 0.1; the MW-Net, CDB, GDW and Difficulty-Net code): the
   meta/val set is held out of the training images first and n_max is what is left per class, e.g.
   CIFAR-10 with 10 per class: [4990, 2991, ..., 49] at rho = 100; CIFAR-100 with 25: n_max = 475;
 - ``holdout_from_test`` (Cui et al.'s ``class-balanced-loss`` and ``kaidic/LDAM-DRW``, neither of which

@@ -2,7 +2,7 @@
 
 Pure functions of (labels, sizes, a numpy Generator); every dataset source goes through the same
 :func:`build_splits`, so all methods and all trial seeds see the same split for a given data seed.
-Formulas follow METHODS.md section 0.
+Formulas follow docs/METHODS.md section 0.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def flip_targets(num_classes: int, rng: np.random.Generator) -> np.ndarray:
 def add_label_noise(
     labels: np.ndarray, num_classes: int, kind: str, rate: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Return noisy copies of ``labels`` (METHODS.md 0.2).
+    """Return noisy copies of ``labels`` (docs/METHODS.md 0.2).
 
     - ``symmetric``: with probability ``rate`` the label becomes one of the C-1 other classes, uniformly;
     - ``uniform``: with probability ``rate`` the label is redrawn uniformly from all C classes (the true one

@@ -71,7 +71,7 @@ class ImageClassifier(nn.Module):
 
 
 # ---- ResNet-32 for CIFAR (He et al. 2016, option-A shortcuts; the LDAM / MW-Net / GDW network) -------------
-class _BasicBlockA(nn.Module):
+class BasicBlockA(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
@@ -98,7 +98,7 @@ class CifarResNetFeatures(nn.Module):
         blocks, planes_in = [], 16
         for planes, stride in ((16, 1), (32, 2), (64, 2)):
             for i in range(n):
-                blocks.append(_BasicBlockA(planes_in, planes, stride if i == 0 else 1))
+                blocks.append(BasicBlockA(planes_in, planes, stride if i == 0 else 1))
                 planes_in = planes
         self.blocks = nn.Sequential(*blocks)
         for m in self.modules():

@@ -26,7 +26,7 @@ from analysis import mlflow_tags as tags
 from analysis.aggregate import aggregate_configs, rank_configs
 from analysis.mlflow_io import Sweep, child_runs, final_phase, load_sweep
 from analysis.tables import GROUP_METRICS, higher_is_better, row_values
-from raysweep.mlflow_store import MAX_BATCH_METRICS, log_params
+from raysweep.tracking.mlflow_store import MAX_BATCH_METRICS, log_params
 
 HISTORY_METRICS = ("val_balanced_acc", "test_acc") + GROUP_METRICS + ("train_clean_acc", "train_loss")
 DEFAULT_SEARCH_METRIC = "val_balanced_acc"

@@ -1,7 +1,7 @@
 """One sweep in one driver process: its phases run (or restored) on Ray, logged to MLflow, kept in the manifest.
 
 Both a new sweep and a resumed one build a :class:`SweepSession` once Ray is up and the MLflow parent is
-known (:mod:`raysweep.runner` does that), then call :meth:`SweepSession.run` and :meth:`SweepSession.finish`.
+known (:mod:`raysweep.execution.runner` does that), then call :meth:`SweepSession.run` and :meth:`SweepSession.finish`.
 The crash-recovery invariants live here, each in one place:
 
 - a phase the manifest records as finished is never run again; one it records as started is restored
@@ -9,7 +9,7 @@ The crash-recovery invariants live here, each in one place:
   checkpoint), never planned anew;
 - phase 2's configurations are chosen once, when phase 1 finishes, and kept in the manifest, so a resumed
   sweep confirms exactly what the crashed one chose;
-- every trial logs through one idempotent :class:`~raysweep.trial_logger.TrialLogger` keyed by trial key,
+- every trial logs through one idempotent :class:`~raysweep.tracking.trial_logger.TrialLogger` keyed by trial key,
   so neither a restore nor ``raysweep sync`` duplicates a run or an epoch.
 """
 
@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from raysweep.manifest import Manifest
-from raysweep.mlflow_store import SweepRun
-from raysweep.plan import Phase, confirm_plan, member_results, phases, top_configs
-from raysweep.preflight import TrialResources
-from raysweep.spec import Spec
-from raysweep.trial_logger import TrialLogger, TuneCallback
+from raysweep.execution.preflight import TrialResources
+from raysweep.execution.tuner import build_tuner, restore_tuner
+from raysweep.planning.plan import Phase, confirm_plan, member_results, phases, top_configs
+from raysweep.spec.schema import Spec
+from raysweep.tracking.manifest import Manifest
+from raysweep.tracking.mlflow_store import SweepRun
+from raysweep.tracking.trial_logger import TrialLogger, TuneCallback
 from raysweep.trials import PlannedTrial
-from raysweep.tuner import build_tuner, restore_tuner
 
 
 @dataclass
@@ -66,8 +66,6 @@ class SweepSession:
         self.spec, self.manifest, self.sweep, self.resources, self.echo = spec, manifest, sweep, resources, echo
         self.verbose = verbose
         self.storage = manifest.storage_root
-        # The store may answer only later (an outage, a concurrent first write): record the parent id then.
-        sweep.on_parent = lambda run_id: manifest.update(parent_run_id=run_id)
         self.logger = TrialLogger(sweep)
         self.callback = TuneCallback(self.logger)
 
@@ -98,7 +96,7 @@ class SweepSession:
         self.manifest.update(status="finished" if not totals[1] else "failed")
 
     def _confirmed(self) -> list[PlannedTrial]:
-        best = [PlannedTrial.from_tune_config(c) for c in self.manifest.data["top_k"]]
+        best = [PlannedTrial.from_dict(c) for c in self.manifest.data["top_k"]]
         self.echo(f"phase 2: confirming {len(best)} configurations with {len(self.spec.seeds)} seeds: "
                   + "; ".join(t.label for t in best))
         return confirm_plan(self.spec, best)
@@ -117,7 +115,7 @@ class SweepSession:
         if phase.name == "search" and self.spec.search.two_phase:
             search = self.spec.search
             best = top_configs(results, search.metric, search.direction, search.top_k, search.baseline)
-            self.manifest.update(top_k=[jsonable(t.as_tune_config()) for t in best])
+            self.manifest.update(top_k=[jsonable(t.to_dict()) for t in best])
         self.manifest.finish_phase(phase.name, len(members), errors, non_finite)
 
     def _record_plan(self, phase: Phase, trials: list[PlannedTrial]) -> None:
@@ -130,8 +128,8 @@ class SweepSession:
     def finish(self) -> SweepResult:
         """End the parent run and build the summary table (from MLflow), unless MLflow is unreachable."""
         from analysis.tables import to_frame, to_markdown
-        from raysweep.report import sweep_table
-        from raysweep.summaries import summarize_sweep
+        from raysweep.reporting.report import sweep_table
+        from raysweep.reporting.summaries import summarize_sweep
 
         TuneCallback.detach(self.sweep_id)
         num_trials, num_errors, num_non_finite = self.manifest.totals()

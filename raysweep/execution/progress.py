@@ -21,7 +21,8 @@ from typing import IO, Any, Callable, Iterable
 
 from ray.tune import ProgressReporter
 
-from trainables.tune import ENVELOPE, read_envelope
+from raysweep.text import format_duration
+from trainables.tune import ENVELOPE, Envelope
 
 ERROR, RUNNING, TERMINATED = "ERROR", "RUNNING", "TERMINATED"  # Ray's Trial.status values (PENDING, PAUSED wait)
 INTERVAL_S = 30.0  # plain output: at most one line this often
@@ -32,14 +33,14 @@ def trial_label(trial: Any) -> str:
     """The Tune trial's label (``focal gamma=0.5 s0``) from its envelope (see trainables.tune.Envelope)."""
     if ENVELOPE not in (trial.config or {}):
         return str(getattr(trial, "trial_id", "?"))
-    return read_envelope(trial.config).label
+    return Envelope.from_config(trial.config).label
 
 
 def trial_planned_epochs(trial: Any) -> int | None:
     """The epochs the trial is planned to run (its longest member's), or None when its config does not say."""
     if ENVELOPE not in (trial.config or {}):
         return None
-    return max(int(m["train"]["epochs"]) for m in read_envelope(trial.config).members)
+    return max(m.epochs for m in Envelope.from_config(trial.config).members)
 
 
 def epochs_reported(trial: Any) -> int:
@@ -123,16 +124,6 @@ def eta_seconds(elapsed_s: float, epochs_done: int, epochs_left: float) -> float
     if epochs_done <= 0 or elapsed_s <= 0:
         return None
     return elapsed_s * epochs_left / epochs_done
-
-
-def format_duration(seconds: float) -> str:
-    """``42s``, ``3m05s``, ``2h07m``."""
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _ended(t: Tally) -> str:

@@ -14,7 +14,7 @@ Engines:
 - ``loop``: the members one after another, each epoch by the member's own :meth:`Trial.run_epoch`. Every
   method; the metrics equal the ungrouped trial's exactly.
 - ``fused``: the members of a fusable method (``Method.fusable``) that share dataset, model, batch size
-  and device train in one stacked forward/backward per step (:mod:`trainables.fused`); equal to the
+  and device train in one stacked forward/backward per step (:mod:`trainables.groups.fused`); equal to the
   ungrouped trials up to float32 rounding. Other members (the bi-level methods) run as in ``loop``.
 - ``auto``: what measured fastest on the device (:data:`AUTO_ENGINE`).
 
@@ -36,7 +36,7 @@ import torch
 
 from trainables.config import TRIAL_KEYS, resolve_trial
 from trainables.data import load_splits
-from trainables.fused import fused_train_pass, stacked_forward
+from trainables.groups.fused import fused_train_pass, stacked_forward
 from trainables.loop import DeviceSplits, Trial, pick_device, splits_on
 from trainables.methods import METHODS, Method
 from trainables.params import ConfigError
@@ -257,7 +257,7 @@ def train_group(member_configs: Sequence[Mapping[str, Any]], *, engine: str = "a
                 forward: str = "auto") -> list[dict[str, Any]]:
     """Train every member to its ``train.epochs`` (continuing from ``resume_state``); return each member's
     last metrics ({} for a member that had already ended). ``forward`` picks the fused engine's stacked
-    forward (``auto``, ``fast``, ``vmap``; see :func:`trainables.fused.stacked_forward`)."""
+    forward (``auto``, ``fast``, ``vmap``; see :func:`trainables.groups.fused.stacked_forward`)."""
     group = TrialGroup(member_configs, engine=engine, resume_state=resume_state, forward=forward)
     while group.live():
         epoch = group.run_round()

@@ -3,7 +3,7 @@
 Every call that can reach the store goes through :meth:`SweepRun.call`, a circuit breaker: a failure
 prints one warning, and for ``retry_after_s`` seconds further calls fail at once instead of waiting on a
 dead server, so tracking never stalls or ends a sweep. What the sweep logs per trial is
-:mod:`raysweep.trial_logger`'s job; the tag names are in :mod:`analysis.mlflow_tags`.
+:mod:`raysweep.tracking.trial_logger`'s job; the tag names are in :mod:`analysis.mlflow_tags`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from mlflow.entities import Metric, Param, RunTag
 
 from analysis import mlflow_tags as tags
 from raysweep.paths import contained
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 MAX_BATCH_PARAMS = 100  # params or tags per log_batch request
 MAX_BATCH_METRICS = 1000
@@ -155,7 +153,7 @@ def open_client(tracking_uri: str, wait_s: float = STORE_CREATION_WAIT_S) -> Mlf
     on its database file (SQLite's own locks are fcntl byte ranges, which flock does not touch): the first
     process migrates the schema, the others wait for it (at most ``wait_s`` seconds) and find it done.
     """
-    from raysweep.store_check import sqlite_path, uri_scheme
+    from raysweep.tracking.store_check import sqlite_path, uri_scheme
 
     path = sqlite_path(tracking_uri) if uri_scheme(tracking_uri) == "sqlite" else None
     if path is None:
@@ -198,10 +196,13 @@ class SweepRun:
     retry_after_s = 20.0
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_id: str, parent_tags: Mapping[str, Any] | None = None,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, on_parent: Callable[[str], None] | None = None) -> None:
         self.tracking_uri, self.experiment, self.sweep_id = tracking_uri, experiment, sweep_id
         self.tags = {k: str(v) for k, v in (parent_tags or {}).items()}
         self.run_id = run_id
+        # Called with the parent run id once it is created or found (the runner records it in the manifest:
+        # the store may answer only after an outage or a concurrent first write).
+        self.on_parent = on_parent
         self._reset()
 
     def _reset(self) -> None:
@@ -212,14 +213,13 @@ class SweepRun:
         self.failures = 0
         self._pending_texts: list[tuple[str, str]] = []
         self._pending_status: str | None = None
-        # Called with the parent run id once it exists (the session records it in the sweep manifest).
-        self.on_parent: Callable[[str], None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("tracking_uri", "experiment", "sweep_id", "tags", "run_id")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.on_parent = None  # a callback of the process that pickled it
         self._reset()
 
     @classmethod
@@ -231,9 +231,9 @@ class SweepRun:
 
     @classmethod
     def open(cls, tracking_uri: str, experiment: str, sweep_id: str, parent_tags: Mapping[str, Any],
-             run_id: str | None = None) -> SweepRun:
+             run_id: str | None = None, on_parent: Callable[[str], None] | None = None) -> SweepRun:
         """The parent run (created or found) if the store answers; otherwise one to create later."""
-        sweep = cls(tracking_uri, experiment, sweep_id, parent_tags, run_id)
+        sweep = cls(tracking_uri, experiment, sweep_id, parent_tags, run_id, on_parent)
         try:
             sweep.parent()
         except TrackingUnavailable:

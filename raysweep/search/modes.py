@@ -4,12 +4,12 @@ Every mode has one contract: :meth:`SearchMode.check` validates the spec's metho
 :meth:`SearchMode.points` expands the configurations to run (modes that sample while the sweep runs
 return none and build a Ray searcher in :meth:`SearchMode.searcher` instead), and
 :meth:`SearchMode.describe` says what ``raysweep plan`` prints. Adding a mode is adding one class here.
-Two-phase search composes with any mode (see :mod:`raysweep.plan`).
+Two-phase search composes with any mode (see :mod:`raysweep.planning.plan`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 from raysweep.trials import PlannedTrial, fmt, relative_cost, sampled_trial, trial_epochs
 from search_spaces import space_for
@@ -20,12 +20,43 @@ from trainables.methods import METHODS
 from trainables.params import ConfigError
 from trainables.registry import Registry
 
-if TYPE_CHECKING:
-    from raysweep.sections import Search
-    from raysweep.spec import Spec
-    from raysweep.tuner import TrialConfig
-
 Point = tuple[str, dict[str, Any], dict[str, Any]]  # (method, its hyperparameters, axis values)
+
+# What a mode reads of a spec, as protocols: search sits below spec (the spec validates ``search.mode`` against
+# this registry, so a plugin's mode is accepted), so it cannot import the spec's classes.
+
+
+class Search(Protocol):
+    """The ``search`` section (raysweep.spec.sections.Search) as a mode reads it."""
+
+    mode: str
+    metric: str
+    direction: str
+    num_samples: int
+    seed: int
+    tune_train: bool
+    base: Mapping[str, Any] | None
+
+
+class Spec(Protocol):
+    """A validated spec (raysweep.spec.schema.Spec) as a mode reads it."""
+
+    search: Search
+    axes: Mapping[str, list[Any]]
+    epochs: int
+
+    @property
+    def methods_written(self) -> Mapping[str, Any]: ...
+
+    @property
+    def methods_expanded(self) -> Mapping[str, list[dict[str, Any]]]: ...
+
+    def axis_points(self) -> list[dict[str, Any]]: ...
+
+    def sections(self) -> dict[str, Any]: ...
+
+
+TrialConfig = Callable[[Sequence[PlannedTrial]], dict[str, Any]]  # members -> one Tune config (execution.tuner)
 
 
 class SearchMode:

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from raysweep.spec.resources import local_cpus
 from trainables.params import ConfigError
 
 # Ray binds its servers (GCS, raylet, object manager, core workers, runtime-env agent) to 127.0.0.1 only when
@@ -24,11 +25,6 @@ from trainables.params import ConfigError
 # resolves a loopback address to the machine's outward IP). Ray 2.60: ray._private.services
 # .get_node_ip_address and ray_constants.ENABLE_RAY_CLUSTER.
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-def local_cpus() -> int:
-    """The CPUs a local Ray gets: all of this machine's."""
-    return os.cpu_count() or 1
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 A phase's planned trials run as a grid of envelopes (one per trial, see :mod:`trainables.tune`); a
 sampling mode's searcher draws them instead. The scheduler comes from the spec's scheduler entry (only
-phase 1 stops early), the MLflow logging from the session's :class:`~raysweep.trial_logger.TuneCallback`.
+phase 1 stops early), the MLflow logging from the session's :class:`~raysweep.tracking.trial_logger.TuneCallback`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from raysweep.plan import Phase, group_trials, grouping
-from raysweep.preflight import TrialResources
-from raysweep.progress import SweepProgress
-from raysweep.schedulers import SCHEDULERS
-from raysweep.spec import Spec
-from raysweep.trial_logger import TuneCallback
+from raysweep.execution.preflight import TrialResources
+from raysweep.execution.progress import SweepProgress
+from raysweep.planning.plan import Phase, group_trials, grouping
+from raysweep.search.schedulers import SCHEDULERS
+from raysweep.spec.schema import Spec
+from raysweep.tracking.trial_logger import TuneCallback
 from raysweep.trials import PlannedTrial
-from trainables.tune import ENVELOPE, envelope, read_envelope, run_trial
+from trainables.tune import ENVELOPE, Envelope, run_trial
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,7 @@ class TrialConfig:
     engine: str
 
     def __call__(self, members: Sequence[PlannedTrial]) -> dict[str, Any]:
-        configs = [t.as_tune_config() for t in members]
-        return {ENVELOPE: envelope(configs, self.plugins, self.experiment_dir, self.gpu_fraction, self.engine)}
+        return Envelope.of(members, self.plugins, self.experiment_dir, self.gpu_fraction, self.engine).to_config()
 
 
 def _trainable(resources: TrialResources):
@@ -46,7 +45,7 @@ def _trainable(resources: TrialResources):
 
 
 def _trial_key(trial) -> str:
-    return read_envelope(trial.config).key
+    return Envelope.from_config(trial.config).key
 
 
 def progress_reporter(spec: Spec, total: int | None, verbose: bool):

@@ -8,17 +8,23 @@ anything starts, naming the field and the allowed range.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from trainables.params import ConfigError
 
-if TYPE_CHECKING:  # raysweep.spec validates resources with check_resolution: no import cycle at run time
-    from raysweep.sections import Resources
+if TYPE_CHECKING:  # raysweep.spec.schema validates resources with check_resolution: no import cycle at run time
+    from raysweep.spec.sections import Resources
 
 # Ray 2.60 counts resources in fixed point: ray._raylet.RESOURCE_UNIT_SCALING = 10000 units per CPU or GPU
 # (ray._private.ray_constants.MIN_RESOURCE_GRANULARITY = 0.0001); a test pins this to the installed Ray.
 RESOURCE_UNITS = 10_000
 RESOLUTION = 1.0 / RESOURCE_UNITS
+
+
+def local_cpus() -> int:
+    """The CPUs a local Ray gets: all of this machine's."""
+    return os.cpu_count() or 1
 
 
 def trial_resources(resources: Resources, cluster_gpus: float,
@@ -72,7 +78,7 @@ def check_resolution(resources: Resources) -> None:
 
 
 def local_cluster(num_cpus: float) -> list[dict[str, Any]]:
-    """What ``ray.nodes()`` will say about the local Ray that ``raysweep.cluster.start_ray`` starts with
+    """What ``ray.nodes()`` will say about the local Ray that ``raysweep.execution.cluster.start_ray`` starts with
     ``num_cpus``, so :func:`check_fits` can refuse a CPU demand before Ray starts (its GPUs are known only
     once Ray has detected them: check the GPU part again with the real ``ray.nodes()``)."""
     return [{"NodeID": "local", "Alive": True, "NodeManagerAddress": "127.0.0.1",

@@ -1,8 +1,8 @@
 """Run a sweep, or resume one whose driver died: the preflights, the sweep folder and manifest, the MLflow
-parent run, then one :class:`~raysweep.session.SweepSession` for the phases and the table.
+parent run, then one :class:`~raysweep.execution.session.SweepSession` for the phases and the table.
 
 Order matters for the promise "bad input starts nothing": the spec is validated and planned before this
-module is called; storage, datasets and the cluster are checked (:mod:`raysweep.preflight`) before any
+module is called; storage, datasets and the cluster are checked (:mod:`raysweep.execution.preflight`) before any
 sweep folder or MLflow run is created.
 """
 
@@ -14,14 +14,14 @@ from typing import Callable
 import yaml
 
 from analysis import mlflow_tags as tags
-from raysweep.manifest import Manifest, claim_sweep_dir
-from raysweep.mlflow_store import SweepRun, limit_http_retries
-from raysweep.plan import plan
-from raysweep.preflight import check_datasets, check_storage, check_tracking, connected
-from raysweep.provenance import provenance
-from raysweep.session import SweepResult, SweepSession, jsonable
-from raysweep.spec import Spec, validate_spec
-from raysweep.sync import replay_storage
+from raysweep.execution.preflight import check_datasets, check_storage, check_tracking, connected
+from raysweep.execution.session import SweepResult, SweepSession, jsonable
+from raysweep.planning.plan import plan
+from raysweep.spec.schema import Spec, validate_spec
+from raysweep.tracking.manifest import Manifest, claim_sweep_dir
+from raysweep.tracking.mlflow_store import SweepRun, limit_http_retries
+from raysweep.tracking.provenance import provenance
+from raysweep.tracking.sync import replay_storage
 from raysweep.trials import PlannedTrial
 from trainables.params import ConfigError
 
@@ -39,6 +39,11 @@ def parent_tags(spec: Spec, sweep_dir: str) -> dict[str, str]:
     return {k: str(v) for k, v in values.items()}
 
 
+def _recorder(manifest: Manifest) -> Callable[[str], None]:
+    """Records the parent run's id in the manifest whenever the store creates or finds it."""
+    return lambda run_id: manifest.update(parent_run_id=run_id)
+
+
 def run_sweep(spec: Spec, trials: list[PlannedTrial], *, echo: Callable[[str], None] = print,
               verbose: bool = False) -> SweepResult:
     """Run a validated spec: its planned ``trials`` (or a sampling mode's draws), then phase 2 if two-phase."""
@@ -53,8 +58,7 @@ def run_sweep(spec: Spec, trials: list[PlannedTrial], *, echo: Callable[[str], N
         manifest = Manifest.new(sweep_dir, sweep_id=sweep_id, spec=jsonable(spec.written), tracking_uri=tracking_uri,
                                 experiment=experiment, parent_tags=values)
         manifest.save()
-        sweep = SweepRun.open(tracking_uri, experiment, sweep_id, values)
-        manifest.update(parent_run_id=sweep.run_id)
+        sweep = SweepRun.open(tracking_uri, experiment, sweep_id, values, on_parent=_recorder(manifest))
         session = SweepSession(spec, manifest, sweep, resources, echo, verbose)
         sweep.log_text(yaml.safe_dump(jsonable(spec.to_dict()), sort_keys=False), "spec.yaml")
         session.run(trials)
@@ -81,7 +85,7 @@ def resume_sweep(manifest: Manifest, *, echo: Callable[[str], None] = print, ver
     with connected(spec, manifest.storage_root, echo) as resources:
         limit_http_retries()
         sweep = SweepRun.open(data["tracking_uri"], data["experiment"], data["sweep_id"], data["parent_tags"],
-                              run_id=data["parent_run_id"])
+                              run_id=data["parent_run_id"], on_parent=_recorder(manifest))
         if sweep.run_id and sweep.run_id != data["parent_run_id"]:
             manifest.update(parent_run_id=sweep.run_id)
         session = SweepSession(spec, manifest, sweep, resources, echo, verbose)

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID
 
 from analysis import mlflow_tags as tags
-from raysweep.mlflow_store import (
+from raysweep.tracking.mlflow_store import (
     SweepRun,
     TrackingUnavailable,
     epoch_batches,
@@ -33,13 +34,12 @@ from raysweep.mlflow_store import (
     log_tags,
 )
 from raysweep.trials import PlannedTrial
-from trainables.tune import MEMBERS, Envelope, read_envelope
+from trainables.tune import MEMBERS, Envelope
 
 PER_CLASS_ARTIFACT = "per_class_test_acc.csv"  # final per-class accuracy when there are too many classes for metrics
-# Keys Ray adds to every result; everything else numeric that a trial reports is a metric.
-RAY_RESULT_KEYS = {"timestamp", "done", "training_iteration", "time_this_iter_s", "time_total_s", "pid",
-                   "time_since_restore", "iterations_since_restore", "checkpoint_dir_name", "date", "hostname",
-                   "node_ip", "trial_id", "experiment_tag", "config", "should_checkpoint", "node_id"}
+# Keys Ray adds to every result (its public AUTO_RESULT_KEYS and the per-trial ones it adds beside them);
+# everything else numeric that a trial reports is a metric.
+RAY_RESULT_KEYS = frozenset(AUTO_RESULT_KEYS) | {DONE, TRIAL_ID, EXPERIMENT_TAG, SHOULD_CHECKPOINT, "node_id"}
 
 
 def trial_metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -65,7 +65,7 @@ def error_reason(path: str | Path | None) -> str:
 class TrialLog:
     """What the logger knows of one trial: its run, the epochs logged there, what still waits to be sent."""
 
-    config: dict[str, Any]  # the planned trial (PlannedTrial.as_tune_config)
+    planned: PlannedTrial
     ray_trial_id: str = ""
     group: str | None = None  # the key of the group (Ray trial) it trains in, if it has company
     run_id: str | None = None
@@ -75,7 +75,7 @@ class TrialLog:
     node_tags: dict[str, str] = field(default_factory=dict)  # waiting to be sent
     host_tagged: bool = False  # its node's ip and hostname were queued once
     nodes: list[str] = field(default_factory=list)
-    sent_at: float = 0.0  # time.monotonic() of the last send of its epochs
+    sent_at: float | None = None  # time.monotonic() of the last send of its epochs (None: never sent)
     seen: int = 0  # highest epoch reported
     stop_reason: str | None = None  # set by a non-finite loss (kept over 'completed')
     final: tuple[str, str | None] | None = None  # (run status, error reason) once the trial ended
@@ -101,11 +101,11 @@ class TrialLogger:
         self._children: dict[str, tuple[str, str]] | None = None
         self.runs_created = self.epochs_logged = self.runs_closed = 0
 
-    def track(self, config: Mapping[str, Any], ray_trial_id: str = "", group: str | None = None) -> TrialLog:
-        """The log of the planned trial ``config`` (created on first sight)."""
-        key = config["trial_key"]
+    def track(self, planned: PlannedTrial, ray_trial_id: str = "", group: str | None = None) -> TrialLog:
+        """The log of ``planned`` (created on first sight)."""
+        key = planned.key
         if key not in self.trials:
-            self.trials[key] = TrialLog(dict(config), ray_trial_id, group)
+            self.trials[key] = TrialLog(planned, ray_trial_id, group)
         elif ray_trial_id:
             self.trials[key].ray_trial_id = ray_trial_id
         return self.trials[key]
@@ -123,7 +123,7 @@ class TrialLogger:
         shared = {k: v for k, v in result.items() if k in RAY_RESULT_KEYS}
         members = result.get(MEMBERS) or {}
         for log in logs:
-            metrics = members.get(log.config["trial_key"])
+            metrics = members.get(log.planned.key)
             if metrics is not None:
                 self.add_result(log, {**shared, **metrics})
 
@@ -160,7 +160,7 @@ class TrialLogger:
     def due(self, log: TrialLog) -> bool:
         """Whether a running trial's waiting epochs should go now: it has no run yet, it ended, or its last
         send is ``send_interval_s`` old."""
-        return (log.run_id is None or log.final is not None
+        return (log.run_id is None or log.final is not None or log.sent_at is None
                 or time.monotonic() - log.sent_at >= self.send_interval_s)
 
     def flush(self, log: TrialLog, force: bool = True) -> None:
@@ -188,7 +188,7 @@ class TrialLogger:
             parent = sweep.parent()
             if self._children is None:
                 self._children = sweep.child_runs()
-            key = log.config["trial_key"]
+            key = log.planned.key
             if key in self._children:
                 log.run_id, log.status = self._children[key]
             else:
@@ -223,7 +223,7 @@ class TrialLogger:
             log.closed = True
             return
         done = max([log.seen, *log.logged])
-        epochs = log.config["train"]["epochs"]
+        epochs = log.planned.epochs
         reason = error or log.stop_reason or (
             "completed" if done >= epochs else f"stopped by the scheduler at epoch {done}")
         sweep.call(log_tags, client, log.run_id, {tags.STOP_REASON: reason, tags.EPOCHS_RUN: done})
@@ -235,7 +235,7 @@ class TrialLogger:
         self.runs_closed += 1
 
     def _create_run(self, log: TrialLog, parent: str) -> str:
-        planned = PlannedTrial.from_tune_config(log.config)
+        planned = log.planned
         cfg, key = planned.config, planned.key
         run_tags = {
             tags.PARENT: parent, tags.ROLE: tags.TRIAL, tags.PHASE: planned.phase, tags.TRIAL_KEY: key,
@@ -291,7 +291,7 @@ class TuneCallback(Callback):
             raise RuntimeError(f"no trial logger attached for sweep {self.sweep_id} in this process") from None
 
     def _logs(self, trial) -> list[TrialLog]:
-        return self.logger.track_envelope(read_envelope(trial.config), trial.trial_id)
+        return self.logger.track_envelope(Envelope.from_config(trial.config), trial.trial_id)
 
     def _flush(self, logs: list[TrialLog], force: bool = True) -> None:
         for log in logs:

@@ -6,7 +6,7 @@ in the order they are checked; it is the one list of keys (unknown ones are refu
 resolves every section against the same ``Param`` declarations the trial uses, so an invalid value fails
 here with its key path (exit code 2 in the CLI), before Ray starts or an MLflow run exists.
 
-Reading a spec file and ``--set`` overrides is :mod:`raysweep.spec_yaml`'s job. Two forms of a spec:
+Reading a spec file and ``--set`` overrides is :mod:`raysweep.spec.loading`'s job. Two forms of a spec:
 :attr:`Spec.written` is the spec as written (after ``--set``), which the sweep
 manifest keeps and ``raysweep resume`` validates again; the :class:`Spec` itself is the expanded one
 (defaults filled, each method's grid expanded into ``methods_expanded``).
@@ -18,11 +18,11 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from raysweep.modes import MODES, SearchMode
 from raysweep.paths import check_name
-from raysweep.resources import check_resolution
-from raysweep.schedulers import Scheduler, resolve_scheduler
-from raysweep.sections import (
+from raysweep.search.modes import MODES, SearchMode
+from raysweep.search.schedulers import Scheduler, resolve_scheduler
+from raysweep.spec.resources import check_resolution
+from raysweep.spec.sections import (
     SEARCH_METRICS,
     Cluster,
     Execution,
@@ -34,7 +34,7 @@ from raysweep.sections import (
     Tracking,
     mapping,
 )
-from raysweep.store_check import check_scheme
+from raysweep.tracking.store_check import check_scheme
 from search_spaces import space_for
 from search_spaces.grid import expand_method, factorial
 from trainables.config import TRAIN_PARAMS, resolve_train

@@ -2,13 +2,12 @@
 
 ``build_report`` writes everything into a folder (Markdown, CSV, LaTeX, a self-contained HTML page, PNGs),
 logs it as artifacts of the parent run (under ``report/``) and brings the summary runs and the headline up
-to date (:mod:`raysweep.summaries`, which a sweep's end also calls). Running it twice creates nothing new.
+to date (:mod:`raysweep.reporting.summaries`, which a sweep's end also calls). Running it twice creates nothing new.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -44,8 +43,7 @@ from analysis.tables import (
     to_html,
     to_markdown,
 )
-from raysweep.schedulers import resolve_scheduler
-from raysweep.summaries import (
+from raysweep.reporting.summaries import (
     Headline,
     config_labels,
     headline_of,
@@ -53,9 +51,9 @@ from raysweep.summaries import (
     summarize_loaded,
     summary_history_metrics,
 )
+from raysweep.search.schedulers import resolve_scheduler
 from trainables.params import ConfigError
 
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 TOP_CONFIGS = 5
 ARTIFACT_DIR = "report"
 # Parent-run tags: read (written by the runner) and written (the headline).

@@ -1,10 +1,10 @@
-"""A sweep's plan in wall-clock time: the trials laid onto slots, from :mod:`raysweep.calibrate`'s timings.
+"""A sweep's plan in wall-clock time: the trials laid onto slots, from :mod:`raysweep.planning.calibrate`'s timings.
 
 :func:`estimate_wall_time` turns the timings into the wall time of the spec's resources and concurrency:
 trials run on ``slots`` (CPUs // CPU per trial, capped by the GPUs and ``max_concurrent``), each taken by the
-next trial in plan order as it frees, with Ray's own costs (:class:`~raysweep.calibrate.Overhead`). It gives
+next trial in plan order as it frees, with Ray's own costs (:class:`~raysweep.planning.calibrate.Overhead`). It gives
 the figure without early stopping, with the spec's scheduler's early stopping (where its
-:meth:`~raysweep.schedulers.Scheduler.stops` say it judges and what share it keeps: ASHA 1/reduction_factor
+:meth:`~raysweep.search.schedulers.Scheduler.stops` say it judges and what share it keeps: ASHA 1/reduction_factor
 at each rung) and with ``group_size`` planned trials per Ray trial sharing one start-up.
 
 The model, stated so that its errors can be found: the time of a training epoch is proportional to the
@@ -23,9 +23,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from raysweep.calibrate import Calibration, Overhead, dataset_key
-from raysweep.progress import format_duration
-from raysweep.schedulers import Scheduler
+from raysweep.planning.calibrate import Calibration, Overhead, dataset_key
+from raysweep.search.schedulers import Scheduler
+from raysweep.text import format_duration
 
 ESTIMATE_LINE = re.compile(r"^estimated wall time: \S+ \((?P<seconds>[0-9.]+) s\) (?P<case>.+)$", re.M)
 CASES = ("without early stopping", "with early stopping", "grouped", "grouped with early stopping")
@@ -34,7 +34,7 @@ CASES = ("without early stopping", "with early stopping", "grouped", "grouped wi
 # ---- early stopping ------------------------------------------------------------------------------------------
 
 def stop_epochs(planned: Sequence[int], schedule: Scheduler | None, max_epoch: int) -> list[int]:
-    """The epochs each trial runs under ``schedule`` (its :meth:`~raysweep.schedulers.Scheduler.stops`), in
+    """The epochs each trial runs under ``schedule`` (its :meth:`~raysweep.search.schedulers.Scheduler.stops`), in
     plan order: at every place it judges, of the trials that got there the first ``ceil(n * keep)`` go on
     and the others stop there (the epoch rounded up)."""
     epochs = list(planned)

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from raysweep.cluster import check_storage_on_nodes, local_cpus, start_ray
-from raysweep.mlflow_store import resolve_tracking_uri
-from raysweep.resources import check_fits, local_cluster, trial_resources
-from raysweep.spec import Spec
-from raysweep.store_check import check_scheme, check_store
+from raysweep.execution.cluster import check_storage_on_nodes, start_ray
+from raysweep.planning.plan import memory_fit
+from raysweep.spec.resources import check_fits, local_cluster, local_cpus, trial_resources
+from raysweep.spec.schema import Spec
+from raysweep.tracking.mlflow_store import resolve_tracking_uri
+from raysweep.tracking.store_check import check_scheme, check_store
 from raysweep.trials import PlannedTrial
 from trainables.data import DATASETS, resolve_dataset
-from trainables.data.fit import FitReport, check_fit, node_memory
 from trainables.data.sizes import SplitSizes, check_split_sizes
 from trainables.methods import METHODS
 from trainables.metrics import reported_metrics
@@ -84,34 +84,8 @@ def check_datasets(spec: Spec, trials: list[PlannedTrial]) -> None:
             preflight(cfg)
         seen.add(key)
     check_pairs([t.config for t in trials])
-    check_memory(spec, trials)
+    memory_fit(spec, trials)
     check_table_metric(spec, check_split_sizes(configs).values())
-
-
-def local_memory() -> int:
-    """Bytes of this machine's physical memory."""
-    return node_memory()
-
-
-def check_memory(spec: Spec, trials: list[PlannedTrial]) -> FitReport | None:
-    """The fit check (trainables.data.fit) with what this machine knows: a local run's node is this machine
-    (its memory, its planned concurrent trials) and its GPU share is 1/trials_per_gpu (or resources.gpu) of
-    the local card; a joined cluster's sizes are unknown here, so only the estimate is made."""
-    from raysweep.plan import planned_slots
-
-    if not trials:
-        return None
-    slots = planned_slots(spec)
-    local = slots is not None
-    share = spec.resources.gpu or (1.0 / spec.resources.trials_per_gpu if spec.resources.trials_per_gpu else 0.0)
-    gpu_share = None
-    if share and local and any(t.config["train"]["device"] != "cpu" for t in trials):
-        import torch
-
-        if torch.cuda.is_available():
-            gpu_share = int(torch.cuda.get_device_properties(0).total_memory * min(share, 1.0))
-    return check_fit([t.config for t in trials], trials_per_node=min(slots or 1, len(trials)),
-                     node_memory=local_memory() if local else None, gpu_share=gpu_share)
 
 
 def check_table_metric(spec: Spec, sizes: Iterable[SplitSizes | None]) -> None:

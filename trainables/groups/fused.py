@@ -13,7 +13,7 @@ and writes everything back into the members. Members never mix: every stacked op
 (grouped convolutions, BatchNorm per channel, batched matrix products), so the gradient of the summed
 loss in member m's slice is member m's own gradient, and a member whose loss turns NaN harms no other.
 
-Two forwards: the hand-fused fast path of :mod:`trainables.models.stacked` for models built of the
+Two forwards: the hand-fused fast path of :mod:`trainables.groups.stacked` for models built of the
 module types it translates, and ``torch.func.vmap`` over ``functional_call`` for any other model (the
 stacked BatchNorm running statistics are batched buffers, which vmap updates in place per member).
 """
@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from trainables.groups.stacked import StackedForward, Tensors, fast_forward
 from trainables.loop import Trial
-from trainables.models.stacked import StackedForward, Tensors, fast_forward
 
 FORWARDS = ("auto", "fast", "vmap")
 

@@ -1,5 +1,5 @@
 """Hand-fused training forward of k same-architecture models whose parameters are stacked (the fast path of
-the fused trial-group engine, :mod:`trainables.fused`).
+the fused trial-group engine, :mod:`trainables.groups.fused`).
 
 Parameters and buffers keep the model's own names, each stacked over the members to ``[k, *shape]``;
 the input is ``[k, B, ...]`` (member m's batch at ``x[m]``) and the output is the logits ``[k, B, C]``.
@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from trainables.data.inputs import InputNorm
 from trainables.models import NormedLinear
 from trainables.models.lenet import LeNet5Features
-from trainables.models.resnet import CifarResNetFeatures, ImageClassifier, ImageInput, _BasicBlockA
+from trainables.models.resnet import BasicBlockA, CifarResNetFeatures, ImageClassifier, ImageInput
 from trainables.models.small import CNN1D, MLP
 
 Tensors = Mapping[str, torch.Tensor]
@@ -173,7 +173,7 @@ def _lenet5(run: _Pass, m: LeNet5Features, name: str, h: Stacked) -> Stacked:
     return run.run(m.fc, f"{name}fc.", run.run(m.conv, f"{name}conv.", h))
 
 
-def _basic_block(run: _Pass, m: _BasicBlockA, name: str, h: Stacked) -> Stacked:
+def _basic_block(run: _Pass, m: BasicBlockA, name: str, h: Stacked) -> Stacked:
     x = Stacked(h.channels(), CHANNELS, run.k)
     out = _relu(run, m, name, run.run(m.bn1, f"{name}bn1.", run.run(m.conv1, f"{name}conv1.", x)))
     out = run.run(m.bn2, f"{name}bn2.", run.run(m.conv2, f"{name}conv2.", out))
@@ -227,7 +227,7 @@ _HANDLERS: dict[type, tuple[Callable[[_Pass, nn.Module, str, Stacked], Stacked],
     InputNorm: (_image_input, _always),  # per-sample arithmetic without parameters, like ImageInput
     ImageClassifier: (_image_classifier, _always),
     LeNet5Features: (_lenet5, _always),
-    _BasicBlockA: (_basic_block, _always),
+    BasicBlockA: (_basic_block, _always),
     CifarResNetFeatures: (_resnet_features, _always),
 }
 

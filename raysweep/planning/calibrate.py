@@ -4,7 +4,7 @@
 :class:`trainables.loop.Trial` (in this process, no Ray) and times its set-up, a few training steps, one
 evaluation and one checkpoint; it also times building each distinct dataset. :class:`Overhead` holds Ray's
 own costs (the driver's start, each phase's Tuner, each worker's start, each trial's hand-off, each epoch's
-report), from the project's benchmarks or measured. :mod:`raysweep.estimate` turns both into wall time.
+report), from the project's benchmarks or measured. :mod:`raysweep.planning.estimate` turns both into wall time.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ class Overhead:
 
 
 def measure_import(module: str, python: str = sys.executable) -> float:
-    """Seconds a fresh interpreter takes to import ``module`` (a driver: raysweep.runner; a worker: the trainable)."""
+    """Seconds a fresh interpreter takes to import ``module`` (a driver: raysweep.execution.runner; a worker:
+    the trainable)."""
     start = time.perf_counter()
     subprocess.run([python, "-c", f"import {module}"], check=True, capture_output=True, timeout=300)
     return time.perf_counter() - start
@@ -138,7 +139,7 @@ def overhead_from_benchmark(path: str | Path = BENCHMARK_FILE, driver_import_s: 
 def default_overhead() -> Overhead:
     """The benchmarks' figures (in a source checkout that has them) with the driver's imports measured now;
     without them, measured imports of a driver and of a worker only."""
-    driver = measure_import("raysweep.runner")
+    driver = measure_import("raysweep.execution.runner")
     if BENCHMARK_FILE.exists():
         return overhead_from_benchmark(BENCHMARK_FILE, driver)
     worker = measure_import("trainables.tune")
@@ -186,7 +187,7 @@ def calibrate(trials: Sequence[Any], steps: int = 5, device: str = "cpu", *, war
     planned trial of each distinct (method, dataset, model) on ``device`` (cpu, cuda or auto) with
     ``threads`` torch threads (what a trial gets: its whole CPUs, at least one); time building each distinct
     dataset config and count its training examples. ``trials`` are planned trials (anything with a resolved
-    ``config``, such as :class:`raysweep.plan.PlannedTrial`). A dataset this process built before is cached
+    ``config``, such as :class:`raysweep.planning.plan.PlannedTrial`). A dataset this process built before is cached
     and reads as free: calibrate in a fresh process (``raysweep plan --calibrate``)."""
     import torch
 

@@ -1,7 +1,7 @@
 """The sections of a spec with fixed keys, each a frozen dataclass whose fields are declared by their
 :class:`~trainables.params.Param` (the one place a key's default, range and help are written).
 
-:mod:`raysweep.spec` validates them in its table of sections and holds them in the typed :class:`Spec`.
+:mod:`raysweep.spec.schema` validates them in its table of sections and holds them in the typed :class:`Spec`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from raysweep.modes import MODES
+from raysweep.search.modes import MODES
 from trainables.params import ConfigError, Param, resolve
 
 SEARCH_METRICS = {"val_balanced_acc": "max", "train_loss": "min"}  # never a test metric: no test-set selection
@@ -45,7 +45,7 @@ class Section:
 
 @dataclass(frozen=True)
 class Search(Section):
-    mode: str = knob("grid", (str,), choices=tuple(MODES.names()))
+    mode: str = knob("grid", (str,), choices=MODES.names)  # read when a spec is validated: plugins can add modes
     metric: str = knob("val_balanced_acc", (str,), choices=tuple(SEARCH_METRICS))
     direction: str | None = knob(None, (str,), choices=("max", "min"), nullable=True,
                                  help="null = the metric's natural one")

@@ -29,12 +29,12 @@ from typing import Any, Mapping
 import yaml
 
 from analysis import mlflow_tags as tags
-from raysweep.manifest import Manifest
-from raysweep.mlflow_store import SweepRun, TrackingUnavailable, get_or_create_experiment, limit_http_retries
-from raysweep.trial_logger import TrialLogger, error_reason
+from raysweep.tracking.manifest import Manifest
+from raysweep.tracking.mlflow_store import SweepRun, TrackingUnavailable, get_or_create_experiment, limit_http_retries
+from raysweep.tracking.trial_logger import TrialLogger, error_reason
 from trainables.checkpoint import STATE_FILE, load_state
 from trainables.params import ConfigError
-from trainables.tune import ENVELOPE, LAST_METRICS, MEMBERS, read_envelope
+from trainables.tune import ENVELOPE, LAST_METRICS, MEMBERS, Envelope
 
 
 @dataclass
@@ -248,17 +248,17 @@ def replay_storage(manifest: Manifest, logger: TrialLogger) -> Replay:
         experiment_dir = manifest.storage_root / phase["experiment"]
         statuses = trial_statuses(experiment_dir)
         for stored in stored_trials(experiment_dir):
-            env = read_envelope(stored.config)
-            planned = max((m.get("train") or {}).get("epochs", 0) for m in env.members)
+            env = Envelope.from_config(stored.config)
+            planned = max(m.epochs for m in env.members)
             history = trial_history(stored.folder, planned or None)
             ray_id = next((r["trial_id"] for r in reversed(history.results) if r.get("trial_id")), stored.ray_id)
             logs = logger.track_envelope(env, ray_id)
             trials += len(logs)
             recovered += len(history.recovered)
             for member in env.members:
-                lacking = member_gaps(history.results, member["trial_key"]) if env.grouped else history.missing
+                lacking = member_gaps(history.results, member.key) if env.grouped else history.missing
                 if lacking:
-                    gaps[member["trial_key"]] = lacking
+                    gaps[member.key] = lacking
             for result in history.results:
                 logger.add_trial_result(logs, result)
             status = statuses.get(ray_id)
