@@ -243,7 +243,11 @@ class PaperCrop:
             _, h, w = image.shape
             top, left, bh, bw = resized_crop_box(h, w, generator, self.scale, self.ratio)
             box = image[:, top:top + bh, left:left + bw]
-            box = (box if isinstance(box, torch.Tensor) else torch.from_numpy(np.array(box))).to(device)  # the box only
+            if not isinstance(box, torch.Tensor):  # a memory-mapped store: copy the box only
+                box = torch.from_numpy(np.array(box))
+                if torch.device(device).type == "cuda":
+                    box = box.pin_memory()
+            box = box.to(device, non_blocking=True)
             x = TF.resize(box, [self.size, self.size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
             if self.flip and torch.rand(1, generator=generator).item() < 0.5:
                 x = x.flip(-1)
