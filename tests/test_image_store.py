@@ -346,3 +346,27 @@ def test_a_streamed_epoch_is_the_same_with_loader_workers_and_after_a_resume(tmp
     again = Trial(config(3))
     again.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(second, epoch_batches_of(again), strict=True))
+
+
+# ---- end to end through the CLI ---------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_sweep_on_image_lists_trains_an_mlp_and_a_streamed_resnet_and_builds_each_store_once(tmp_path):
+    """The issue's failing example (``model: mlp`` on imagenet_lt: every trial failed on a uint8 batch) and the
+    stream loader, through ``raysweep run``: every trial finishes, the node's stores are built once."""
+    from _cli import run_spec
+
+    root = write_image_lists(tmp_path / "data", {"train": [8, 4, 2], "val": [3, 3, 3], "test": [2, 2, 2]},
+                             size=(40, 56), ext="jpg", seed=8)
+    dataset = {"name": "imagenet_lt", "root": str(root), "image_size": 24, "store_size": 32, "meta_per_class": 1,
+               "cache_dir": str(tmp_path / "cache")}
+    spec = {"name": "lists", "dataset": dataset, "model": {"name": "mlp", "width": 16}, "methods": {"ce": {}},
+            "seeds": 2, "train": {"epochs": 1, "batch_size": 4, "eval_batch_size": 8}, "resources": {"cpu": 1}}
+    out = run_spec(tmp_path, spec).stdout
+    assert "2 trials, 0 failed" in out
+    stores = sorted(p.name.split("-")[1] for p in (tmp_path / "cache").iterdir() if p.is_dir())
+    assert stores == ["test", "train", "val"]
+    streamed = {**spec, "name": "streamed", "model": "resnet10", "dataset": {**dataset, "loader": "stream",
+                                                                             "workers": 2}}
+    assert "2 trials, 0 failed" in run_spec(tmp_path, streamed).stdout
+    assert sorted(p.name.split("-")[1] for p in (tmp_path / "cache").iterdir() if p.is_dir()) == stores
