@@ -35,9 +35,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     spec, trials = _load(args.spec, args.set)
     print("\n".join(describe_plan(spec, trials)))
+    print("\n".join(_memory_lines(spec, trials)))
     if args.calibrate:
         print(_calibrated(spec, trials, args.steps, args.device))
     return 0
+
+
+def _memory_lines(spec, trials) -> list[str]:
+    """``plan``'s memory estimate (the fit check a run makes before anything starts), or why a run would refuse."""
+    from raysweep.planning.plan import memory_fit
+    from trainables.params import ConfigError
+
+    try:
+        report = memory_fit(spec, trials)
+    except ConfigError as err:
+        return [f"memory: a run would refuse this sweep: {err}"]
+    return report.lines() if report is not None else []
 
 
 def _calibrated(spec, trials, steps: int, device: str) -> str:
