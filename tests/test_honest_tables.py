@@ -234,3 +234,23 @@ def test_an_empty_group_column_is_kept_and_explained():
     md = to_markdown(t)
     assert md.splitlines()[0] == "| config | imbalance = 10 | imbalance = 100 |"
     assert "Empty columns (imbalance = 10): no trial there has a value of test_few_acc" in md
+
+
+def test_a_random_sweep_report_has_budget_curves_a_grid_or_early_stopped_one_none(tmp_path):
+    from mlflow import MlflowClient
+
+    uri, parent = _multi.write_store(tmp_path / "a", methods=("ce", "focal", "cb"))
+    build_report(uri, parent, tmp_path / "grid", log=False)
+    assert not (tmp_path / "grid" / "tables" / "budget.csv").exists()  # a grid: no i.i.d. draws
+    MlflowClient(uri).set_tag(parent, "raysweep.mode", "random")
+    build_report(uri, parent, tmp_path / "random", log=False)
+    budget = pd.read_csv(tmp_path / "random" / "tables" / "budget.csv")
+    assert set(budget["setting"]) == {"imbalance = 10", "imbalance = 100"} and set(budget["method"]) == {
+        "ce", "focal", "cb"}
+    assert budget.groupby(["setting", "method"])["n"].max().to_dict()[("imbalance = 10", "cb")] == 4
+    assert (tmp_path / "random" / "plots" / "budget.png").read_bytes()[:4] == b"\x89PNG"
+    assert "i.i.d." in (tmp_path / "random" / "report.md").read_text()
+    uri, parent = _multi.write_store(tmp_path / "b")  # DM beta=0.5 has a seed stopped by the scheduler
+    MlflowClient(uri).set_tag(parent, "raysweep.mode", "random")
+    build_report(uri, parent, tmp_path / "stopped", log=False)
+    assert not (tmp_path / "stopped" / "tables" / "budget.csv").exists()
