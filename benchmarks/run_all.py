@@ -21,6 +21,7 @@ STEPS = [
     ["benchmarks.groups", "quickstart", "--repeats", "1"],
     ["benchmarks.groups", "asha", "--epochs", "20"],
     ["benchmarks.calibration"],
+    ["benchmarks.image_store"],
     ["benchmarks.write_report"],
 ]
 

@@ -4,8 +4,14 @@ import sys
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import platform  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# platform.uname().processor runs `uname -p` once per interpreter and caches it; MLflow's first import calls it. Run it
+# here, so the fast-tier guard below never takes a library's one-off probe for a process a test starts.
+platform.uname().processor  # noqa: B018 (the lazy field runs the probe)
 
 torch.set_num_threads(1)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from raysweep.execution.cluster import check_storage_on_nodes, start_ray
+from raysweep.planning.plan import memory_fit
 from raysweep.spec.resources import check_fits, local_cluster, local_cpus, trial_resources
 from raysweep.spec.schema import Spec
 from raysweep.tracking.mlflow_store import resolve_tracking_uri
@@ -25,6 +26,7 @@ from trainables.data import DATASETS, resolve_dataset
 from trainables.data.sizes import SplitSizes, check_split_sizes
 from trainables.methods import METHODS
 from trainables.metrics import reported_metrics
+from trainables.pairs import check_pairs
 from trainables.params import ConfigError
 
 
@@ -70,8 +72,9 @@ def check_storage(path: str) -> Path:
 
 def check_datasets(spec: Spec, trials: list[PlannedTrial]) -> None:
     """Each distinct dataset config: its source's own preflight (e.g. files present under ``root``), then
-    its split sizes (every class keeps training examples after the hold-outs) where labels are cheap, and
-    that the table's metric is one the trials will report."""
+    that each trial's model can take its inputs (trainables.pairs), then its split sizes (every class keeps
+    training examples after the hold-outs) where labels are cheap, and that the table's metric is one the
+    trials will report."""
     configs = [t.config["dataset"] for t in trials] or [resolve_dataset(spec.dataset)]
     seen = set()
     for cfg in configs:
@@ -80,6 +83,8 @@ def check_datasets(spec: Spec, trials: list[PlannedTrial]) -> None:
         if key not in seen and preflight is not None:
             preflight(cfg)
         seen.add(key)
+    check_pairs([t.config for t in trials])
+    memory_fit(spec, trials)
     check_table_metric(spec, check_split_sizes(configs).values())
 
 

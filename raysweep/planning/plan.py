@@ -19,6 +19,7 @@ from raysweep.paths import CONFIRM_SUFFIX
 from raysweep.spec.resources import local_cpus
 from raysweep.spec.schema import Spec
 from raysweep.trials import PlannedTrial, config_id, fmt, relative_cost, resolve_point
+from trainables.data.fit import FitReport, check_fit, node_memory
 from trainables.methods import METHODS
 from trainables.params import ConfigError
 from trainables.tune import MEMBERS, Envelope
@@ -115,6 +116,26 @@ def planned_slots(spec: Spec) -> int | None:
         return None
     slots = max(1, int(local_cpus() // spec.resources.cpu))
     return min(slots, spec.resources.max_concurrent or slots)
+
+
+def memory_fit(spec: Spec, trials: list[PlannedTrial]) -> FitReport | None:
+    """The fit check (trainables.data.fit) with what this machine knows: a local run's node is this machine
+    (its memory, its planned concurrent trials) and its GPU share is 1/trials_per_gpu (or resources.gpu) of
+    the local card; a joined cluster's sizes are unknown here, so only the estimate is made. Preflight runs
+    it before anything starts (a ConfigError naming the knob); ``raysweep plan`` prints its lines."""
+    if not trials:
+        return None
+    slots = planned_slots(spec)
+    local = slots is not None
+    share = spec.resources.gpu or (1.0 / spec.resources.trials_per_gpu if spec.resources.trials_per_gpu else 0.0)
+    gpu_share = None
+    if share and local and any(t.config["train"]["device"] != "cpu" for t in trials):
+        import torch
+
+        if torch.cuda.is_available():
+            gpu_share = int(torch.cuda.get_device_properties(0).total_memory * min(share, 1.0))
+    return check_fit([t.config for t in trials], trials_per_node=min(slots or 1, len(trials)),
+                     node_memory=node_memory() if local else None, gpu_share=gpu_share)
 
 
 def phases(spec: Spec, sweep_id: str) -> list[Phase]:

@@ -41,6 +41,12 @@ class DatasetSource:
     # loading anything: the pre-run checks estimate its bytes and run one batch shape through the model on
     # the meta device (raysweep.footprint). None: those checks skip this source.
     shape: Callable[[Mapping[str, Any]], tuple[tuple[int, ...], int, int]] | None = None
+    # One input's shape and the source's input_norm from its options alone (no file read), so the model/data
+    # pair check (trainables.pairs) runs before anything starts. None: loaded when the source reads no files.
+    inputs: Callable[[Mapping[str, Any]], tuple[tuple[int, ...], Any]] | None = None
+    # Bytes of the per-node stores the source memory-maps (an estimate from its lists, before any decode), for
+    # the fit check (trainables.data.fit). None: the source's splits are tensors private to each trial.
+    store_bytes: Callable[[Mapping[str, Any]], int] | None = None
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
@@ -104,14 +110,14 @@ def load_splits(dataset_cfg: Mapping[str, Any]) -> Splits:
     return _cached_splits(json.dumps(dict(dataset_cfg), sort_keys=True))
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=1)  # a reused actor keeps its last dataset, never a pile of them
 def _cached_splits(key: str) -> Splits:
     source, own, protocol = split_inputs(json.loads(key))
     return build_splits(source.load(own), **protocol)
 
 
 # every other module of this package registers its sources (after DATASETS exists)
-discover(__name__, __path__, helpers=("augment", "node_cache", "protocol", "sizes"))
+discover(__name__, __path__, helpers=("augment", "fit", "image_store", "inputs", "node_cache", "protocol", "sizes"))
 
 __all__ = ["DATASETS", "DatasetSource", "PROTOCOL_PARAMS", "SourceData", "Split", "Splits",
            "dataset_params", "load_splits", "resolve_dataset", "split_inputs"]

@@ -206,4 +206,5 @@ for _name, _label in (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100")):
     DATASETS.add(DatasetSource(
         _name, f"{_label} from root (python pickles), long-tailed by `imbalance`; uint8 on the device",
         _loader(_name), _params(_name), defaults={"meta_per_class": 10}, preflight=_preflight(_name),
-        shape=lambda o, c=(10 if _name == "cifar10" else 100): ((3, 32, 32), 50000, c)))
+        shape=lambda o, c=(10 if _name == "cifar10" else 100): ((3, 32, 32), 50000, c),
+        inputs=lambda options, name=_name: ((3, 32, 32), NORMS[name])))

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from trainables.data.inputs import InputNorm
 from trainables.models import NormedLinear
 from trainables.models.lenet import LeNet5Features
 from trainables.models.resnet import BasicBlockA, CifarResNetFeatures, ImageClassifier, ImageInput
@@ -145,10 +146,12 @@ def _sequential(run: _Pass, m: nn.Sequential, name: str, h: Stacked) -> Stacked:
 
 
 def _mlp(run: _Pass, m: MLP, name: str, h: Stacked) -> Stacked:
+    h = run.run(m.input, f"{name}input.", h)
     return run.run(m.classifier, f"{name}classifier.", run.run(m.features, f"{name}features.", h))
 
 
 def _cnn1d(run: _Pass, m: CNN1D, name: str, h: Stacked) -> Stacked:
+    h = run.run(m.input, f"{name}input.", h)
     if h.t.dim() == 3:  # [k, B, L] -> [k, B, 1, L], as CNN1D.forward unsqueezes [B, L]
         h = Stacked(h.members().unsqueeze(2), MEMBERS, run.k)
     return run.run(m.classifier, f"{name}classifier.", run.run(m.features, f"{name}features.", h))
@@ -221,6 +224,7 @@ _HANDLERS: dict[type, tuple[Callable[[_Pass, nn.Module, str, Stacked], Stacked],
     MLP: (_mlp, _always),
     CNN1D: (_cnn1d, _always),
     ImageInput: (_image_input, _always),
+    InputNorm: (_image_input, _always),  # per-sample arithmetic without parameters, like ImageInput
     ImageClassifier: (_image_classifier, _always),
     LeNet5Features: (_lenet5, _always),
     BasicBlockA: (_basic_block, _always),
