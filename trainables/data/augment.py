@@ -13,12 +13,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torchvision.transforms.functional as TF
 from torch.nn import functional as F
-from torchvision.transforms import AutoAugment, AutoAugmentPolicy
 
 PAD_MODES = ("zeros", "reflect")
 CROPS = ("pad", "resized", "none")
+# torchvision's AutoAugmentPolicy values. torchvision (and torch._dynamo through it, about 3 s) is imported only
+# where an AutoAugment operation runs: a sweep without one never pays for it, in the driver or a worker.
+POLICIES = ("imagenet", "cifar10", "svhn")
 
 
 def _check_batch(x: torch.Tensor) -> None:
@@ -108,6 +109,8 @@ SIGNED_OPS = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightn
 
 def apply_op(x: torch.Tensor, op: str, mag: float) -> torch.Tensor:
     """One AutoAugment operation on a uint8 batch (nearest interpolation, zero fill, as torchvision)."""
+    import torchvision.transforms.functional as TF
+
     nearest = TF.InterpolationMode.NEAREST
     if op in ("ShearX", "ShearY"):
         shear = math.degrees(math.atan(mag))
@@ -136,6 +139,8 @@ def apply_op(x: torch.Tensor, op: str, mag: float) -> torch.Tensor:
 @functools.lru_cache(maxsize=None)
 def policy_table(policy: str) -> tuple:
     """torchvision's AutoAugment sub-policies for ``policy`` (cifar10, imagenet, svhn): ((op, p, bin), (op, p, bin))."""
+    from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+
     return tuple(AutoAugment(AutoAugmentPolicy(policy)).policies)
 
 
@@ -213,7 +218,7 @@ class ImageAugment:
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
-        if self.policy is not None and self.policy not in {p.value for p in AutoAugmentPolicy}:
+        if self.policy is not None and self.policy not in POLICIES:
             raise ValueError(f"unknown AutoAugment policy {self.policy!r}")
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -1,0 +1,274 @@
+"""The floor of a sweep, and every way of running it measured against that floor in the same run.
+
+The floor is the same planned trials (``raysweep.plan.plan`` of the spec) trained through the project's own
+trial API (:func:`trainables.loop.train`) in one Python process with no Ray and no MLflow, timed as a whole
+process (interpreter start, imports and data build included). ``--processes N`` cuts the trials into N
+slices trained by N processes at once (one thread each, as a Ray trial of ``cpu: 1`` or less trains).
+
+Sub-commands:
+
+- ``compare``: interleaved rounds (the order shuffled each round, so other users' load hits every variant
+  alike) of the floor in one process and in N, ``raysweep run`` ungrouped and grouped by configurations,
+  ``raysweep run`` against a Ray head started once beforehand (``cluster.address``), and the plain Ray Tune
+  script a user would write instead (function trainable, Ray's ``MLflowLoggerCallback``). Each variant's
+  median wall time and its ratio to the one-process floor of the same round (median over rounds), with the
+  1-minute load average before and after every run. ``--spec perf`` (default) is the 12-trial spec of
+  issue 25; ``--spec grid`` is the 64-trial grid of ``benchmarks/groups.py``.
+- ``train`` (internal): train one slice of a spec file's planned trials in this process.
+- ``peer`` (internal): the plain Ray Tune script over a spec file's planned trials.
+
+Targets (issue 25): the 12-trial spec at most 2.5x the floor, at most 1.5x with a running head; the 64-trial
+grid at most 1.5x; the plain Ray Tune script slower than raysweep in every round.
+Run: ``python -m benchmarks.floor compare [--spec perf|grid] [--rounds 5]``. Results:
+``benchmarks/results/floor_<spec>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from benchmarks.common import save  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The reference of issue 25: CE, focal (gamma 1, 2), CB; 3 seeds; 8 epochs; mlp on mnist1d.
+PERF = {"name": "perf", "dataset": {"name": "mnist1d", "imbalance": 10, "meta_per_class": 10}, "model": "mlp",
+        "train": {"epochs": 8, "batch_size": 128}, "methods": {"ce": {}, "focal": {"gamma": [1, 2]}, "cb": {}},
+        "seeds": 3, "resources": {"cpu": 0.5}}
+
+
+def grid_spec(epochs: int = 20) -> dict[str, Any]:
+    from benchmarks.groups import grid_spec as groups_grid
+
+    return groups_grid(epochs, "none")
+
+
+SPECS = {"perf": lambda: dict(PERF), "grid": grid_spec}
+HEAD_MARK = "RAYSWEEP_BENCH_HEAD"  # set in the environment of the Ray head this benchmark starts
+
+
+# ---- the floor ----------------------------------------------------------------------------------------------
+def planned(spec_file: str) -> list[dict[str, Any]]:
+    """The spec file's planned trials, as the trainable receives them."""
+    from raysweep.plan import plan
+    from raysweep.spec import validate_spec
+    from raysweep.spec_yaml import load_spec_file
+
+    return [t.as_tune_config() for t in plan(validate_spec(load_spec_file(spec_file)))]
+
+
+def train_slice(args: argparse.Namespace) -> None:
+    """Train every ``parts``-th planned trial from ``part`` on, one after another, in this process."""
+    import torch
+
+    from trainables.loop import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    trials = planned(args.spec)[args.part::args.parts]
+    for config in trials:
+        train(config)
+    print(f"trained {len(trials)} trials")
+
+
+def env_with_repo() -> dict[str, str]:
+    """This environment with the repository on the path (the peer's trainable imports ``benchmarks``)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def floor_run(spec_file: Path, processes: int, threads: int | None) -> float:
+    """Wall seconds of ``processes`` whole Python processes training the spec's trials (started together)."""
+    start = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.floor", "train", str(spec_file), "--part", str(i),
+                               "--parts", str(processes), *(["--threads", str(threads)] if threads else [])],
+                              cwd=spec_file.parent, env=env_with_repo(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for i in range(processes)]
+    errors = [(p.wait(), p.stderr.read()) for p in procs]
+    wall = time.perf_counter() - start
+    for code, err in errors:
+        if code:
+            raise RuntimeError(f"floor process exited {code}:\n{err[-3000:]}")
+    return wall
+
+
+# ---- the plain Ray Tune script -------------------------------------------------------------------------------
+def peer_trainable(config: dict[str, Any]) -> None:
+    from ray import tune
+
+    from trainables.loop import train
+
+    train(config["trial"], report=lambda metrics, state: tune.report(metrics))
+
+
+def peer(args: argparse.Namespace) -> None:
+    """What a user writes instead of raysweep: a grid over the planned trials, Ray's MLflow callback."""
+    from ray import tune
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    from raysweep.spec import validate_spec
+    from raysweep.spec_yaml import load_spec_file
+
+    cpu = validate_spec(load_spec_file(args.spec)).resources.cpu
+    tuner = tune.Tuner(
+        tune.with_resources(peer_trainable, {"cpu": cpu}),
+        param_space={"trial": tune.grid_search(planned(args.spec))},
+        tune_config=tune.TuneConfig(metric="val_balanced_acc", mode="max"),
+        run_config=tune.RunConfig(name="peer", storage_path=str(Path("ray").resolve()), verbose=0,
+                                  callbacks=[MLflowLoggerCallback(tracking_uri=f"sqlite:///{Path('mlflow.db').resolve()}",
+                                                                  experiment_name="peer", save_artifact=False)]))
+    results = tuner.fit()
+    print(f"{len(results)} trials, {results.num_errors} failed")
+
+
+# ---- a Ray head kept running (the fast path for iterating) -------------------------------------------------
+def marked_processes(name: str, value: str) -> list[int]:
+    """Pids of the processes whose environment holds ``name=value`` (Ray's daemons leave our process tree)."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if needle in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+@contextlib.contextmanager
+def ray_head(cpus: int, folder: Path) -> Iterator[str]:
+    """``ray start --head`` on 127.0.0.1 with its own temp folder (other users' ``address: auto`` must not find
+    it); yields its address; every process it started is ended by pid (found by an environment mark)."""
+    from tests._procs import free_port
+
+    mark, port = uuid.uuid4().hex, free_port()
+    env = {**os.environ, HEAD_MARK: mark, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", "--port", str(port),
+                    "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus), "--include-dashboard", "false",
+                    "--disable-usage-stats", "--temp-dir", str(folder)], env=env, check=True, capture_output=True)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in marked_processes(HEAD_MARK, mark):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 15
+            while marked_processes(HEAD_MARK, mark) and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+
+# ---- the comparison -----------------------------------------------------------------------------------------
+def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env or env_with_repo())
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return wall
+
+
+def raysweep_cmd(*overrides: str) -> list[str]:
+    return [sys.executable, "-m", "raysweep.cli", "run", "spec.yaml", *[a for o in overrides for a in ("--set", o)]]
+
+
+def variants(cores: int, threads: int, head: str | None) -> dict[str, Any]:
+    """Variant name -> a function of a fresh working folder (holding spec.yaml) returning its wall seconds."""
+    spec_in = lambda w: w / "spec.yaml"  # noqa: E731
+    out = {
+        "floor": lambda w: floor_run(spec_in(w), 1, None),
+        f"floor, {cores} processes": lambda w: floor_run(spec_in(w), cores, threads),
+        "raysweep, ungrouped": lambda w: timed(raysweep_cmd("execution.group=none"), w),
+        "raysweep, grouped by configs": lambda w: timed(raysweep_cmd("execution.group=configs"), w),
+        "plain Ray Tune script": lambda w: timed([sys.executable, "-m", "benchmarks.floor", "peer", "spec.yaml"], w),
+    }
+    if head:
+        out["raysweep, grouped by configs, running head"] = lambda w: timed(
+            raysweep_cmd("execution.group=configs", f"cluster.address={head}"), w)
+    return out
+
+
+def compare(args: argparse.Namespace) -> None:
+    spec = SPECS[args.spec]()
+    if args.epochs:
+        spec["train"]["epochs"] = args.epochs
+    cores = os.cpu_count() or 1
+    threads = max(1, math.floor(spec["resources"]["cpu"]))
+    rows: dict[str, list[dict[str, Any]]] = {}
+    rng = random.Random(0)
+    with tempfile.TemporaryDirectory(prefix="floor-") as tmp, \
+            (ray_head(cores, Path(tmp) / "head") if not args.no_head else contextlib.nullcontext()) as head:
+        todo = variants(cores, threads, head)
+        for name in todo:
+            rows[name] = []
+        # the data cache of a fresh machine is built by the first run; every variant then finds it
+        for round_ in range(args.rounds):
+            order = list(todo)
+            rng.shuffle(order)
+            for i, name in enumerate(order):
+                workdir = Path(tmp) / f"{round_}-{i}"
+                workdir.mkdir()
+                (workdir / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+                load = os.getloadavg()[0]
+                wall = todo[name](workdir)
+                rows[name].append({"round": round_, "wall_s": wall, "load_1m": [load, os.getloadavg()[0]]})
+                print(f"round {round_} {name}: {wall:.1f} s (load {load:.1f} -> {os.getloadavg()[0]:.1f})",
+                      flush=True)
+    floor_by_round = {r["round"]: r["wall_s"] for r in rows["floor"]}
+    summary = {}
+    for name, runs in rows.items():
+        ratios = [r["wall_s"] / floor_by_round[r["round"]] for r in runs]
+        summary[name] = {"median_wall_s": statistics.median(r["wall_s"] for r in runs),
+                         "ratio_to_floor_median": statistics.median(ratios), "ratio_to_floor_range": [min(ratios),
+                                                                                                     max(ratios)],
+                         "median_load_1m": statistics.median(r["load_1m"][0] for r in runs)}
+        print(f"{name}: median {summary[name]['median_wall_s']:.1f} s, {summary[name]['ratio_to_floor_median']:.2f}x "
+              f"the floor ({min(ratios):.2f}-{max(ratios):.2f}), load {summary[name]['median_load_1m']:.1f}")
+    peer_slower = all(
+        p["wall_s"] > max(r["wall_s"] for n, rs in rows.items() if n.startswith("raysweep") for r in rs
+                          if r["round"] == p["round"]) for p in rows["plain Ray Tune script"])
+    print(f"plain Ray Tune script slower than every raysweep variant in every round: {peer_slower}")
+    settings = {"spec": spec, "rounds": args.rounds, "cores": cores, "threads_per_floor_process": threads}
+    print("saved", save(f"floor_{args.spec}", {"settings": settings, "runs": rows, "summary": summary,
+                                                 "peer_slower_every_round": peer_slower}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("compare", help="interleaved rounds of every variant against the floor")
+    p.add_argument("--spec", choices=sorted(SPECS), default="perf")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--epochs", type=int, help="override the spec's epochs")
+    p.add_argument("--no-head", action="store_true", help="skip the running-head variant")
+    p = sub.add_parser("train", help="(internal) train a slice of a spec file's planned trials in this process")
+    p.add_argument("spec")
+    p.add_argument("--part", type=int, default=0)
+    p.add_argument("--parts", type=int, default=1)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p = sub.add_parser("peer", help="(internal) the plain Ray Tune script over a spec file's planned trials")
+    p.add_argument("spec")
+    args = parser.parse_args()
+    {"compare": compare, "train": train_slice, "peer": peer}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
