@@ -37,6 +37,9 @@ class DatasetSource:
     # (trainables.data.sizes) runs the protocol cheaply. None: that preflight calls ``load`` for a source
     # that reads no files (no ``preflight``), and skips a source that does.
     labels: Callable[[Mapping[str, Any]], SourceData] | None = None
+    # A generated or embedded source: the distributions whose versions shape its output. Its raw pools are
+    # then built once per machine (trainables.data.source_cache); None: loaded by each process (files).
+    cache: tuple[str, ...] | None = None
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
@@ -94,6 +97,15 @@ def split_inputs(cfg: Mapping[str, Any]) -> tuple[DatasetSource, dict[str, Any],
     return source, {k: cfg[k] for k in source.params}, protocol
 
 
+def load_source(source: DatasetSource, own: Mapping[str, Any]) -> SourceData:
+    """The raw pools of ``source`` with its own options ``own``: from the machine's cache for a cached source."""
+    if source.cache is None:
+        return source.load(own)
+    from trainables.data.source_cache import load_cached
+
+    return load_cached(source.name, own, source.load, source.cache)
+
+
 def load_splits(dataset_cfg: Mapping[str, Any]) -> Splits:
     """Build (or fetch from this process's cache) the splits a resolved dataset config describes."""
     return _cached_splits(json.dumps(dict(dataset_cfg), sort_keys=True))
@@ -102,10 +114,10 @@ def load_splits(dataset_cfg: Mapping[str, Any]) -> Splits:
 @functools.lru_cache(maxsize=8)
 def _cached_splits(key: str) -> Splits:
     source, own, protocol = split_inputs(json.loads(key))
-    return build_splits(source.load(own), **protocol)
+    return build_splits(load_source(source, own), **protocol)
 
 
 discover(__name__, __path__)  # every module of this package registers its sources (after DATASETS exists)
 
 __all__ = ["DATASETS", "DatasetSource", "PROTOCOL_PARAMS", "SourceData", "Split", "Splits",
-           "dataset_params", "load_splits", "resolve_dataset", "split_inputs"]
+           "dataset_params", "load_source", "load_splits", "resolve_dataset", "split_inputs"]

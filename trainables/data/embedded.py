@@ -50,7 +50,7 @@ def _load_gaussian(options: Mapping[str, Any]) -> SourceData:
 
 
 DATASETS.add(DatasetSource("digits", "scikit-learn's 8x8 digits (1797 x 64, 10 classes); embedded", _load_digits,
-                           defaults={"test_per_class": 50, "meta_per_class": 10}))
+                           defaults={"test_per_class": 50, "meta_per_class": 10}, cache=("scikit-learn",)))
 DATASETS.add(DatasetSource(
         "mnist1d", "mnist1d generated offline (40-step 1-D signals, 10 classes); embedded",
         _load_mnist1d,
@@ -58,6 +58,7 @@ DATASETS.add(DatasetSource(
             "num_samples": Param(5000, (int,), low=200, help="train + test samples generated (80/20)"),
             "seed": Param(42, (int,), low=0, help="the generator's seed (42 = the published dataset)"),
         },
+        cache=("mnist1d", "numpy"),
     )
 )
 DATASETS.add(DatasetSource(
@@ -71,5 +72,6 @@ DATASETS.add(DatasetSource(
             "seed": Param(0, (int,), low=0),
         },
         defaults={"test_per_class": 50, "meta_per_class": 10},
+        cache=("numpy",),
     )
 )
