@@ -75,7 +75,7 @@ class TrialLog:
     node_tags: dict[str, str] = field(default_factory=dict)  # waiting to be sent
     host_tagged: bool = False  # its node's ip and hostname were queued once
     nodes: list[str] = field(default_factory=list)
-    sent_at: float = 0.0  # time.monotonic() of the last send of its epochs
+    sent_at: float = float("-inf")  # time.monotonic() of the last send (never: the first goes at once)
     seen: int = 0  # highest epoch reported
     stop_reason: str | None = None  # set by a non-finite loss (kept over 'completed')
     final: tuple[str, str | None] | None = None  # (run status, error reason) once the trial ended
