@@ -3,11 +3,19 @@ keyed by its source's config, the exit, and the worker count."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+
+import pytest
+import yaml
+
+from _cli import raysweep_cmd
 
 BOUND_S = 120
 
@@ -101,3 +109,66 @@ def test_processes_asking_together_build_a_source_once(tmp_path):
         assert proc.exitcode == 0
     assert len(Path(log).read_text().splitlines()) == 1
     assert len(sums) == 1
+
+
+# ---- one small sweep run as a user runs it: its workers, its exit, what it leaves behind --------------------
+SMALL = {"name": "fixed-cost", "dataset": {"name": "gaussian", "samples_per_class": 100}, "model": "mlp",
+         "train": {"epochs": 3, "batch_size": 64}, "methods": {"ce": {}, "focal": {"gamma": [1, 2]}}, "seeds": 2,
+         "resources": {"cpu": 0.5}, "execution": {"group": "none"}}
+MARK = "RAYSWEEP_TEST_SWEEP"  # in the environment of `raysweep run` and so of every process it starts
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """(folder, the plan's output, the run's output, the processes carrying its mark when it returned)."""
+    root = tmp_path_factory.mktemp("fixed-cost")
+    (root / "spec.yaml").write_text(yaml.safe_dump(SMALL))
+    planned = subprocess.run(raysweep_cmd("plan", "spec.yaml"), cwd=root, capture_output=True, text=True,
+                             timeout=BOUND_S, check=True).stdout
+    token = uuid.uuid4().hex
+    proc = subprocess.run(raysweep_cmd("run", "spec.yaml"), cwd=root, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, MARK: token})
+    from raysweep.cluster import marked_processes
+
+    left = marked_processes(MARK, token)  # at once: the driver's exit is the promise
+    for pid in left:  # never leave them to other tests
+        os.kill(pid, 9)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root, planned, proc.stdout, left
+
+
+@pytest.mark.slow
+def test_no_ray_process_of_the_sweep_is_left_when_run_returns(finished_sweep):
+    assert finished_sweep[3] == []
+
+
+@pytest.mark.slow
+def test_the_worker_count_never_exceeds_what_plan_says(finished_sweep):
+    """Every result Ray kept names the worker process that produced it (Tune's ``pid``)."""
+    root, planned, _, _ = finished_sweep
+    said = int(re.search(r"workers: at most (\d+) worker processes", planned).group(1))
+    assert said == min(os.cpu_count(), 6)  # cpu 0.5 on this machine's cores: one single-threaded trial per core
+    results = list((root / "raysweep_results").glob("*/*/result.json"))
+    assert len(results) == 6
+    pids = {json.loads(line)["pid"] for path in results for line in path.read_text().splitlines() if line.strip()}
+    assert 1 <= len(pids) <= said
+
+
+@pytest.mark.slow
+def test_the_exit_flushes_every_run_and_the_manifest_first(finished_sweep):
+    from mlflow import MlflowClient
+
+    from analysis import mlflow_tags as tags
+    from raysweep.manifest import Manifest
+
+    root, _, out, _ = finished_sweep
+    (sweep_dir,) = (root / "raysweep_results").iterdir()
+    assert Manifest.find(str(sweep_dir)).data["status"] == "finished"
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(SMALL["name"]).experiment_id
+    trials = client.search_runs([experiment], tags.role_filter(tags.TRIAL))
+    (parent,) = client.search_runs([experiment], tags.role_filter(tags.SWEEP))
+    assert len(trials) == 6 and parent.info.status == "FINISHED"
+    assert {r.info.status for r in trials} == {"FINISHED"}
+    assert all(len(client.get_metric_history(r.info.run_id, "epoch")) == 3 for r in trials)
+    assert "6 trials, 0 failed" in out and out.rstrip().splitlines()[-1].startswith("Full report")
