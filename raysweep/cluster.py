@@ -92,6 +92,19 @@ def check_reachable(address: str, timeout: float) -> None:
                                              "address") from None
 
 
+def on_loopback(address: str) -> bool:
+    """Whether ``address`` (``auto``: the cluster ``ray start`` last started here) is a loopback one."""
+    if address.strip() == "auto":
+        from ray._private.services import get_ray_address_from_environment
+
+        try:
+            address = get_ray_address_from_environment("auto", None) or ""
+        except Exception:  # noqa: BLE001 - no cluster to find: ray.init says so, as a ConfigError
+            return False
+    target = parse_address(address) if address and address != "auto" else None
+    return target is not None and target[0] in ("127.0.0.1", "localhost", "::1")
+
+
 def start_ray(address: str | None, timeout: float = 10.0) -> bool:
     """Join ``address`` (or RAY_ADDRESS) or start a local Ray with this machine's CPUs. True if we started it.
 
@@ -104,7 +117,11 @@ def start_ray(address: str | None, timeout: float = 10.0) -> bool:
     if address:
         check_reachable(address, timeout)
         try:
-            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+            # A head bound to loopback (the fast path: `ray start --head --node-ip-address 127.0.0.1` kept
+            # running) is joined on loopback too; Ray would otherwise turn 127.0.0.1 into the machine's
+            # outward IP, where nobody answers, and wait forever.
+            with loopback_only() if on_loopback(address) else contextlib.nullcontext():
+                ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         except Exception as err:  # ConnectionError, RuntimeError, an auth error: all mean "cannot join"
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
             hint = ""
