@@ -63,6 +63,8 @@ def grid_spec(epochs: int = 20) -> dict[str, Any]:
 
 SPECS = {"perf": lambda: dict(PERF), "grid": grid_spec}
 HEAD_MARK = "RAYSWEEP_BENCH_HEAD"  # set in the environment of the Ray head this benchmark starts
+# Ray 2.60 turns token auth on once ~/.ray/auth_token exists: the head and every driver need the same mode.
+HEAD_ENV = {"RAY_AUTH_MODE": "token"}
 
 
 # ---- the floor ----------------------------------------------------------------------------------------------
@@ -139,28 +141,19 @@ def peer(args: argparse.Namespace) -> None:
 
 
 # ---- a Ray head kept running (the fast path for iterating) -------------------------------------------------
-def marked_processes(name: str, value: str) -> list[int]:
-    """Pids of the processes whose environment holds ``name=value`` (Ray's daemons leave our process tree)."""
-    needle = f"{name}={value}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if needle in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                    found.append(int(entry))
-            except OSError:
-                continue
-    return found
-
-
 @contextlib.contextmanager
 def ray_head(cpus: int, folder: Path) -> Iterator[str]:
     """``ray start --head`` on 127.0.0.1 with its own temp folder (other users' ``address: auto`` must not find
     it); yields its address; every process it started is ended by pid (found by an environment mark)."""
-    from tests._procs import free_port
+    import socket
 
-    mark, port = uuid.uuid4().hex, free_port()
-    env = {**os.environ, HEAD_MARK: mark, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    from raysweep.cluster import marked_processes
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mark = uuid.uuid4().hex
+    env = {**os.environ, **HEAD_ENV, HEAD_MARK: mark, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", "--port", str(port),
                     "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus), "--include-dashboard", "false",
                     "--disable-usage-stats", "--temp-dir", str(folder)], env=env, check=True, capture_output=True)
@@ -174,6 +167,100 @@ def ray_head(cpus: int, folder: Path) -> Iterator[str]:
             deadline = time.monotonic() + 15
             while marked_processes(HEAD_MARK, mark) and time.monotonic() < deadline:
                 time.sleep(0.2)
+
+
+# ---- where a sweep's wall time goes -------------------------------------------------------------------------
+def breakdown_run(args: argparse.Namespace) -> None:
+    """(internal) ``raysweep run`` of a spec file in this process with a clock on each stage; prints JSON with
+    wall-clock stamps (time.time()), then exits the way the command does."""
+    import json
+
+    started = time.time()
+    import raysweep.cli  # noqa: F401 - the driver's imports, as the command pays them
+    import raysweep.runner as runner
+    from raysweep import preflight
+    from raysweep.plan import plan
+    from raysweep.spec import validate_spec
+    from raysweep.spec_yaml import load_spec_file
+
+    stamps: dict[str, float] = {"python_started_by": started, "imports_done": time.time()}
+
+    def clocked(owner, name: str, label: str):  # the first call's start and end
+        real = getattr(owner, name)
+
+        def wrapper(*a, **kw):
+            stamps.setdefault(f"{label}_start", time.time())
+            try:
+                return real(*a, **kw)
+            finally:
+                stamps.setdefault(f"{label}_end", time.time())
+        setattr(owner, name, wrapper)
+
+    clocked(runner, "check_datasets", "preflight_datasets")
+    clocked(preflight, "start_ray", "ray_init")
+    clocked(preflight, "stop_ray", "ray_shutdown")
+    from raysweep import mlflow_store
+
+    clocked(mlflow_store, "open_client", "store_open")  # the thread's open (MLflow's import, the schema)
+    real_open = runner.open_in_background
+
+    def opening(uri):
+        thread = real_open(uri)
+        join = thread.join
+
+        def joined(*a):
+            waited = time.time()
+            join(*a)
+            stamps["store_join_wait_s"] = time.time() - waited
+        thread.join = joined
+        return thread
+    runner.open_in_background = opening
+    from raysweep.session import SweepSession
+    from raysweep.trial_logger import TuneCallback
+
+    clocked(SweepSession, "run", "tune_fit")
+    clocked(SweepSession, "finish", "finish")
+    real_result = TuneCallback.on_trial_result
+
+    def on_result(self, *a, **kw):
+        stamps.setdefault("first_result", time.time())
+        stamps["last_result"] = time.time()
+        return real_result(self, *a, **kw)
+    TuneCallback.on_trial_result = on_result
+    spec = validate_spec(load_spec_file(args.spec))
+    result = runner.run_sweep(spec, plan(spec), echo=lambda line: None)
+    stamps["returned"] = time.time()
+    print(json.dumps({"stamps": stamps, "trials": result.num_trials, "errors": result.num_errors}), flush=True)
+    raysweep.cli.exit_now(0)
+
+
+def breakdown(spec_file: Path) -> dict[str, float]:
+    """Seconds of each stage of one ``raysweep run`` of ``spec_file`` (a fresh process, timed from outside)."""
+    import json
+
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.floor", "breakdown-run", spec_file.name],
+                          cwd=spec_file.parent, capture_output=True, text=True, env=env_with_repo())
+    end = time.time()
+    if proc.returncode:
+        raise RuntimeError(f"breakdown exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    s = json.loads(proc.stdout.strip().splitlines()[-1])["stamps"]
+    return {
+        "interpreter_start_s": s["python_started_by"] - start,
+        "driver_imports_s": s["imports_done"] - s["python_started_by"],
+        "validate_plan_s": s["preflight_datasets_start"] - s["imports_done"],
+        "preflight_datasets_s": s["preflight_datasets_end"] - s["preflight_datasets_start"],
+        "ray_init_s": s["ray_init_end"] - s["ray_init_start"],
+        "store_open_beside_ray_s": s["store_open_end"] - s["store_open_start"],
+        "store_join_wait_s": s["store_join_wait_s"],
+        "fit_to_first_result_s": s["first_result"] - s["tune_fit_start"],
+        "first_to_last_result_s": s["last_result"] - s["first_result"],
+        "last_result_to_fit_end_s": s["tune_fit_end"] - s["last_result"],
+        "finish_table_summaries_s": s["finish_end"] - s["finish_start"],
+        "ray_shutdown_s": s["ray_shutdown_end"] - s["ray_shutdown_start"],
+        "exit_s": end - s["returned"],
+        "total_s": end - start,
+    }
 
 
 # ---- the comparison -----------------------------------------------------------------------------------------
@@ -202,7 +289,7 @@ def variants(cores: int, threads: int, head: str | None) -> dict[str, Any]:
     }
     if head:
         out["raysweep, grouped by configs, running head"] = lambda w: timed(
-            raysweep_cmd("execution.group=configs", f"cluster.address={head}"), w)
+            raysweep_cmd("execution.group=configs", f"cluster.address={head}"), w, {**env_with_repo(), **HEAD_ENV})
     return out
 
 
@@ -216,7 +303,8 @@ def compare(args: argparse.Namespace) -> None:
     rng = random.Random(0)
     with tempfile.TemporaryDirectory(prefix="floor-") as tmp, \
             (ray_head(cores, Path(tmp) / "head") if not args.no_head else contextlib.nullcontext()) as head:
-        todo = variants(cores, threads, head)
+        todo = {k: v for k, v in variants(cores, threads, head).items()
+                if not any(k.startswith(prefix) for prefix in args.skip)}
         for name in todo:
             rows[name] = []
         # the data cache of a fresh machine is built by the first run; every variant then finds it
@@ -242,13 +330,32 @@ def compare(args: argparse.Namespace) -> None:
                          "median_load_1m": statistics.median(r["load_1m"][0] for r in runs)}
         print(f"{name}: median {summary[name]['median_wall_s']:.1f} s, {summary[name]['ratio_to_floor_median']:.2f}x "
               f"the floor ({min(ratios):.2f}-{max(ratios):.2f}), load {summary[name]['median_load_1m']:.1f}")
-    peer_slower = all(
+    peer_slower = "plain Ray Tune script" in rows and all(
         p["wall_s"] > max(r["wall_s"] for n, rs in rows.items() if n.startswith("raysweep") for r in rs
                           if r["round"] == p["round"]) for p in rows["plain Ray Tune script"])
     print(f"plain Ray Tune script slower than every raysweep variant in every round: {peer_slower}")
-    settings = {"spec": spec, "rounds": args.rounds, "cores": cores, "threads_per_floor_process": threads}
+    settings = {"name": args.spec, "spec": spec, "rounds": args.rounds, "cores": cores,
+                "threads_per_floor_process": threads}
     print("saved", save(f"floor_{args.spec}", {"settings": settings, "runs": rows, "summary": summary,
                                                  "peer_slower_every_round": peer_slower}))
+
+
+def breakdowns(args: argparse.Namespace) -> None:
+    spec = SPECS[args.spec]()
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="floor-breakdown-") as tmp:
+        for i in range(args.runs):
+            workdir = Path(tmp) / str(i)
+            workdir.mkdir()
+            (workdir / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+            load = os.getloadavg()[0]
+            row = {**breakdown(workdir / "spec.yaml"), "load_1m": load}
+            runs.append(row)
+            print(f"run {i}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
+    median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    print("median: " + ", ".join(f"{k} {v:.2f}" for k, v in median.items()))
+    print("saved", save(f"floor_breakdown_{args.spec}", {"settings": {"spec": spec, "runs": args.runs},
+                                                          "runs": runs, "median": median}))
 
 
 def main() -> None:
@@ -259,6 +366,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--epochs", type=int, help="override the spec's epochs")
     p.add_argument("--no-head", action="store_true", help="skip the running-head variant")
+    p.add_argument("--skip", nargs="*", default=[], metavar="VARIANT",
+                   help="variants to leave out, by the start of their name (e.g. 'plain Ray Tune')")
     p = sub.add_parser("train", help="(internal) train a slice of a spec file's planned trials in this process")
     p.add_argument("spec")
     p.add_argument("--part", type=int, default=0)
@@ -266,8 +375,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p = sub.add_parser("peer", help="(internal) the plain Ray Tune script over a spec file's planned trials")
     p.add_argument("spec")
+    p = sub.add_parser("breakdown", help="where one raysweep run of the spec goes, stage by stage (median of runs)")
+    p.add_argument("--spec", choices=sorted(SPECS), default="perf")
+    p.add_argument("--runs", type=int, default=3)
+    p = sub.add_parser("breakdown-run", help="(internal) one clocked raysweep run of a spec file")
+    p.add_argument("spec")
     args = parser.parse_args()
-    {"compare": compare, "train": train_slice, "peer": peer}[args.command](args)
+    {"compare": compare, "train": train_slice, "peer": peer, "breakdown": breakdowns,
+     "breakdown-run": breakdown_run}[args.command](args)
 
 
 if __name__ == "__main__":
