@@ -142,9 +142,11 @@ def peer(args: argparse.Namespace) -> None:
 
 # ---- a Ray head kept running (the fast path for iterating) -------------------------------------------------
 @contextlib.contextmanager
-def ray_head(cpus: int, folder: Path) -> Iterator[str]:
+def ray_head(cpus: int) -> Iterator[str]:
     """``ray start --head`` on 127.0.0.1 with its own temp folder (other users' ``address: auto`` must not find
-    it); yields its address; every process it started is ended by pid (found by an environment mark)."""
+    it; short, as Ray's socket paths must be); yields its address; every process it started is ended by pid
+    (found by an environment mark)."""
+    import shutil
     import socket
 
     from raysweep.cluster import marked_processes
@@ -152,12 +154,15 @@ def ray_head(cpus: int, folder: Path) -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    mark = uuid.uuid4().hex
+    mark, folder = uuid.uuid4().hex, tempfile.mkdtemp(prefix="rsh-", dir="/tmp")
     env = {**os.environ, **HEAD_ENV, HEAD_MARK: mark, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", "--port", str(port),
-                    "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus), "--include-dashboard", "false",
-                    "--disable-usage-stats", "--temp-dir", str(folder)], env=env, check=True, capture_output=True)
+    started = subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", "--port", str(port),
+                              "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus), "--include-dashboard",
+                              "false", "--disable-usage-stats", "--temp-dir", folder], env=env, capture_output=True,
+                             text=True)
     try:
+        if started.returncode:
+            raise RuntimeError(f"ray start --head exited {started.returncode}:\n{started.stderr[-3000:]}")
         yield f"127.0.0.1:{port}"
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -167,6 +172,7 @@ def ray_head(cpus: int, folder: Path) -> Iterator[str]:
             deadline = time.monotonic() + 15
             while marked_processes(HEAD_MARK, mark) and time.monotonic() < deadline:
                 time.sleep(0.2)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # ---- where a sweep's wall time goes -------------------------------------------------------------------------
@@ -302,7 +308,7 @@ def compare(args: argparse.Namespace) -> None:
     rows: dict[str, list[dict[str, Any]]] = {}
     rng = random.Random(0)
     with tempfile.TemporaryDirectory(prefix="floor-") as tmp, \
-            (ray_head(cores, Path(tmp) / "head") if not args.no_head else contextlib.nullcontext()) as head:
+            (ray_head(cores) if not args.no_head else contextlib.nullcontext()) as head:
         todo = {k: v for k, v in variants(cores, threads, head).items()
                 if not any(k.startswith(prefix) for prefix in args.skip)}
         for name in todo:

@@ -172,3 +172,27 @@ def test_the_exit_flushes_every_run_and_the_manifest_first(finished_sweep):
     assert {r.info.status for r in trials} == {"FINISHED"}
     assert all(len(client.get_metric_history(r.info.run_id, "epoch")) == 3 for r in trials)
     assert "6 trials, 0 failed" in out and out.rstrip().splitlines()[-1].startswith("Full report")
+
+
+# ---- the fast path: a Ray head kept running ----------------------------------------------------------------
+def test_loopback_addresses_are_told_from_others():
+    from raysweep.cluster import on_loopback
+
+    assert on_loopback("127.0.0.1:6379") and on_loopback("localhost:6379") and on_loopback("ray://127.0.0.1:10001")
+    assert not on_loopback("10.1.2.3:6379") and not on_loopback("head.example.org:6379")
+
+
+@pytest.mark.slow
+def test_a_sweep_joins_a_running_loopback_head_and_leaves_it_running(tmp_path):
+    """The documented fast path: `ray start --head --node-ip-address 127.0.0.1` once, then sweeps with
+    cluster.address. Ray once turned 127.0.0.1 into the outward IP and the driver waited forever."""
+    from benchmarks.floor import HEAD_ENV, ray_head
+
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**SMALL, "seeds": 1, "methods": {"ce": {}}}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    with ray_head(2) as address:
+        for _ in range(2):  # the head outlives each sweep
+            proc = subprocess.run(raysweep_cmd("run", "spec.yaml", "--set", f"cluster.address={address}"),
+                                  cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**env, **HEAD_ENV})
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+            assert "1 trials, 0 failed" in proc.stdout
