@@ -2,8 +2,8 @@
 
 The floor is the same planned trials (``raysweep.plan.plan`` of the spec) trained through the project's own
 trial API (:func:`trainables.loop.train`) in one Python process with no Ray and no MLflow, timed as a whole
-process (interpreter start, imports and data build included). ``--processes N`` cuts the trials into N
-slices trained by N processes at once (one thread each, as a Ray trial of ``cpu: 1`` or less trains).
+process (interpreter start, imports and data build included), on one thread as a Ray trial of ``cpu: 1`` or
+less trains; the N-process floor cuts the trials into N slices trained by N such processes at once.
 
 Sub-commands:
 
@@ -287,7 +287,9 @@ def variants(cores: int, threads: int, head: str | None) -> dict[str, Any]:
     """Variant name -> a function of a fresh working folder (holding spec.yaml) returning its wall seconds."""
     spec_in = lambda w: w / "spec.yaml"  # noqa: E731
     out = {
-        "floor": lambda w: floor_run(spec_in(w), 1, None),
+        # one thread per process, as each Ray trial of cpu <= 1 trains: torch's default (a thread per core)
+        # spin-waits on a loaded machine (212 s against 34 s in one measured round at load 16)
+        "floor": lambda w: floor_run(spec_in(w), 1, threads),
         f"floor, {cores} processes": lambda w: floor_run(spec_in(w), cores, threads),
         "raysweep, ungrouped": lambda w: timed(raysweep_cmd("execution.group=none"), w),
         "raysweep, grouped by configs": lambda w: timed(raysweep_cmd("execution.group=configs"), w),
