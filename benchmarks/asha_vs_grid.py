@@ -30,9 +30,9 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def sweep(scheduler: dict, epochs: int, workdir: Path) -> dict:
-    from raysweep.plan import plan
-    from raysweep.runner import run_sweep
-    from raysweep.spec import validate_spec
+    from raysweep.execution.runner import run_sweep
+    from raysweep.planning.plan import plan
+    from raysweep.spec.schema import validate_spec
 
     spec = validate_spec({
         "name": f"asha-vs-grid-{scheduler['name']}", "dataset": {"name": "mnist1d", "imbalance": 100},

@@ -24,7 +24,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from benchmarks.common import save  # noqa: E402
-from raysweep.estimate import parse_estimates  # noqa: E402
+from raysweep.planning.estimate import parse_estimates  # noqa: E402
 
 SPEC = {
     "name": "calibration",

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raysweep.provenance import git_commit, package_versions
+from raysweep.tracking.provenance import git_commit, package_versions
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -31,7 +31,7 @@ def save(name: str, payload: dict[str, Any]) -> Path:
 
 
 def trial_runs(result) -> tuple[Any, list]:
-    """The MLflow client and the trial runs of a finished sweep (a ``raysweep.runner.SweepResult``)."""
+    """The MLflow client and the trial runs of a finished sweep (a ``raysweep.execution.runner.SweepResult``)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(result.tracking_uri)

@@ -1,6 +1,6 @@
 """The floor of a sweep, and every way of running it measured against that floor in the same run.
 
-The floor is the same planned trials (``raysweep.plan.plan`` of the spec) trained through the project's own
+The floor is the same planned trials (``raysweep.planning.plan.plan`` of the spec) trained through the project's own
 trial API (:func:`trainables.loop.train`) in one Python process with no Ray and no MLflow, timed as a whole
 process (interpreter start, imports and data build included), on one thread as a Ray trial of ``cpu: 1`` or
 less trains; the N-process floor cuts the trials into N slices trained by N such processes at once.
@@ -70,11 +70,11 @@ HEAD_ENV = {"RAY_AUTH_MODE": "token"}
 # ---- the floor ----------------------------------------------------------------------------------------------
 def planned(spec_file: str) -> list[dict[str, Any]]:
     """The spec file's planned trials, as the trainable receives them."""
-    from raysweep.plan import plan
-    from raysweep.spec import validate_spec
-    from raysweep.spec_yaml import load_spec_file
+    from raysweep.planning.plan import plan
+    from raysweep.spec.loading import load_spec_file
+    from raysweep.spec.schema import validate_spec
 
-    return [t.as_tune_config() for t in plan(validate_spec(load_spec_file(spec_file)))]
+    return [t.to_dict() for t in plan(validate_spec(load_spec_file(spec_file)))]
 
 
 def train_slice(args: argparse.Namespace) -> None:
@@ -125,8 +125,8 @@ def peer(args: argparse.Namespace) -> None:
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    from raysweep.spec import validate_spec
-    from raysweep.spec_yaml import load_spec_file
+    from raysweep.spec.loading import load_spec_file
+    from raysweep.spec.schema import validate_spec
 
     cpu = validate_spec(load_spec_file(args.spec)).resources.cpu
     tuner = tune.Tuner(
@@ -149,7 +149,7 @@ def ray_head(cpus: int) -> Iterator[str]:
     import shutil
     import socket
 
-    from raysweep.cluster import marked_processes
+    from raysweep.execution.cluster import marked_processes
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -183,11 +183,11 @@ def breakdown_run(args: argparse.Namespace) -> None:
 
     started = time.time()
     import raysweep.cli  # noqa: F401 - the driver's imports, as the command pays them
-    import raysweep.runner as runner
-    from raysweep import preflight
-    from raysweep.plan import plan
-    from raysweep.spec import validate_spec
-    from raysweep.spec_yaml import load_spec_file
+    import raysweep.execution.runner as runner
+    from raysweep.execution import preflight
+    from raysweep.planning.plan import plan
+    from raysweep.spec.loading import load_spec_file
+    from raysweep.spec.schema import validate_spec
 
     stamps: dict[str, float] = {"python_started_by": started, "imports_done": time.time()}
 
@@ -205,7 +205,7 @@ def breakdown_run(args: argparse.Namespace) -> None:
     clocked(runner, "check_datasets", "preflight_datasets")
     clocked(preflight, "start_ray", "ray_init")
     clocked(preflight, "stop_ray", "ray_shutdown")
-    from raysweep import mlflow_store
+    from raysweep.tracking import mlflow_store
 
     clocked(mlflow_store, "open_client", "store_open")  # the thread's open (MLflow's import, the schema)
     real_open = runner.open_in_background
@@ -221,8 +221,8 @@ def breakdown_run(args: argparse.Namespace) -> None:
         thread.join = joined
         return thread
     runner.open_in_background = opening
-    from raysweep.session import SweepSession
-    from raysweep.trial_logger import TuneCallback
+    from raysweep.execution.session import SweepSession
+    from raysweep.tracking.trial_logger import TuneCallback
 
     clocked(SweepSession, "run", "tune_fit")
     clocked(SweepSession, "finish", "finish")

@@ -18,7 +18,7 @@ import time
 import torch
 
 from benchmarks.common import save
-from trainables.group import TrialGroup
+from trainables.groups.group import TrialGroup
 
 ENGINES = {"loop": ("loop", "auto"), "fused": ("fused", "fast"), "fused_vmap": ("fused", "vmap")}
 

@@ -5,9 +5,9 @@ Every measurement is a worker subprocess (its own CUDA context, as a Ray trial h
 CIFAR-shaped synthetic data already on the GPU (uint8 3x32x32 images, 10 classes, batch 128 per member):
 a one-member worker runs the plain step of the training loop (forward, cross-entropy, backward, SGD with
 the trial defaults lr 0.1, momentum 0.9, weight decay 5e-4); a k-member worker runs the fused engine's step
-(:func:`trainables.fused.stacked_forward`, :class:`~trainables.fused.StackedSGD`). Concurrent workers
+(:func:`trainables.groups.fused.stacked_forward`, :class:`~trainables.groups.fused.StackedSGD`). Concurrent workers
 warm up, wait for each other, then all measure for the same ``--seconds``; their rates add up.
-The figures decide ``trainables.group.AUTO_ENGINE["cuda"]``.
+The figures decide ``trainables.groups.group.AUTO_ENGINE["cuda"]``.
 
 Run: ``python -m benchmarks.gpu_groups`` on a machine with CUDA (results in benchmarks/results/gpu_groups.json);
 ``--tiny`` checks the script itself on CPU with small sizes (nothing saved). Without CUDA and without
@@ -36,7 +36,7 @@ TINY = {"batch": 8, "seconds": 0.5, "warmup": 1, "processes": [1, 2], "fused": [
 def worker(args: argparse.Namespace) -> None:
     from torch.nn import functional as F
 
-    from trainables.fused import ModelStack, StackedSGD, stacked_forward
+    from trainables.groups.fused import ModelStack, StackedSGD, stacked_forward
     from trainables.models import build_model, model_params
 
     device = torch.device(args.device)

@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 from benchmarks.common import RESULTS_DIR, save
-from raysweep.provenance import git_commit
+from raysweep.tracking.provenance import git_commit
 
 LT_METHODS = ["ce", "focal", "cb", ("cb", {"base": "focal"}), "balanced_softmax", "ldam_drw", "cdb_w_ce", "cdb_s",
               "ids", "difficulty_net", "mwnet", "gdw"]

@@ -21,6 +21,7 @@ STEPS = [
     ["benchmarks.groups", "quickstart", "--repeats", "1"],
     ["benchmarks.groups", "asha", "--epochs", "20"],
     ["benchmarks.calibration"],
+    ["benchmarks.image_store"],
     ["benchmarks.floor", "compare", "--spec", "perf", "--rounds", "5"],
     ["benchmarks.floor", "breakdown", "--runs", "3"],
     ["benchmarks.floor", "compare", "--spec", "grid", "--rounds", "1", "--skip", "plain Ray Tune"],

@@ -19,8 +19,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 from benchmarks.common import save  # noqa: E402
-from raysweep.plan import plan  # noqa: E402
-from raysweep.spec import validate_spec  # noqa: E402
+from raysweep.planning.plan import plan  # noqa: E402
+from raysweep.spec.schema import validate_spec  # noqa: E402
 from trainables.loop import Trial  # noqa: E402
 
 DATASET = {"name": "mnist1d", "num_samples": 10000}
@@ -43,9 +43,9 @@ def run(num_trials: int, epochs: int, with_mlflow: bool, workdir: Path) -> dict:
     import ray
     from ray import tune
 
-    from raysweep.mlflow_store import SweepRun
-    from raysweep.trial_logger import TrialLogger, TuneCallback
-    from trainables.tune import ENVELOPE, envelope, read_envelope, run_trial
+    from raysweep.tracking.mlflow_store import SweepRun
+    from raysweep.tracking.trial_logger import TrialLogger, TuneCallback
+    from trainables.tune import ENVELOPE, Envelope, run_trial
 
     spec = validate_spec({"name": "bench", "dataset": DATASET, "model": MODEL, "train": {"epochs": epochs},
                           "methods": {"ce": {}}, "seeds": num_trials, "resources": {"cpu": 1}})
@@ -58,9 +58,9 @@ def run(num_trials: int, epochs: int, with_mlflow: bool, workdir: Path) -> dict:
             callbacks = [TuneCallback(TrialLogger(sweep))]
         tuner = tune.Tuner(
             tune.with_resources(run_trial, {"cpu": 1}),
-            param_space={ENVELOPE: tune.grid_search([envelope([t.as_tune_config()], [], None, None) for t in trials])},
+            param_space={ENVELOPE: tune.grid_search([Envelope.of([t]).to_config()[ENVELOPE] for t in trials])},
             tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True,
-                                        trial_dirname_creator=lambda t: read_envelope(t.config).key),
+                                        trial_dirname_creator=lambda t: Envelope.from_config(t.config).key),
             run_config=tune.RunConfig(name=f"bench-{with_mlflow}", storage_path=str(workdir), callbacks=callbacks,
                                       verbose=0),
         )

@@ -26,9 +26,9 @@ def one_trial(workdir: Path) -> dict:
     import ray
     from ray import tune
 
-    from raysweep.plan import plan
-    from raysweep.spec import validate_spec
-    from trainables.tune import ENVELOPE, envelope, run_trial
+    from raysweep.planning.plan import plan
+    from raysweep.spec.schema import validate_spec
+    from trainables.tune import ENVELOPE, Envelope, run_trial
 
     marks: dict[str, list[float]] = {"start": [], "results": []}
 
@@ -47,7 +47,7 @@ def one_trial(workdir: Path) -> dict:
     t_init = time.perf_counter() - t0
     try:
         tuner = tune.Tuner(tune.with_resources(run_trial, {"cpu": 1}),
-                           param_space={ENVELOPE: tune.grid_search([envelope([t.as_tune_config()], [], None, None)
+                           param_space={ENVELOPE: tune.grid_search([Envelope.of([t]).to_config()[ENVELOPE]
                                                                    for t in trials])},
                            run_config=tune.RunConfig(name="overhead", storage_path=str(workdir), callbacks=[Clock()],
                                                      verbose=0))
@@ -66,10 +66,10 @@ def one_trial(workdir: Path) -> dict:
 def demo(workdir: Path) -> dict:
     from importlib import resources
 
-    from raysweep.plan import plan
-    from raysweep.runner import run_sweep
-    from raysweep.spec import validate_spec
-    from raysweep.spec_yaml import apply_overrides, load_spec_file
+    from raysweep.execution.runner import run_sweep
+    from raysweep.planning.plan import plan
+    from raysweep.spec.loading import apply_overrides, load_spec_file
+    from raysweep.spec.schema import validate_spec
 
     path = resources.files("raysweep") / "specs" / "quickstart.yaml"
     spec = validate_spec(apply_overrides(load_spec_file(str(path)), [

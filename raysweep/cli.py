@@ -13,9 +13,6 @@ from importlib import resources
 from pathlib import Path
 from typing import NoReturn, Sequence
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
 EXIT_USAGE = 2
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "search_spaces" / "presets"
 
@@ -26,22 +23,35 @@ class UsageError(Exception):
 
 def _load(path: str, overrides: list[str]):
     """(validated spec, phase 1's planned trials) of a spec file after ``--set`` overrides."""
-    from raysweep.plan import plan
-    from raysweep.spec import validate_spec
-    from raysweep.spec_yaml import apply_overrides, load_spec_file
+    from raysweep.planning.plan import plan
+    from raysweep.spec.loading import apply_overrides, load_spec_file
+    from raysweep.spec.schema import validate_spec
 
     spec = validate_spec(apply_overrides(load_spec_file(path), overrides))
     return spec, plan(spec)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from raysweep.plan import describe_plan
+    from raysweep.planning.plan import describe_plan
 
     spec, trials = _load(args.spec, args.set)
     print("\n".join(describe_plan(spec, trials)))
+    print("\n".join(_memory_lines(spec, trials)))
     if args.calibrate:
         print(_calibrated(spec, trials, args.steps, args.device))
     return 0
+
+
+def _memory_lines(spec, trials) -> list[str]:
+    """``plan``'s memory estimate (the fit check a run makes before anything starts), or why a run would refuse."""
+    from raysweep.planning.plan import memory_fit
+    from trainables.params import ConfigError
+
+    try:
+        report = memory_fit(spec, trials)
+    except ConfigError as err:
+        return [f"memory: a run would refuse this sweep: {err}"]
+    return report.lines() if report is not None else []
 
 
 def _calibrated(spec, trials, steps: int, device: str) -> str:
@@ -50,9 +60,9 @@ def _calibrated(spec, trials, steps: int, device: str) -> str:
 
     import torch
 
-    from raysweep.calibrate import calibrate, default_overhead
-    from raysweep.estimate import estimate_wall_time
-    from raysweep.plan import group_trials, phases, planned_slots
+    from raysweep.planning.calibrate import calibrate, default_overhead
+    from raysweep.planning.estimate import estimate_wall_time
+    from raysweep.planning.plan import group_trials, phases, planned_slots
 
     if not trials:
         return (f"calibrate: mode {spec.search.mode} draws its trials while the sweep runs; nothing to time before "
@@ -91,7 +101,7 @@ def _print_result(result) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from raysweep.runner import run_sweep
+    from raysweep.execution.runner import run_sweep
 
     spec, trials = _load(args.spec, args.set)
     result = run_sweep(spec, trials, verbose=args.verbose)
@@ -101,8 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Finish a sweep whose driver was killed: same trials, same MLflow runs, nothing rerun."""
-    from raysweep.manifest import Manifest
-    from raysweep.runner import resume_sweep
+    from raysweep.execution.runner import resume_sweep
+    from raysweep.tracking.manifest import Manifest
 
     manifest = Manifest.find(args.sweep, args.storage)
     result = resume_sweep(manifest, verbose=args.verbose)
@@ -112,8 +122,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """Backfill MLflow from Ray's storage: missing runs and epochs only, so running it twice changes nothing."""
-    from raysweep.manifest import Manifest
-    from raysweep.sync import sync_sweep
+    from raysweep.tracking.manifest import Manifest
+    from raysweep.tracking.sync import sync_sweep
 
     report = sync_sweep(Manifest.find(args.sweep, args.storage), tracking_uri=args.tracking_uri)
     recovered = f" ({report.epochs_recovered} recovered from checkpoints)" if report.epochs_recovered else ""
@@ -138,8 +148,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_table(args: argparse.Namespace) -> int:
     from analysis.mlflow_io import SweepNotFound
     from analysis.tables import render
-    from raysweep.mlflow_store import resolve_tracking_uri
-    from raysweep.report import sweep_table
+    from raysweep.reporting.report import sweep_table
+    from raysweep.tracking.mlflow_store import resolve_tracking_uri
 
     if not args.experiment and not args.parent:
         raise UsageError("table: give --experiment NAME or --parent RUN_ID")
@@ -155,8 +165,8 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis.mlflow_io import SweepNotFound
     from analysis.tables import render
-    from raysweep.mlflow_store import resolve_tracking_uri
-    from raysweep.report import build_report
+    from raysweep.reporting.report import build_report
+    from raysweep.tracking.mlflow_store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     try:
@@ -178,9 +188,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """The MLflow UI of a sweep's store, opened on the experiment's comparison view; stops cleanly on signals."""
-    from raysweep.manifest import Manifest
-    from raysweep.mlflow_store import limit_http_retries, resolve_tracking_uri
-    from raysweep.ui import experiment_link, runs_url, serve_ui
+    from raysweep.reporting.ui import experiment_link, runs_url, serve_ui
+    from raysweep.tracking.manifest import Manifest
+    from raysweep.tracking.mlflow_store import limit_http_retries, resolve_tracking_uri
 
     uri, experiment = args.tracking_uri, args.experiment
     if args.sweep:  # a sweep folder (or id) of the Ray results: its manifest names the store and experiment
@@ -301,8 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from raysweep.environment import apply_defaults
     from trainables.params import ConfigError
 
+    apply_defaults()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

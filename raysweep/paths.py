@@ -19,7 +19,7 @@ from trainables.params import ConfigError
 
 COMPONENT_MAX_BYTES = 255  # the longest file name ext4, xfs, btrfs, tmpfs and NFS accept, in bytes
 # The sweep id is <name>-<timestamp>, or <name>-<timestamp>-<k> (2 <= k <= MAX_CLAIMS) when that folder is
-# taken (raysweep.manifest.claim_sweep_dir); phase 2's Ray experiment folder is <sweep id><CONFIRM_SUFFIX>.
+# taken (raysweep.tracking.manifest.claim_sweep_dir); phase 2's Ray experiment folder is <sweep id><CONFIRM_SUFFIX>.
 SWEEP_TIMESTAMP = "%Y%m%d-%H%M%S"
 MAX_CLAIMS = 999
 CONFIRM_SUFFIX = "-confirm"

@@ -1,9 +1,9 @@
-"""Planned trials: one resolved trial config with the ids that group, key and label it.
+"""Making planned trials: resolving one point of a spec into a trial config, its ``config_id`` and label.
 
-Each planned trial carries a ``config_id`` (a hash of its resolved config without the seed, so the seeds
-of one configuration share it) and a readable ``label`` made of what varies. Every point is resolved with
-the same validator the trial itself uses (:func:`trainables.config.resolve_trial`), so an invalid
-combination fails before anything starts.
+The planned trial itself (:class:`trainables.planned.PlannedTrial`, re-exported here) is the one form a
+trial takes from the planner to the trainable and the logger. Every point is resolved with the same
+validator the trial itself uses (:func:`trainables.config.resolve_trial`), so an invalid combination fails
+before anything starts.
 """
 
 from __future__ import annotations
@@ -11,46 +11,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from trainables.config import resolve_trial
 from trainables.methods import METHODS
 from trainables.params import ConfigError
+from trainables.planned import PlannedTrial
 from trainables.selection import resolve_val_per_class
-
-# The ids a planned trial adds to its resolved config in the Tune config (see as_tune_config).
-ID_KEYS = ("config_id", "label", "trial_key", "phase", "axes", "plan_index", "draw")
-
-
-@dataclass(frozen=True)
-class PlannedTrial:
-    """One trial of the sweep: its resolved config plus the ids that group and label it."""
-
-    config: dict[str, Any]
-    config_id: str
-    seed: int
-    label: str  # method and its swept knobs, e.g. "focal gamma=0.5"
-    axes: dict[str, Any] = field(default_factory=dict)  # this trial's values of the spec's axes
-    phase: str = "search"
-    index: int = 0  # position in the plan (tables keep this order)
-    draw: int | None = None  # Optuna's trial number for sampled trials (a draw can repeat a configuration)
-
-    @property
-    def key(self) -> str:
-        """Unique within a sweep: configuration, seed, Optuna draw and (for phase 2) the phase."""
-        return (f"{self.config_id}-s{self.seed}" + ("" if self.draw is None else f"-n{self.draw}")
-                + ("" if self.phase == "search" else f"-{self.phase}"))
-
-    def as_tune_config(self) -> dict[str, Any]:
-        """The resolved trial plus its ids: what the trainable trains and the logger records."""
-        return {**self.config, "config_id": self.config_id, "label": self.label, "trial_key": self.key,
-                "phase": self.phase, "axes": self.axes, "plan_index": self.index, "draw": self.draw}
-
-    @classmethod
-    def from_tune_config(cls, cfg: Mapping[str, Any]) -> PlannedTrial:
-        return cls({k: v for k, v in cfg.items() if k not in ID_KEYS}, cfg["config_id"], cfg["seed"], cfg["label"],
-                   dict(cfg.get("axes", {})), cfg.get("phase", "search"), cfg.get("plan_index", 0), cfg.get("draw"))
 
 
 def config_id(resolved: Mapping[str, Any]) -> str:
@@ -100,9 +67,12 @@ def sampled_trial(sections: Mapping[str, Mapping[str, Any]], sweep_methods: Sequ
 
 
 def trial_epochs(trials: list[PlannedTrial]) -> int:
-    return sum(t.config["train"]["epochs"] for t in trials)
+    return sum(t.epochs for t in trials)
 
 
 def relative_cost(trials: list[PlannedTrial]) -> float:
     """Trial-epochs weighted by each method's cost relative to CE (meta-learning methods about 3x)."""
-    return sum(t.config["train"]["epochs"] * METHODS.get(t.config["method"]["name"]).relative_cost for t in trials)
+    return sum(t.epochs * METHODS.get(t.config["method"]["name"]).relative_cost for t in trials)
+
+
+__all__ = ["PlannedTrial", "config_id", "fmt", "relative_cost", "resolve_point", "sampled_trial", "trial_epochs"]

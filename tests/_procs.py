@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from raysweep.ui import alive, descendants
+from raysweep.reporting.ui import alive, descendants
 
 
 def free_port() -> int:

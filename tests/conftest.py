@@ -1,12 +1,45 @@
 import os
+import sys
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import platform  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# platform.uname().processor runs `uname -p` once per interpreter and caches it; MLflow's first import calls it. Run it
+# here, so the fast-tier guard below never takes a library's one-off probe for a process a test starts.
+platform.uname().processor  # noqa: B018 (the lazy field runs the probe)
+
 torch.set_num_threads(1)
+
+
+# ---- the test tiers (docs/architecture.md): an unmarked test is in the fast tier ---------------------------
+TIER_MARKERS = ("process", "ray", "server", "slow")
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_guard(request, monkeypatch):
+    """An unmarked test (the fast tier, `make test-fast`) may not start a process or Ray: it fails naming the
+    marker it needs, so the tiers stay what they say."""
+    if any(request.node.get_closest_marker(m) for m in TIER_MARKERS):
+        yield
+        return
+    import multiprocessing.process
+    import subprocess
+
+    def refuse(what: str, marker: str):
+        def refused(*args, **kwargs):
+            raise AssertionError(f"this test {what} but is in the fast tier: mark it @pytest.mark.{marker}")
+        return refused
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("starts a subprocess", "process"))
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse("starts a process", "process"))
+    if "ray" in sys.modules:
+        monkeypatch.setattr(sys.modules["ray"], "init", refuse("starts Ray", "ray"))
+    yield
 
 
 def pytest_collection_modifyitems(config, items):

@@ -152,6 +152,7 @@ CASES = [
     ("unknown dataset", {"dataset": {"name": "cifar99"}}, [], "dataset.name"),
     ("unknown dataset option", section("dataset", colour=1), [], "dataset.colour"),
     ("unknown model", {"model": "resnet999"}, [], "model.name"),
+    ("a model that cannot take the dataset's inputs", {"model": "resnet10"}, [], "model.name"),
     ("zero epochs", section("train", epochs=0), [], "train.epochs"),
     ("epochs as a string", section("train", epochs="ten"), [], "train.epochs"),
     ("epochs override not a number", {}, ["train.epochs=abc"], "train.epochs"),

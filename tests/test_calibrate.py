@@ -7,9 +7,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from raysweep.calibrate import Calibration, Overhead, StepTiming, calibrate, dataset_key, overhead_from_benchmark
-from raysweep.estimate import estimate_wall_time, makespan, parse_estimates, stop_epochs, trial_slots
-from raysweep.schedulers import resolve_scheduler
+from raysweep.planning.calibrate import (
+    Calibration,
+    Overhead,
+    StepTiming,
+    calibrate,
+    dataset_key,
+    overhead_from_benchmark,
+)
+from raysweep.planning.estimate import estimate_wall_time, makespan, parse_estimates, stop_epochs, trial_slots
+from raysweep.search.schedulers import resolve_scheduler
 
 DATASET = {"name": "gaussian", "imbalance": 10}
 
@@ -120,8 +127,8 @@ def test_overhead_from_the_benchmarks_fits_the_per_trial_hand_off(tmp_path):
 
 
 def test_calibrate_times_each_method_dataset_model_of_a_tiny_spec():
-    from raysweep.plan import plan
-    from raysweep.spec import validate_spec
+    from raysweep.planning.plan import plan
+    from raysweep.spec.schema import validate_spec
     from trainables.data import load_splits
 
     spec = validate_spec({"name": "cal", "dataset": {"name": "gaussian", "imbalance": 10, "samples_per_class": 200},

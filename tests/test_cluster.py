@@ -19,7 +19,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from raysweep.cluster import LOOPBACK_ENV, parse_address, start_ray, storage_problems
+from raysweep.execution.cluster import LOOPBACK_ENV, parse_address, start_ray, storage_problems
 from trainables.params import ConfigError
 
 from _cli import raysweep_cmd
@@ -64,6 +64,7 @@ def cluster(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_sweep_spreads_over_two_nodes_and_survives_losing_one(tmp_path, cluster):
     address, env, tracked, head, node2 = cluster
     spec = {"name": "twonode", "plugins": ["fault_plugin"], "dataset": GAUSSIAN, "model": MLP,
@@ -147,6 +148,7 @@ def test_addresses_parse_or_fail_naming_cluster_address():
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.gpu
 def test_fractional_gpu_trials_cap_their_memory(tmp_path):
     spec = {"name": "gpu", "dataset": GAUSSIAN, "model": MLP,
@@ -206,6 +208,7 @@ def test_proc_net_addresses_decode():
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_a_local_ray_listens_on_loopback_only(monkeypatch):
     """Every listening socket of the driver and of every process the local Ray started (GCS, raylet, agents,
     workers) is on a loopback address; and the switch is off again afterwards."""
@@ -234,3 +237,18 @@ def test_a_local_ray_listens_on_loopback_only(monkeypatch):
     finally:
         ray.shutdown()
         shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
+
+
+def test_the_private_ray_switch_loopback_only_relies_on_is_still_what_ray_reads():
+    """Ray 2.60 offers no public way to keep a local Ray on 127.0.0.1 (``ray.init``'s node IP argument is
+    private too, and a loopback value is resolved to the outward IP): ``loopback_only`` flips the switch Ray
+    reads for Windows and macOS. This pin fails loudly, naming what moved, the day Ray changes it."""
+    import inspect
+
+    from ray._private import ray_constants, services
+
+    assert ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR == LOOPBACK_ENV, "Ray renamed its clusters switch"
+    assert isinstance(ray_constants.ENABLE_RAY_CLUSTER, bool), "Ray no longer parses the switch at import"
+    source = inspect.getsource(services.get_node_ip_address)
+    assert "ray_constants.ENABLE_RAY_CLUSTER" in source and "get_localhost_ip()" in source, \
+        "Ray's node IP no longer follows the switch: loopback_only would not keep a local Ray on 127.0.0.1"

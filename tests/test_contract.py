@@ -6,10 +6,20 @@ import math
 import pytest
 import torch
 
-from trainables.data import DATASETS, dataset_params
+from tests._images import (
+    write_cifar10,
+    write_cifar100,
+    write_clothing1m,
+    write_image_lists,
+    write_inaturalist,
+    write_mnist,
+)
+from trainables.data import DATASETS, dataset_params, resolve_dataset
 from trainables.loop import Trial, train
 from trainables.methods import METHODS
-from trainables.models import MODELS, build_model, model_params
+from trainables.models import MODELS, build_model, model_params, resolve_model
+from trainables.pairs import check_model_on_data
+from trainables.params import ConfigError
 
 SMALL = {
     "gaussian": {"name": "gaussian", "imbalance": 10, "meta_per_class": 8},
@@ -106,3 +116,56 @@ def test_many_classes_report_per_class_accuracy_as_one_list():
     assert len(metrics["test_class_acc"]) == 25 and not any(k.startswith("test_acc_class") for k in metrics)
     few = Trial(trial_config("ce")).run_epoch()
     assert "test_class_acc" not in few and sum(k.startswith("test_acc_class") for k in few) == 4
+
+
+# ---- every model on every image source -------------------------------------------------------------------------
+def _image_sources() -> list[str]:
+    """Registered sources whose inputs are images (C, H, W), from their ``inputs`` hook (no file read)."""
+    out = []
+    for name in DATASETS.names():
+        source = DATASETS.get(name)
+        if source.inputs is not None and len(source.inputs(resolve_dataset({"name": name}))[0]) == 3:
+            out.append(name)
+    return out
+
+
+def _tiny_image_dataset(name: str, root) -> dict:
+    """A tiny dataset config of image source ``name`` on files written in its real format."""
+    if name in ("cifar10", "cifar100"):
+        (write_cifar10 if name == "cifar10" else write_cifar100)(root, 4, 2)
+        return {"name": name, "root": str(root), "meta_per_class": 1, "test_per_class": 1}
+    if name == "mnist":
+        write_mnist(root, [6] * 10, [2] * 10)
+        return {"name": name, "root": str(root), "meta_per_class": 1, "test_per_class": 1}
+    if name in ("imagenet_lt", "places_lt"):
+        write_image_lists(root, {"train": [3, 2], "val": [1, 1], "test": [1, 1]}, size=(40, 52))
+        return {"name": name, "root": str(root), "image_size": 32, "store_size": 36, "meta_per_class": 1,
+                "cache_dir": str(root / "cache"), **{f"{s}_list": f"ImageNet_LT_{s}.txt" for s in ("train", "val",
+                                                                                                   "test")}}
+    store = {"image_size": 32, "store_size": 36, "cache_dir": str(root / "cache")}
+    if name == "inaturalist":
+        write_inaturalist(root, 2018, [3, 2], [3, 3], size=(40, 52))
+        return {"name": name, "root": str(root), **store}
+    if name == "clothing1m":
+        write_clothing1m(root, [2] * 14, [1] * 14, [1] * 14, size=(40, 52))
+        return {"name": name, "root": str(root), "meta_per_class": 1, **store}
+    raise AssertionError(f"image source {name!r} has no tiny stand-in here: add one")
+
+
+@pytest.mark.parametrize("source", _image_sources())
+@pytest.mark.parametrize("model", MODELS.names())
+def test_every_model_trains_on_every_image_source_or_preflight_refuses_the_pair(model, source, tmp_path):
+    """Either the pair check refuses it (model.name) or one training step gives a finite loss."""
+    dataset = resolve_dataset(_tiny_image_dataset(source, tmp_path))
+    model_cfg = resolve_model(model)
+    try:
+        check_model_on_data(model_cfg, dataset)
+    except ConfigError as err:
+        assert err.path == "model.name" and "cannot train on" in err.message
+        return
+    trial = Trial({"method": {"name": "ce"}, "dataset": dataset, "model": model, "seed": 0,
+                   "train": {"epochs": 1, "batch_size": 4, "device": "cpu", "eval_batch_size": 8}})
+    _, batches = trial.begin_epoch()
+    x, y, idx = trial.batch(batches[0])
+    loss = trial.method.train_step(trial.model, trial.optimizer, x, y, idx)
+    assert math.isfinite(float(loss))

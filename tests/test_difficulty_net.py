@@ -186,9 +186,9 @@ def test_runs_on_gpu():
 
 
 def test_preset_lays_out_supplementary_table_6():
-    from raysweep.plan import plan
-    from raysweep.spec import validate_spec
-    from raysweep.spec_yaml import load_spec_file as load_spec
+    from raysweep.planning.plan import plan
+    from raysweep.spec.loading import load_spec_file as load_spec
+    from raysweep.spec.schema import validate_spec
 
     spec = validate_spec(load_spec("search_spaces/presets/difficulty_net_h.yaml"))
     trials = plan(spec)

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 
 from _cli import raysweep, run_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 SPEC = {
     "name": "e2e",
@@ -88,3 +88,13 @@ def test_gpu_demand_without_gpu_exits_2_and_creates_no_run(tmp_path):
     proc = raysweep("run", "spec.yaml", cwd=tmp_path)
     assert proc.returncode == 2 and "resources.gpu" in proc.stderr and "no GPU" in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_public_api_reads_the_sweep_back_as_one_row_per_trial(sweep):
+    import raysweep
+
+    root, _ = sweep
+    frame = raysweep.results("e2e", tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    assert len(frame) == 8 and frame["run_id"].is_unique
+    assert frame["config_id"].nunique() == 4 and set(frame["method"]) == {"focal"}
+    assert {"metric.test_acc", "best.val_balanced_acc"} <= set(frame.columns)

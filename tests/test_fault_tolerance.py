@@ -16,7 +16,7 @@ from _cli import raysweep_cmd
 from _faults import GAUSSIAN, MLP, epoch_log, finished_and_midway, last_epochs, setup_workdir
 from _procs import free_port, start_mlflow_server, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 EPOCHS = 4
 

@@ -27,10 +27,11 @@ def imported_after(statement: str) -> set[str]:
     return set(out.stdout.split())
 
 
+@pytest.mark.process
 def test_driver_and_worker_do_not_import_the_compiler_stack_or_torchvision():
     """torchvision (and torch._dynamo through torchvision.ops) costs about 3 s a process; only an
     AutoAugment operation needs it."""
-    modules = imported_after("import raysweep.cli, raysweep.runner, trainables.tune, trainables.loop")
+    modules = imported_after("import raysweep.cli, raysweep.execution.runner, trainables.tune, trainables.loop")
     assert not {m for m in modules if m == "torchvision" or m.startswith(("torchvision.", "torch._dynamo"))}
 
 
@@ -96,6 +97,7 @@ def test_a_different_config_never_reuses_a_build_and_the_protocol_never_rebuilds
     assert torch.equal(cached.x_test, fresh.x_test) and (cached.y_test == fresh.y_test).all()
 
 
+@pytest.mark.process
 def test_processes_asking_together_build_a_source_once(tmp_path):
     ctx = multiprocessing.get_context("fork")
     start, out, log = ctx.Event(), ctx.Queue(), str(tmp_path / "builds.log")
@@ -128,7 +130,7 @@ def finished_sweep(tmp_path_factory):
     token = uuid.uuid4().hex
     proc = subprocess.run(raysweep_cmd("run", "spec.yaml"), cwd=root, capture_output=True, text=True, timeout=600,
                           env={**os.environ, MARK: token})
-    from raysweep.cluster import marked_processes
+    from raysweep.execution.cluster import marked_processes
 
     left = marked_processes(MARK, token)  # at once: the driver's exit is the promise
     for pid in left:  # never leave them to other tests
@@ -138,11 +140,15 @@ def finished_sweep(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.process
 def test_no_ray_process_of_the_sweep_is_left_when_run_returns(finished_sweep):
     assert finished_sweep[3] == []
 
 
 @pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.process
 def test_the_worker_count_never_exceeds_what_plan_says(finished_sweep):
     """Every result Ray kept names the worker process that produced it (Tune's ``pid``)."""
     root, planned, _, _ = finished_sweep
@@ -155,11 +161,13 @@ def test_the_worker_count_never_exceeds_what_plan_says(finished_sweep):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.process
 def test_the_exit_flushes_every_run_and_the_manifest_first(finished_sweep):
     from mlflow import MlflowClient
 
     from analysis import mlflow_tags as tags
-    from raysweep.manifest import Manifest
+    from raysweep.tracking.manifest import Manifest
 
     root, _, out, _ = finished_sweep
     (sweep_dir,) = (root / "raysweep_results").iterdir()
@@ -176,13 +184,15 @@ def test_the_exit_flushes_every_run_and_the_manifest_first(finished_sweep):
 
 # ---- the fast path: a Ray head kept running ----------------------------------------------------------------
 def test_loopback_addresses_are_told_from_others():
-    from raysweep.cluster import on_loopback
+    from raysweep.execution.cluster import on_loopback
 
     assert on_loopback("127.0.0.1:6379") and on_loopback("localhost:6379") and on_loopback("ray://127.0.0.1:10001")
     assert not on_loopback("10.1.2.3:6379") and not on_loopback("head.example.org:6379")
 
 
 @pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.process
 def test_a_sweep_joins_a_running_loopback_head_and_leaves_it_running(tmp_path):
     """The documented fast path: `ray start --head --node-ip-address 127.0.0.1` once, then sweeps with
     cluster.address. Ray once turned 127.0.0.1 into the outward IP and the driver waited forever."""

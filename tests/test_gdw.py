@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from raysweep.plan import plan
-from raysweep.spec import validate_spec
-from raysweep.spec_yaml import load_spec_file as load_spec
+from raysweep.planning.plan import plan
+from raysweep.spec.loading import load_spec_file as load_spec
+from raysweep.spec.schema import validate_spec
 from search_spaces import space_for
 from search_spaces.grid import expand_method
 from trainables.loop import Trial, train

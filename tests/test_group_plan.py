@@ -1,9 +1,9 @@
-"""How a phase's trials are cut into groups (raysweep.plan.group_trials): under the member cap as evenly as
+"""How a phase's trials are cut into groups (raysweep.planning.plan.group_trials): under the member cap as evenly as
 possible, in plan order, configurations split further to fill the slots, the seeds of a configuration
 never split for them, and what `raysweep plan` says about it."""
 
-from raysweep.plan import CONFIRM, SEARCH, Phase, confirm_plan, describe_plan, group_trials, plan
-from raysweep.spec import validate_spec
+from raysweep.planning.plan import CONFIRM, SEARCH, Phase, confirm_plan, describe_plan, group_trials, plan
+from raysweep.spec.schema import validate_spec
 
 
 def spec(extra=None, **execution):
@@ -71,7 +71,7 @@ def test_phase_two_groups_configurations_and_fills_the_slots():
 
 def test_plan_says_how_the_groups_fill_the_machine(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr("raysweep.plan.local_cpus", lambda: 4)
+    monkeypatch.setattr("raysweep.planning.plan.local_cpus", lambda: 4)
     s = spec(group="configs", extra={"resources": {"cpu": 1}})
     lines = describe_plan(s, plan(s))
     assert "10 trials in 4 groups of 2 to 3 (by configs), engine auto; cost per group about 4-6 CE-epochs" in lines

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from trainables.checkpoint import load_state, save_state
-from trainables.fused import ModelStack, StackedSGD, stacked_forward
-from trainables.group import COMPLETED, NON_FINITE, STOPPED, TrialGroup, fuses, train_group
+from trainables.groups.fused import ModelStack, StackedSGD, stacked_forward
+from trainables.groups.group import COMPLETED, NON_FINITE, STOPPED, TrialGroup, fuses, train_group
 from trainables.loop import train
 from trainables.methods import METHODS
 from trainables.methods.base import Method

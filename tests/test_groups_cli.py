@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from analysis import mlflow_tags as tags
-from raysweep.report import sweep_table
+from raysweep.reporting.report import sweep_table
 
 from _cli import raysweep_cmd
 from _faults import GAUSSIAN, MLP, epoch_log, finished_and_midway, last_epochs, setup_workdir
@@ -88,6 +88,7 @@ def ungrouped(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.parametrize(("group", "engine", "shape"), [
     ("seeds", "loop", "8 trials in 4 groups of 2 (by seeds)"),
     ("seeds", "fused", "8 trials in 4 groups of 2 (by seeds)"),
@@ -139,6 +140,7 @@ def test_a_grouped_sweep_logs_the_runs_tags_histories_and_table_of_the_ungrouped
 
 # ---- ASHA with group: seeds stops whole configurations -----------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.ray
 def test_asha_with_seed_groups_stops_whole_configurations_on_the_seed_mean(tmp_path):
     # Two configurations that learn (lr 0.5, 0.2) planned before two that barely move (lr 1e-4, 2e-4). At most
     # two groups run at once, so the poor ones reach ASHA's first rung (epoch 1) only after a good one has
@@ -172,6 +174,7 @@ def test_asha_with_seed_groups_stops_whole_configurations_on_the_seed_mean(tmp_p
 
 # ---- a diverging member leaves, the others go on -----------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.parametrize("engine", ["loop", "fused"])
 def test_a_member_going_non_finite_leaves_its_group_and_the_others_go_on(tmp_path, engine):
     spec = {"name": "nan", "plugins": ["fault_plugin"], "dataset": GAUSSIAN, "model": MLP,
@@ -202,6 +205,7 @@ CRASH = {"name": "crash", "plugins": ["fault_plugin"], "dataset": GAUSSIAN, "mod
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_resume_after_the_driver_is_killed_finishes_every_member_once(tmp_path, procs, ray_tmp):
     env = setup_workdir(tmp_path, CRASH)
     log = tmp_path / "run.log"
@@ -240,6 +244,7 @@ def test_resume_after_the_driver_is_killed_finishes_every_member_once(tmp_path, 
 
 # ---- Optuna draws a configuration; its seeds train in one group ---------------------------------------------
 @pytest.mark.slow
+@pytest.mark.ray
 def test_optuna_trains_each_draws_seeds_in_one_group_and_searches_on_their_mean(tmp_path):
     spec = {"name": "optuna", "dataset": GAUSSIAN, "model": MLP, "train": {"epochs": 2, "batch_size": 64},
             "methods": {"focal": {}}, "seeds": 2, "resources": {"cpu": 1},
@@ -266,6 +271,7 @@ def test_optuna_trains_each_draws_seeds_in_one_group_and_searches_on_their_mean(
     assert len({rs[0].data.params["method.gamma"] for rs in members.values()}) == 3, "three distinct draws"
 
 
+@pytest.mark.process
 def test_plan_says_asha_groups_only_seeds(tmp_path):
     spec = {**COMPARE, "scheduler": {"name": "asha", "grace_period": 1}, "execution": {"group": "configs"}}
     out = run(tmp_path, spec, "plan", "spec.yaml").stdout

@@ -192,9 +192,9 @@ def test_math_on_gpu():
 
 
 def test_preset_sweeps_c_by_gamma_on_noisy_data():
-    from raysweep.plan import plan
-    from raysweep.spec import validate_spec
-    from raysweep.spec_yaml import load_spec_file as load_spec
+    from raysweep.planning.plan import plan
+    from raysweep.spec.loading import load_spec_file as load_spec
+    from raysweep.spec.schema import validate_spec
 
     spec = validate_spec(load_spec("search_spaces/presets/ids_c_x_gamma.yaml"))
     trials = plan(spec)

@@ -20,7 +20,7 @@ import yaml
 from _cli import raysweep
 from _procs import Tracked, start_mlflow_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.server]
 
 SPEC = {
     "name": "srv",
@@ -207,10 +207,10 @@ def test_more_than_100_params_and_1000_metrics_per_run_are_chunked(server):
     """The trial logger against the real server: 250 params, 1500 metrics in one epoch, a 700-char value."""
     from mlflow import MlflowClient
 
-    from raysweep.mlflow_store import SweepRun
-    from raysweep.trial_logger import TrialLogger, TuneCallback
+    from raysweep.tracking.mlflow_store import SweepRun
+    from raysweep.tracking.trial_logger import TrialLogger, TuneCallback
     from raysweep.trials import PlannedTrial
-    from trainables.tune import ENVELOPE, envelope
+    from trainables.tune import Envelope
 
     config = {"method": {"name": "focal", **{f"k{i}": i for i in range(200)}},
               "dataset": {"name": "gaussian", "note": "x" * 700, **{f"d{i}": float(i) for i in range(48)}},
@@ -218,7 +218,7 @@ def test_more_than_100_params_and_1000_metrics_per_run_are_chunked(server):
     planned = PlannedTrial(config, "c0ffee0000", 0, "focal wide")
     sweep = SweepRun.create(server.url, "limits", "limits-1", {})
     logger = TuneCallback(TrialLogger(sweep))
-    trial = SimpleNamespace(config={ENVELOPE: envelope([planned.as_tune_config()], [], None, None)}, trial_id="t0")
+    trial = SimpleNamespace(config=Envelope.of([planned]).to_config(), trial_id="t0")
     logger.on_trial_start(0, [], trial)
     result = {"epoch": 1, "timestamp": int(time.time()), **{f"m{i}": i / 1500 for i in range(1500)}}
     logger.on_trial_result(0, [], trial, result)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from raysweep.manifest import MANIFEST, Manifest, claim_sweep_dir
 from raysweep.paths import (
     COMPONENT_MAX_BYTES,
     CONFIRM_SUFFIX,
@@ -20,6 +19,7 @@ from raysweep.paths import (
     check_name,
     contained,
 )
+from raysweep.tracking.manifest import MANIFEST, Manifest, claim_sweep_dir
 from trainables.params import ConfigError
 
 NOON = time.mktime((2026, 12, 1, 18, 49, 3, 0, 0, -1))  # local time 2026-12-01 18:49:03
@@ -90,7 +90,7 @@ def test_a_claimed_id_never_ends_like_a_phase_2_folder(tmp_path):
 
 
 def test_claims_run_out_with_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr("raysweep.manifest.MAX_CLAIMS", 3)
+    monkeypatch.setattr("raysweep.tracking.manifest.MAX_CLAIMS", 3)
     for _ in range(3):
         claim_sweep_dir(tmp_path, "a", now=NOON)
     with pytest.raises(ConfigError) as info:
@@ -133,6 +133,7 @@ def _claim_in_process(storage, barrier, queue):
     queue.put(claim_sweep_dir(storage, "k9", now=NOON)[0])
 
 
+@pytest.mark.process
 def test_concurrent_processes_claim_distinct_folders(tmp_path):
     ctx = multiprocessing.get_context("fork")
     barrier, queue = ctx.Barrier(4), ctx.Queue()

@@ -29,6 +29,7 @@ def _worker(root: str, log: str, start, out) -> None:
     out.put(_build_counting(root, log, start))
 
 
+@pytest.mark.process
 def test_four_processes_asking_together_build_once_and_read_the_same_folder(tmp_path):
     ctx = multiprocessing.get_context("fork")
     start, out, log = ctx.Event(), ctx.Queue(), str(tmp_path / "builds.log")
@@ -68,6 +69,7 @@ def _killed_builder(root: str, ready) -> None:
     build_once("store", {"k": 1}, build, root=root)
 
 
+@pytest.mark.process
 def test_a_builder_killed_half_way_leaves_nothing_trusted_and_its_lock_is_taken_over(tmp_path):
     ctx = multiprocessing.get_context("fork")
     ready = ctx.Event()
@@ -100,6 +102,7 @@ def _holder(root: str, ready, release) -> None:
     build_once("slow", {"k": 1}, build, root=root)
 
 
+@pytest.mark.process
 def test_a_waiter_is_told_once_and_gives_up_at_its_bound(tmp_path):
     ctx = multiprocessing.get_context("fork")
     ready, release = ctx.Event(), ctx.Event()

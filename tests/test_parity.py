@@ -688,7 +688,7 @@ def run_difficulty_net_pair(meta_lr: float, confident: bool, meta_grad: str = "d
 @pytest.mark.parametrize("meta_lr", [1e-5, 1e-2])
 def test_difficulty_net_driver_only_matches_the_cifar_code(meta_lr, confident):
     """``meta_grad: driver_only`` (with the CIFAR code's bias-free MLP and meta lr 1e-5) is the released loop.
-    Our default ``second_order`` is the paper's update, which the code's detached weights cut (METHODS.md M2)."""
+    Our default ``second_order`` is the paper's update, which the code's detached weights cut (docs/METHODS.md M2)."""
     model_diff, net_diff = run_difficulty_net_pair(meta_lr, confident)
     assert model_diff < 10 * ATOL and net_diff < 10 * ATOL
     if meta_lr == 1e-2:

@@ -11,9 +11,16 @@ from dataclasses import replace
 
 import pytest
 
-from raysweep import store_check
-from raysweep.resources import RESOLUTION, RESOURCE_UNITS, check_fits, check_resolution, local_cluster, trial_resources
-from raysweep.store_check import SCHEMES, check_scheme, check_store, uri_scheme
+from raysweep.spec.resources import (
+    RESOLUTION,
+    RESOURCE_UNITS,
+    check_fits,
+    check_resolution,
+    local_cluster,
+    trial_resources,
+)
+from raysweep.tracking import store_check
+from raysweep.tracking.store_check import SCHEMES, check_scheme, check_store, uri_scheme
 from trainables.data import DATASETS, load_splits, resolve_dataset
 from trainables.data.sizes import check_split_sizes, split_sizes
 from trainables.params import ConfigError
@@ -22,7 +29,7 @@ from trainables.plugins import PluginError, import_plugins, plugin_names
 
 def res(**values):
     """A validated ``resources`` section."""
-    from raysweep.sections import Resources
+    from raysweep.spec.sections import Resources
 
     return Resources.from_raw(values, "resources")
 
@@ -370,8 +377,8 @@ def test_a_noise_rate_without_a_noise_type_is_refused():
 
 
 def test_a_noise_rate_axis_without_a_noise_type_fails_in_the_plan():
-    from raysweep.plan import plan
-    from raysweep.spec import validate_spec
+    from raysweep.planning.plan import plan
+    from raysweep.spec.schema import validate_spec
 
     spec = validate_spec({"name": "n", "dataset": {"name": "gaussian"}, "model": "mlp", "methods": {"ce": {}},
                           "axes": {"dataset.noise_rate": [0.0, 0.4]}})

@@ -8,14 +8,16 @@ from types import SimpleNamespace
 import pytest
 from ray.tune import ProgressReporter
 
-from raysweep.progress import SweepProgress, eta_seconds, format_duration, status_line, tally
-from trainables.tune import ENVELOPE
+from raysweep.execution.progress import SweepProgress, eta_seconds, format_duration, status_line, tally
+from trainables.planned import PlannedTrial
+from trainables.tune import Envelope
 
 
 def _trial(status, label, epoch=None, planned=10, val=None):
     result = {} if epoch is None else {"epoch": float(epoch), **({} if val is None else {"val_balanced_acc": val})}
-    envelope = {"key": label, "label": label, "members": [{"label": label, "train": {"epochs": planned}}]}
-    return SimpleNamespace(status=status, last_result=result, trial_id=label, config={ENVELOPE: envelope})
+    member = PlannedTrial({"train": {"epochs": planned}}, "c0ffee0000", 0, label)
+    envelope = Envelope(key=label, label=label, members=(member,))
+    return SimpleNamespace(status=status, last_result=result, trial_id=label, config=envelope.to_config())
 
 
 def _trials():

@@ -1,104 +1,30 @@
 """Real dataset sources on tiny files in each real format: protocol counts, exact paper sizes, augmentation,
 the missing-root error, and one short training epoch per dataset. Nothing is downloaded."""
 
-import gzip
 import json
 import math
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests._images import write_cifar10, write_cifar100, write_image_lists, write_mnist
 from trainables.data import DATASETS, load_splits, resolve_dataset
-from trainables.data.augment import ImageAugment, auto_augment, cutout, random_crop_flip, random_resized_crop_flip
+from trainables.data.augment import ImageAugment, auto_augment, cutout, random_crop_flip
 from trainables.data.cifar import NORMS
-from trainables.data.image_lists import decode_image, read_list
+from trainables.data.image_lists import read_list
+from trainables.data.image_store import decode_resized, gather_batch
 from trainables.data.protocol import long_tail_counts, n_max_for_total
 from trainables.loop import Trial
 from trainables.params import ConfigError
 
 
 # ---- tiny files in the real formats --------------------------------------------------------------------------
-def _ids_to_pixels(ids: np.ndarray, size: int) -> np.ndarray:
-    """uint8 rows of ``size`` bytes whose first three bytes encode a unique image id (to check disjointness)."""
-    rng = np.random.default_rng(0)
-    rows = rng.integers(0, 256, size=(len(ids), size), dtype=np.uint8)
-    rows[:, 0], rows[:, 1], rows[:, 2] = ids % 256, (ids // 256) % 256, ids // 65536
-    return rows
-
-
 def _cifar_ids(x: torch.Tensor) -> set[int]:
     flat = x.reshape(len(x), -1)[:, :3].long()
     return set((flat[:, 0] + 256 * flat[:, 1] + 65536 * flat[:, 2]).tolist())
-
-
-def write_cifar10(root, train_per_class=30, test_per_class=12):
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    labels = np.repeat(np.arange(10), train_per_class)
-    np.random.default_rng(1).shuffle(labels)
-    data = _ids_to_pixels(np.arange(len(labels)), 3072)
-    for i, part in enumerate(np.array_split(np.arange(len(labels)), 5), 1):
-        with open(folder / f"data_batch_{i}", "wb") as f:
-            pickle.dump({"data": data[part], "labels": labels[part].tolist()}, f)
-    test_labels = np.repeat(np.arange(10), test_per_class)
-    with open(folder / "test_batch", "wb") as f:
-        pickle.dump({"data": _ids_to_pixels(np.arange(len(test_labels)) + 100000, 3072),
-                     "labels": test_labels.tolist()}, f)
-    return root
-
-
-def write_cifar100(root, train_per_class=6, test_per_class=3):
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    for split, per, offset in (("train", train_per_class, 0), ("test", test_per_class, 100000)):
-        labels = np.repeat(np.arange(100), per)
-        with open(folder / split, "wb") as f:
-            pickle.dump({"data": _ids_to_pixels(np.arange(len(labels)) + offset, 3072),
-                         "fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist()}, f)
-    return root
-
-
-def _write_idx(path, array, gz):
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    opener = gzip.open if gz else open
-    with opener(str(path) + (".gz" if gz else ""), "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def write_mnist(root, train_counts, test_counts):
-    """torchvision's MNIST/raw layout; image ids in the first 3 pixels; the image files gzipped."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for prefix, counts, offset in (("train", train_counts, 0), ("t10k", test_counts, 1 << 20)):
-        digits = np.repeat(np.arange(10), counts)
-        np.random.default_rng(2).shuffle(digits)
-        images = _ids_to_pixels(np.arange(len(digits)) + offset, 784).reshape(-1, 28, 28)
-        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images, gz=True)
-        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", digits, gz=False)
-    return root
-
-
-def write_image_lists(root, counts):
-    """PNG folders + ImageNet_LT_{train,val,test}.txt lists; image ids in the red channel of pixel (0, 0)."""
-    from PIL import Image
-
-    next_id = 0
-    for split, per_class in counts.items():
-        lines = []
-        for c, n in enumerate(per_class):
-            (root / split / f"c{c}").mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                pixels = np.full((30, 40, 3), 40 * c, dtype=np.uint8)
-                pixels[:, :, 0] = next_id
-                Image.fromarray(pixels).save(root / split / f"c{c}" / f"{i}.png")
-                lines.append(f"{split}/c{c}/{i}.png {c}")
-                next_id += 1
-        (root / f"ImageNet_LT_{split}.txt").write_text("\n".join(lines) + "\n")
-    return root
 
 
 def one_epoch(dataset: dict, model: str, **train) -> dict:
@@ -167,8 +93,8 @@ def test_cifar10_one_epoch_with_resnet32_and_autoaugment(tmp_path):
     trial = one_epoch({"name": "cifar10", "root": str(root), "imbalance": 2, "meta_per_class": 2,
                        "augment": "autoaugment"}, "resnet32")
     mean, std = NORMS["cifar10"]
-    assert torch.allclose(trial.model.input.mean.flatten(), torch.tensor(mean))
-    assert torch.allclose(trial.model.input.std.flatten(), torch.tensor(std))
+    assert torch.allclose(trial.model.input.norm.mean.flatten(), torch.tensor(mean))
+    assert torch.allclose(trial.model.input.norm.std.flatten(), torch.tensor(std))
 
 
 def test_cifar100_reads_fine_labels(tmp_path):
@@ -227,14 +153,15 @@ def test_mnist_one_epoch_with_lenet5(tmp_path):
 
 
 # ---- ImageNet-LT / Places-LT lists ------------------------------------------------------------------------------
-def _red_ids(x: torch.Tensor) -> set[int]:
-    return set(x[:, 0, 0, 0].tolist())
+def _red_ids(x) -> set[int]:
+    return set(x[:][:, 0, 0, 0].tolist())
 
 
 def test_image_lists_keep_the_listed_long_tail(tmp_path):
     root = write_image_lists(tmp_path, {"train": [6, 3, 2], "val": [2, 2, 2], "test": [2, 2, 2]})
-    s = splits_of(name="imagenet_lt", root=str(root), image_size=16, meta_per_class=1, val_per_class=1,
-                  many_threshold=4, few_threshold=3, augment="resized")
+    s = splits_of(name="imagenet_lt", root=str(root), image_size=16, store_size=30, meta_per_class=1,
+                  val_per_class=1, many_threshold=4, few_threshold=3, augment="resized",
+                  cache_dir=str(tmp_path / "cache"))
     assert s.class_counts.tolist() == [6, 3, 2] and s.train.x.shape == (11, 3, 16, 16)
     assert {k: v.tolist() for k, v in s.groups.items()} == {"many": [0], "medium": [1], "few": [2]}
     assert torch.bincount(s.meta.y).tolist() == [1, 1, 1] and torch.bincount(s.val.y).tolist() == [1, 1, 1]
@@ -242,19 +169,19 @@ def test_image_lists_keep_the_listed_long_tail(tmp_path):
     val_ids = set(range(11, 17))
     assert _red_ids(s.meta.x) | _red_ids(s.val.x) == val_ids  # meta and val split the official val list
     assert_balanced_disjoint(s, _red_ids)
-    out = s.augment(s.train.x, torch.Generator().manual_seed(0))
+    out = gather_batch(s.train.x, torch.arange(11), s.augment, torch.Generator().manual_seed(0))
     assert out.shape == s.train.x.shape and out.dtype == torch.uint8
 
 
-def test_image_lists_one_epoch_with_resnet10_and_a_decode_cache(tmp_path):
+def test_image_lists_one_epoch_with_resnet10_and_a_node_store(tmp_path):
     root = write_image_lists(tmp_path / "data", {"train": [4, 2], "val": [1, 1], "test": [1, 1]})
-    cfg = {"name": "places_lt", "root": str(root), "image_size": 32, "meta_per_class": 1,
+    cfg = {"name": "places_lt", "root": str(root), "image_size": 32, "store_size": 36, "meta_per_class": 1,
            "cache_dir": str(tmp_path / "c"),
            **{f"{s}_list": f"ImageNet_LT_{s}.txt" for s in ("train", "val", "test")}}
     one_epoch(cfg, "resnet10", batch_size=3)
-    assert len(os.listdir(tmp_path / "c")) == 3
+    assert len([p for p in os.listdir(tmp_path / "c") if not p.endswith(".lock")]) == 3  # train, val, test stores
     cached = DATASETS.get("places_lt").load({**resolve_dataset(cfg), "workers": 2})
-    assert cached.x_train.shape == (6, 3, 32, 32)
+    assert cached.x_train.shape == (6, 3, 32, 32) and cached.x_train.store.shapes.tolist() == [[36, 48]] * 6
 
 
 def test_decode_resizes_the_short_side_and_center_crops(tmp_path):
@@ -263,7 +190,7 @@ def test_decode_resizes_the_short_side_and_center_crops(tmp_path):
     pixels = np.zeros((20, 60, 3), dtype=np.uint8)
     pixels[:, 14:46], pixels[:, 46:] = 200, 100  # the center square (columns 20-40) plus a margin for the filter
     Image.fromarray(pixels).save(tmp_path / "a.png")
-    out = decode_image(str(tmp_path / "a.png"), 10)
+    out = decode_resized(str(tmp_path / "a.png"), 10, 10)
     assert out.shape == (3, 10, 10) and out.dtype == np.uint8
     assert (out == 200).all()
 
@@ -364,14 +291,8 @@ def test_cutout_blanks_one_clipped_square():
     assert ((out == 0) | (out == 255)).all() and ((out == 0).all(1) == (out[:, 0] == 0)).all()
 
 
-def test_resized_crop_of_the_whole_image_without_flip_is_the_identity():
-    x = _batch()
-    out = random_resized_crop_flip(x, torch.Generator().manual_seed(0), scale=(1, 1), ratio=(1, 1), flip=False)
-    assert torch.equal(out, x)
-
-
 @pytest.mark.parametrize("augment", [ImageAugment(), ImageAugment(pad_mode="reflect", policy="cifar10", cutout=16),
-                                     ImageAugment(crop="resized"), ImageAugment(crop="none")])
+                                     ImageAugment(crop="none")])
 def test_augmentation_keeps_shapes_and_dtypes_and_follows_the_generator(augment):
     x = _batch(c=1) if augment.crop == "none" else _batch()
     a = augment(x, torch.Generator().manual_seed(1))
@@ -391,10 +312,10 @@ PRESETS = sorted((Path(__file__).resolve().parent.parent / "search_spaces" / "pr
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
 def test_paper_presets_plan_without_data_and_pass_preflight_with_it(path, tmp_path):
-    from raysweep.plan import plan
-    from raysweep.spec import validate_spec
-    from raysweep.spec_yaml import apply_overrides
-    from raysweep.spec_yaml import load_spec_file as load_spec
+    from raysweep.planning.plan import plan
+    from raysweep.spec.loading import apply_overrides
+    from raysweep.spec.loading import load_spec_file as load_spec
+    from raysweep.spec.schema import validate_spec
 
     spec = load_spec(path)
     assert spec["name"] == path.stem

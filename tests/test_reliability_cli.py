@@ -29,13 +29,13 @@ from test_cluster import _loopback, listening_sockets
 
 from analysis import mlflow_tags as tags
 from raysweep.cli import main
-from raysweep.manifest import Manifest, claim_sweep_dir
 from raysweep.paths import SWEEP_TIMESTAMP
-from raysweep.plan import plan
-from raysweep.spec import validate_spec
-from raysweep.ui import alive
+from raysweep.planning.plan import plan
+from raysweep.reporting.ui import alive
+from raysweep.spec.schema import validate_spec
+from raysweep.tracking.manifest import Manifest, claim_sweep_dir
 from trainables.checkpoint import load_state
-from trainables.tune import ENVELOPE, envelope
+from trainables.tune import Envelope
 
 from _cli import raysweep_cmd
 from _faults import GAUSSIAN, MLP, epoch_log, setup_workdir
@@ -223,7 +223,8 @@ def result_epochs(trial_dir: Path) -> set[int]:
 
 
 @pytest.mark.slow
-def test_1_resume_takes_the_documented_forms_and_a_finished_sweep_answers_without_ray(work, procs, ray_tmp):
+@pytest.mark.ray
+def test_resume_takes_the_documented_forms_and_a_finished_sweep_answers_without_ray(work, procs, ray_tmp):
     """The README's forms, `raysweep resume <id>` and `raysweep resume raysweep_results/<id>`, once crashed
     with `URI has empty scheme`. The driver is SIGKILLed at the worst moment: each trial has checkpointed
     epoch 1, which the driver never received (it was stopped first), so the epoch is in no result.json and
@@ -282,15 +283,16 @@ SAME_SECOND = f'''
 import time
 import types
 
-import raysweep.manifest
+import raysweep.tracking.manifest
 
-raysweep.manifest.time = types.SimpleNamespace(strftime=time.strftime,
+raysweep.tracking.manifest.time = types.SimpleNamespace(strftime=time.strftime,
                                                localtime=lambda now=None: time.localtime({FROZEN}))
 '''
 
 
 @pytest.mark.slow
-def test_2_two_runs_of_one_spec_in_the_same_second_are_two_sweeps(work, procs):
+@pytest.mark.ray
+def test_two_runs_of_one_spec_in_the_same_second_are_two_sweeps(work, procs):
     """Both drivers start together and claim their id in the same second (a plugin pins the clock the sweep id
     reads): two sweep folders (the id and the id with -2), two parents, each with its own two children and
     epochs 1..3 once each; the issue saw one folder, one parent, 7 children and duplicated steps."""
@@ -331,9 +333,11 @@ def test_2_two_runs_of_one_spec_in_the_same_second_are_two_sweeps(work, procs):
     ({"cpu": 100}, {}, "resources.cpu", False),  # once PENDING forever, with a store, runs and idle workers
     ({"cpu": 1.0e-9}, {}, "resources.cpu", False),  # once Ray's precision error and a traceback
     # A GPU demand on a machine without one (CUDA_VISIBLE_DEVICES hides any): known once Ray has looked.
-    pytest.param({"cpu": 1, "gpu": 0.5}, {"CUDA_VISIBLE_DEVICES": ""}, "resources.gpu", True, marks=pytest.mark.slow),
+    pytest.param({"cpu": 1, "gpu": 0.5}, {"CUDA_VISIBLE_DEVICES": ""}, "resources.gpu", True,
+                 marks=[pytest.mark.slow, pytest.mark.ray]),
 ], ids=["cpu-100", "cpu-1e-9", "gpu-without-gpu"])
-def test_3_unsatisfiable_resources_exit_2_before_anything_starts(work, tmp_path, resources, env, field, ray_starts):
+@pytest.mark.process
+def test_unsatisfiable_resources_exit_2_before_anything_starts(work, tmp_path, resources, env, field, ray_starts):
     work.write_spec({**BASE, "resources": resources})
     before = snapshot(tmp_path)
     proc = work.cli("run", "spec.yaml", timeout=300 if ray_starts else VALIDATION_BOUND_S, env=env)
@@ -353,7 +357,7 @@ def _closed_port() -> int:
 @pytest.mark.parametrize("uri", ["ftp://127.0.0.1/x", "bogus://nowhere", "sqlite:////proc/raysweep.db",
                                  "http://127.0.0.1:{port}"],
                          ids=["ftp", "bogus", "sqlite-in-proc", "server-not-answering"])
-def test_4_an_unusable_tracking_store_exits_2_naming_tracking_uri(refused, uri):
+def test_an_unusable_tracking_store_exits_2_naming_tracking_uri(refused, uri):
     """ftp:// and bogus:// once ran the whole sweep untracked and exited 0; sqlite under /proc spent two minutes
     in retries (bounded here): each is refused before Ray, nothing created."""
     refused({**BASE, "tracking": {"uri": uri.format(port=_closed_port())}}, "tracking.uri")
@@ -361,7 +365,8 @@ def test_4_an_unusable_tracking_store_exits_2_naming_tracking_uri(refused, uri):
 
 # ---- 5. sync: epochs lost from result.json come back from checkpoints, or are named -----------------------------
 @pytest.mark.slow
-def test_5_sync_recovers_lost_epochs_and_exits_1_naming_what_it_cannot(work):
+@pytest.mark.ray
+def test_sync_recovers_lost_epochs_and_exits_1_naming_what_it_cannot(work):
     """A driver SIGKILL leaves gaps in Ray's result.json; here the gap is made exactly (epochs 2 and 3 cut from
     a finished trial's file). Sync into a fresh store gets them back from the checkpoints with the values the
     sweep logged, exit 0; with epoch 3's checkpoint gone too, sync exits 1 naming the trial and [3]."""
@@ -399,7 +404,7 @@ def test_5_sync_recovers_lost_epochs_and_exits_1_naming_what_it_cannot(work):
     work.assert_no_process_left()
 
 
-def test_5_sync_finds_a_trial_the_killed_driver_never_heard_back_from(tmp_path, monkeypatch, capsys):
+def test_sync_finds_a_trial_the_killed_driver_never_heard_back_from(tmp_path, monkeypatch, capsys):
     """The driver writes a trial's params.json with its first result: killed before that, it leaves a trial
     with checkpoints only (test 1 makes that state for real). `raysweep sync` takes the trial's config from
     Ray's experiment state and its epochs from the checkpoints; it used to see no trial at all, and exit 0."""
@@ -415,7 +420,7 @@ def test_5_sync_finds_a_trial_the_killed_driver_never_heard_back_from(tmp_path, 
     write_trial(folder / trials[0].key, None, [], [1, 2])
     (folder / trials[0].key / "params.json").unlink()
     state = {"trial_id": "t_00000", "status": "RUNNING", "relative_logdir": trials[0].key,
-             "config": {ENVELOPE: envelope([trials[0].as_tune_config()], [], str(folder), None)}}
+             "config": Envelope.of([trials[0]], experiment_dir=str(folder)).to_config()}
     (folder / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": [[json.dumps(state),
                                                                                                   "{}"]]}))
     monkeypatch.chdir(tmp_path)
@@ -433,7 +438,7 @@ def test_5_sync_finds_a_trial_the_killed_driver_never_heard_back_from(tmp_path, 
     (yaml.safe_dump({k: v for k, v in BASE.items() if k != "methods"}, sort_keys=False)
      + "methods: {focal: {gamma: 1}, focal: {gamma: 3}}\n", "methods.focal"),  # once only gamma 3 ran
 ], ids=["second-train-block", "focal-twice"])
-def test_6_a_duplicate_yaml_key_exits_2_naming_it(refused, text, field):
+def test_a_duplicate_yaml_key_exits_2_naming_it(refused, text, field):
     assert "duplicate key" in refused(text, field)
 
 
@@ -443,7 +448,7 @@ def test_6_a_duplicate_yaml_key_exits_2_naming_it(refused, text, field):
     ({"table": {"metric": "tset_acc"}}, "table.metric", "no trial reports 'tset_acc'"),
     ({"dataset": {**GAUSSIAN, "noise_rate": 0.5}}, "dataset.noise_rate", "noise_type is 'none'"),
 ], ids=["60-per-class", "table-metric-typo", "noise-rate-without-type"])
-def test_7_what_would_fail_in_every_trial_is_refused_before_it_starts(refused, changes, field, words):
+def test_what_would_fail_in_every_trial_is_refused_before_it_starts(refused, changes, field, words):
     assert words in refused({**BASE, **changes}, field)
 
 
@@ -453,7 +458,7 @@ def test_7_what_would_fail_in_every_trial_is_refused_before_it_starts(refused, c
     (yaml.safe_dump(BASE) + "description: " + "[" * 20_000 + "]" * 20_000 + "\n", "spec"),  # once RecursionError
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4, "spec"),  # once UnicodeDecodeError
 ], ids=["300-character-name", "20000-brackets", "binary-file"])
-def test_8_what_raised_a_traceback_is_one_line(refused, content, field):
+def test_what_raised_a_traceback_is_one_line(refused, content, field):
     refused(content, field)
 
 
@@ -462,12 +467,12 @@ def test_8_what_raised_a_traceback_is_one_line(refused, content, field):
     ({"tracking": {"experiment": "../../escape_exp"}}, "tracking.experiment"),  # once artifacts two folders up
     ({"name": ".."}, "name"),  # once run folders scattered into the working directory
 ], ids=["experiment-two-folders-up", "name-dot-dot"])
-def test_9_a_name_that_would_leave_its_folder_is_refused(refused, changes, field):
+def test_a_name_that_would_leave_its_folder_is_refused(refused, changes, field):
     refused({**BASE, **changes}, field)  # `refused` compares everything under tmp_path, not only the work folder
 
 
 # ---- 10. resource-exhaustion input -------------------------------------------------------------------------
-def test_10_a_527_byte_alias_bomb_is_refused_before_anything_expands(refused):
+def test_a_527_byte_alias_bomb_is_refused_before_anything_expands(refused):
     """A description that is an alias tree with a million leaves once ran to exit 0 with a 20 MB manifest."""
     lines = ["description:", f"  l0: &l0 [{', '.join(['lol'] * 10)}]"]
     lines += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 6)]
@@ -481,7 +486,8 @@ def test_10_a_527_byte_alias_bomb_is_refused_before_anything_expands(refused):
     ("import sys\nsys.exit(0)\n", "it called sys.exit(0) on import"),  # once: exit 0, no output
     ("raise RuntimeError('not configured')\n", "RuntimeError: not configured"),
 ], ids=["sys-exit-0", "raises"])
-def test_11_a_plugin_that_exits_or_raises_is_an_error_naming_it(work, tmp_path, body, words):
+@pytest.mark.process
+def test_a_plugin_that_exits_or_raises_is_an_error_naming_it(work, tmp_path, body, words):
     (work.root / "bad_plugin.py").write_text(body)
     work.write_spec({**BASE, "plugins": ["bad_plugin"]})
     before = snapshot(tmp_path)
@@ -494,8 +500,9 @@ def test_11_a_plugin_that_exits_or_raises_is_an_error_naming_it(work, tmp_path, 
 
 # ---- 12. `raysweep ui` and its server ------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.server
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
-def test_12_a_stop_signal_to_raysweep_ui_stops_its_whole_server(work, procs, sig):
+def test_a_stop_signal_to_raysweep_ui_stops_its_whole_server(work, procs, sig):
     """A SIGTERM to `raysweep ui` once left mlflow ui, uvicorn, the job runner and seven huey consumers running
     with parent 1, answering on the port. The signal goes to the CLI process alone, as `kill PID` sends it."""
     uri = f"sqlite:///{work.root / 'mlflow.db'}"
@@ -526,7 +533,8 @@ def test_12_a_stop_signal_to_raysweep_ui_stops_its_whole_server(work, procs, sig
 
 # ---- 13. a local sweep listens on loopback only -----------------------------------------------------------------
 @pytest.mark.slow
-def test_13_every_listening_socket_of_a_local_sweep_is_on_loopback(work, procs):
+@pytest.mark.ray
+def test_every_listening_socket_of_a_local_sweep_is_on_loopback(work, procs):
     """While both trials of `raysweep run` train, every listening TCP socket of every process it started (the
     driver, gcs_server, raylet, Ray's agents and the trial workers) is on a loopback address; the issue saw
     each of them on *:<port>."""

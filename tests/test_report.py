@@ -12,8 +12,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from analysis.importance import build_study, importances, infer_distribution
 from analysis.page import Section, render_page
-from raysweep.report import build_report
-from raysweep.summaries import summarize_sweep
+from raysweep.reporting.report import build_report
+from raysweep.reporting.summaries import summarize_sweep
 
 import _multi
 from _cli import raysweep, run_spec
@@ -103,6 +103,7 @@ def _uri(root):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_report_writes_tables_plots_importance_and_a_self_contained_page(reported):
     root, out = reported
     assert out.splitlines()[0] == "| config | test_acc (%) |"
@@ -124,6 +125,7 @@ def test_report_writes_tables_plots_importance_and_a_self_contained_page(reporte
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_parent_run_holds_the_report_and_one_summary_run_per_configuration(reported):
     root, _ = reported
     client = MlflowClient(_uri(root))
@@ -152,6 +154,7 @@ def test_parent_run_holds_the_report_and_one_summary_run_per_configuration(repor
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_report_twice_and_after_deleting_ray_results_reproduces_tables_without_new_runs(reported):
     root, _ = reported
     client = MlflowClient(_uri(root))

@@ -4,7 +4,7 @@ running a real sweep through the CLI (slow): every trial logged once, stopped on
 import pytest
 from mlflow import MlflowClient
 
-from raysweep.schedulers import SCHEDULERS, resolve_scheduler
+from raysweep.search.schedulers import SCHEDULERS, resolve_scheduler
 from trainables.params import ConfigError
 
 from _cli import run_spec
@@ -58,6 +58,7 @@ def _children(root, name):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.parametrize("scheduler", [{"name": "hyperband", "reduction_factor": 2},
                                        {"name": "median", "grace_period": 1, "min_samples_required": 2}],
                          ids=["hyperband", "median"])

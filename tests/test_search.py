@@ -6,15 +6,15 @@ import optuna
 import pytest
 
 from raysweep.cli import main
-from raysweep.plan import plan
-from raysweep.spec import validate_spec
+from raysweep.planning.plan import plan
+from raysweep.spec.schema import validate_spec
 from search_spaces import space_for
 from search_spaces.ablation import ofat
 from search_spaces.grid import expand_method
 from search_spaces.methods.dm import BETA_GRID, beta_range
 from search_spaces.sampling import sample
 from trainables.params import ConfigError
-from trainables.tune import ENVELOPE, envelope
+from trainables.tune import Envelope
 
 PRESETS = sorted(Path(__file__).resolve().parent.parent.glob("search_spaces/presets/*.yaml"))
 
@@ -111,13 +111,13 @@ class _Result:
     """The part of a Ray Tune Result that top_configs reads."""
 
     def __init__(self, trial, epoch, val):
-        self.config = {ENVELOPE: envelope([trial.as_tune_config()], [], None, None)}
+        self.config = Envelope.of([trial]).to_config()
         self.metrics = {"epoch": epoch, "val_balanced_acc": val}
         self.error = None
 
 
 def test_top_configs_rank_survivors_then_validation_and_add_the_baseline():
-    from raysweep.plan import top_configs
+    from raysweep.planning.plan import top_configs
 
     spec = _spec(methods={"ce": {}, "focal": {"gamma": [0.5, 1, 2]}}, seeds=1)
     ce, f05, f1, f2 = plan(spec)
@@ -136,9 +136,28 @@ def test_baseline_must_be_one_of_the_spec_methods():
 
 
 def test_asha_rungs_follow_rays_geometric_milestones():
-    from raysweep.schedulers import asha_rungs
+    from raysweep.search.schedulers import asha_rungs
 
     assert asha_rungs(4, 2, 20) == [4, 8, 16]
     assert asha_rungs(5, 2, 20) == [5, 10]
     assert asha_rungs(1, 1.5, 4) == [1, 1.5, 2.25, 3.375]  # a fractional factor used to loop forever here
     assert asha_rungs(10, 3, 10) == []
+
+
+def test_a_search_mode_registered_after_import_is_accepted_at_validation(monkeypatch):
+    """``search.mode``'s allowed values are the registry's when a spec is validated, so a plugin's mode works."""
+    from raysweep.search.modes import MODES, SearchMode
+
+    class EveryOther(SearchMode):
+        name = "every_other"
+        description = "every second configuration of the grid (a plugin's mode)"
+
+        def points(self, spec):
+            return super().points(spec)[::2]
+
+    with pytest.raises(ConfigError, match="search.mode: must be one of 'grid', 'ofat', 'optuna', 'random'"):
+        _spec(methods={"focal": {"gamma": [0.5, 1, 2, 3]}}, search={"mode": "every_other"})
+    monkeypatch.setitem(MODES._entries, "every_other", EveryOther)
+    monkeypatch.setitem(MODES._descriptions, "every_other", EveryOther.description)
+    trials = plan(_spec(methods={"focal": {"gamma": [0.5, 1, 2, 3]}}, search={"mode": "every_other"}))
+    assert sorted({t.config["method"]["gamma"] for t in trials}) == [0.5, 2.0]

@@ -33,7 +33,7 @@ def test_the_paper_grid_expands_to_valid_distinct_configurations(method):
 
 
 @pytest.mark.parametrize("method", [m for m in SPACES.names() if SPACES.get(m).suggest is not None])
-def test_100_draws_resolve_and_validate(method):
+def test_draws_resolve_and_validate(method):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(100):

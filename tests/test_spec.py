@@ -6,9 +6,9 @@ import copy
 import yaml
 
 from raysweep.cli import main
-from raysweep.plan import plan
-from raysweep.spec import validate_spec
-from raysweep.spec_yaml import apply_overrides
+from raysweep.planning.plan import plan
+from raysweep.spec.loading import apply_overrides
+from raysweep.spec.schema import validate_spec
 
 BASE = {
     "name": "t",

@@ -5,8 +5,8 @@ import datetime
 import pytest
 import yaml
 
-from raysweep import spec_yaml
-from raysweep.spec_yaml import MAX_DEPTH, MAX_NODES, MAX_SPEC_BYTES, load_spec_file, load_yaml_text
+from raysweep.spec import loading as spec_yaml
+from raysweep.spec.loading import MAX_DEPTH, MAX_NODES, MAX_SPEC_BYTES, load_spec_file, load_yaml_text
 from trainables.params import ConfigError
 
 

@@ -7,12 +7,12 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from raysweep.manifest import Manifest, claim_sweep_dir
-from raysweep.plan import plan
-from raysweep.spec import validate_spec
-from raysweep.sync import checkpoint_results, sync_sweep, trial_history
+from raysweep.planning.plan import plan
+from raysweep.spec.schema import validate_spec
+from raysweep.tracking.manifest import Manifest, claim_sweep_dir
+from raysweep.tracking.sync import checkpoint_results, sync_sweep, trial_history
 from trainables.checkpoint import STATE_FILE, save_state
-from trainables.tune import ENVELOPE, LAST_METRICS, envelope
+from trainables.tune import LAST_METRICS, Envelope
 
 SPEC = {"name": "gaps", "dataset": {"name": "gaussian", "samples_per_class": 100}, "model": "mlp",
         "train": {"epochs": 10}, "methods": {"ce": {}, "focal": {"gamma": [1.0]}}, "seeds": 1}
@@ -27,7 +27,7 @@ def write_trial(folder, member, result_epochs, checkpoint_epochs, trial_id="abc_
     """A trial folder as Ray and trainables.tune leave it: params.json (the envelope of one planned trial),
     result.json, checkpoint_*/state.pt."""
     folder.mkdir(parents=True)
-    params = {ENVELOPE: envelope([member], [], str(folder.parent), None)} if member else {}
+    params = Envelope.of([member], experiment_dir=str(folder.parent)).to_config() if member else {}
     (folder / "params.json").write_text(json.dumps(params))
     now = int(time.time())
     lines = [json.dumps({**metrics(e), "trial_id": trial_id, "timestamp": now, "training_iteration": e})
@@ -43,14 +43,14 @@ def write_trial(folder, member, result_epochs, checkpoint_epochs, trial_id="abc_
 
 
 def test_checkpoints_give_back_each_epochs_metrics(tmp_path):
-    write_trial(tmp_path / "t", {}, [], [1, 2, 3], truncated=(2,))
+    write_trial(tmp_path / "t", None, [], [1, 2, 3], truncated=(2,))
     found = checkpoint_results(tmp_path / "t")
     assert sorted(found) == [1, 3]  # the truncated one is skipped
     assert found[3]["val_balanced_acc"] == metrics(3)["val_balanced_acc"] and "timestamp" in found[3]
 
 
 def test_a_gap_in_result_json_is_filled_from_checkpoints(tmp_path):
-    write_trial(tmp_path / "t", {}, [1, 2, 3, 4, 7, 8, 9, 10], range(1, 11))
+    write_trial(tmp_path / "t", None, [1, 2, 3, 4, 7, 8, 9, 10], range(1, 11))
     history = trial_history(tmp_path / "t", planned_epochs=10)
     assert [int(r["epoch"]) for r in history.results] == list(range(1, 11))
     assert history.recovered == [5, 6] and history.missing == []
@@ -58,25 +58,25 @@ def test_a_gap_in_result_json_is_filled_from_checkpoints(tmp_path):
 
 
 def test_trailing_epochs_lost_with_the_driver_come_back(tmp_path):
-    write_trial(tmp_path / "t", {}, [1, 2], [1, 2, 3, 4])
+    write_trial(tmp_path / "t", None, [1, 2], [1, 2, 3, 4])
     history = trial_history(tmp_path / "t", planned_epochs=10)
     assert history.recovered == [3, 4] and history.missing == []
 
 
 def test_an_epoch_in_neither_place_is_missing(tmp_path):
-    write_trial(tmp_path / "t", {}, [1, 2, 3, 4, 7, 8, 9, 10], [1, 2, 3, 4, 5, 7, 8, 9, 10])  # epoch 6 pruned
+    write_trial(tmp_path / "t", None, [1, 2, 3, 4, 7, 8, 9, 10], [1, 2, 3, 4, 5, 7, 8, 9, 10])  # epoch 6 pruned
     history = trial_history(tmp_path / "t", planned_epochs=10)
     assert history.recovered == [5] and history.missing == [6]
 
 
 def test_a_complete_result_json_does_not_read_checkpoints(tmp_path):
-    write_trial(tmp_path / "t", {}, range(1, 11), [11])  # were it read, epoch 11 would come back
+    write_trial(tmp_path / "t", None, range(1, 11), [11])  # were it read, epoch 11 would come back
     assert trial_history(tmp_path / "t", planned_epochs=10).recovered == []
     assert trial_history(tmp_path / "t", planned_epochs=None).recovered == [11]
 
 
 def test_a_result_reported_again_after_a_restore_counts_once(tmp_path):
-    write_trial(tmp_path / "t", {}, [1, 2, 3, 3], [])
+    write_trial(tmp_path / "t", None, [1, 2, 3, 3], [])
     assert [int(r["epoch"]) for r in trial_history(tmp_path / "t", planned_epochs=3).results] == [1, 2, 3]
 
 
@@ -94,9 +94,9 @@ def gappy_sweep(tmp_path):
     manifest.start_phase("search", sweep_id, [t.key for t in trials])
     manifest.finish_phase("search", 2, 0, 0)
     manifest.update(status="finished")
-    write_trial(folder / trials[0].key, trials[0].as_tune_config(), [1, 2, 3, 4, 7, 8, 9, 10],
+    write_trial(folder / trials[0].key, trials[0], [1, 2, 3, 4, 7, 8, 9, 10],
                 [1, 2, 3, 4, 5, 7, 8, 9, 10], trial_id="t_00000")
-    write_trial(folder / trials[1].key, trials[1].as_tune_config(), range(1, 11), [], trial_id="t_00001")
+    write_trial(folder / trials[1].key, trials[1], range(1, 11), [], trial_id="t_00001")
     return manifest, trials, uri
 
 
@@ -140,8 +140,8 @@ def test_a_group_recovers_its_rounds_and_counts_gaps_per_member(tmp_path):
     from trainables.tune import group_result
 
     spec = validate_spec({**SPEC, "methods": {"ce": {}}, "seeds": 2, "train": {"epochs": 4}})
-    members = [t.as_tune_config() for t in plan(spec)]
-    keys = [m["trial_key"] for m in members]
+    members = plan(spec)
+    keys = [m.key for m in members]
     sweep_id, folder = claim_sweep_dir(tmp_path / "results", "gaps")
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
     manifest = Manifest.new(folder, sweep_id=sweep_id, spec=spec.written, tracking_uri=uri, experiment="gaps",
@@ -150,10 +150,10 @@ def test_a_group_recovers_its_rounds_and_counts_gaps_per_member(tmp_path):
     manifest.start_phase("search", sweep_id, keys)
     manifest.finish_phase("search", 2, 0, 0)
     manifest.update(status="finished")
-    env = envelope(members, [], str(folder), None)
-    trial = folder / env["key"]
+    env = Envelope.of(members, experiment_dir=str(folder))
+    trial = folder / env.key
     trial.mkdir()
-    (trial / "params.json").write_text(json.dumps({ENVELOPE: env}))
+    (trial / "params.json").write_text(json.dumps(env.to_config()))
     rounds = {}
     for epoch in range(1, 5):
         latest = {keys[0]: {**metrics(min(epoch, 2)), **({"non_finite_loss": 1.0} if epoch >= 2 else {})},

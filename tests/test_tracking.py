@@ -5,7 +5,7 @@ import pytest
 
 def test_a_store_that_fails_while_being_created_never_ends_the_sweep(tmp_path):
     """Creating the client is guarded like every other call: the logger sees an outage, not a crash."""
-    from raysweep.mlflow_store import SweepRun, TrackingUnavailable
+    from raysweep.tracking.mlflow_store import SweepRun, TrackingUnavailable
 
     (tmp_path / "a-file").write_text("not a folder")  # the store's folder cannot be created: the client fails
     sweep = SweepRun(f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}", "e", "s-1")
@@ -19,7 +19,7 @@ def test_experiments_are_created_and_found_as_training_runs_experiments(tmp_path
     from mlflow import MlflowClient
 
     from analysis import mlflow_tags as tags
-    from raysweep.mlflow_store import get_or_create_experiment
+    from raysweep.tracking.mlflow_store import get_or_create_experiment
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -31,7 +31,7 @@ def test_experiments_are_created_and_found_as_training_runs_experiments(tmp_path
 
 
 def test_waiting_epochs_are_batched_whole_under_the_metric_limit():
-    from raysweep.mlflow_store import epoch_batches
+    from raysweep.tracking.mlflow_store import epoch_batches
 
     epochs = [(1, {"a": 1.0, "b": 2.0}, 10), (2, {"a": 3.0, "b": 4.0}, 20), (3, {f"m{i}": 0.0 for i in range(5)}, 30),
               (4, {"a": 5.0}, 40)]
@@ -47,17 +47,17 @@ def _logged_trial(tmp_path, send_interval_s):
     """A trial logger on a fresh SQLite store, one planned trial started, and a counter of its requests."""
     from types import SimpleNamespace
 
-    from raysweep.mlflow_store import SweepRun
-    from raysweep.trial_logger import TrialLogger, TuneCallback
+    from raysweep.tracking.mlflow_store import SweepRun
+    from raysweep.tracking.trial_logger import TrialLogger, TuneCallback
     from raysweep.trials import PlannedTrial
-    from trainables.tune import ENVELOPE, envelope
+    from trainables.tune import Envelope
 
     planned = PlannedTrial({"method": {"name": "ce"}, "dataset": {"name": "gaussian"}, "train": {"epochs": 5},
                             "seed": 0}, "c0ffee0000", 0, "ce")
     sweep = SweepRun.create(f"sqlite:///{tmp_path / 'mlflow.db'}", "batched", "batched-1", {})
     logger = TrialLogger(sweep, send_interval_s=send_interval_s)
     callback = TuneCallback(logger)
-    trial = SimpleNamespace(config={ENVELOPE: envelope([planned.as_tune_config()], [], None, None)}, trial_id="t0")
+    trial = SimpleNamespace(config=Envelope.of([planned]).to_config(), trial_id="t0")
     callback.on_trial_start(0, [], trial)
     calls = []
     log_batch = sweep.client.log_batch
@@ -101,12 +101,13 @@ def test_epochs_whose_interval_passed_are_sent_at_the_next_step(tmp_path):
 def _open_and_create(args):
     """In a fresh process: wait for the others, then open the store and make an experiment of its own."""
     uri, barrier, name = args
-    from raysweep.mlflow_store import open_client
+    from raysweep.tracking.mlflow_store import open_client
 
     barrier.wait(timeout=120)
     return open_client(uri).create_experiment(name)
 
 
+@pytest.mark.process
 def test_processes_opening_one_fresh_sqlite_store_at_once_all_get_it(tmp_path):
     """Two sweeps started together on a new mlflow.db race on MLflow's schema migration ("table ... already
     exists"); the loser once ran its whole sweep untracked. Four processes open it at the same moment."""
@@ -130,7 +131,7 @@ def test_opening_a_sqlite_store_waits_for_the_process_creating_it(tmp_path, sche
     waits for it, bounded, and SQLite's own locking is not in the way (a named driver is the same store)."""
     import fcntl
 
-    from raysweep.mlflow_store import open_client
+    from raysweep.tracking.mlflow_store import open_client
 
     db = tmp_path / "mlflow.db"
     uri = f"{scheme}:///{db}"

@@ -5,7 +5,7 @@ from mlflow import MlflowClient
 
 from _cli import run_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 SPEC = {
     "name": "twophase",

@@ -1,5 +1,5 @@
 """`raysweep ui`'s server never outlives it (issue 15, item 12): a real `mlflow ui` started through
-raysweep.ui.serve_ui in a subprocess, then that subprocess signalled; afterwards no process of the server's
+raysweep.reporting.ui.serve_ui in a subprocess, then that subprocess signalled; afterwards no process of the server's
 tree is alive and its port is closed. Waits are bounded and on conditions."""
 
 import os
@@ -14,11 +14,11 @@ import urllib.request
 import pytest
 from mlflow import MlflowClient
 
-from raysweep.ui import alive, descendants, group_members, runs_url
+from raysweep.reporting.ui import alive, descendants, group_members, runs_url
 
 from _procs import wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 
 def test_runs_url_is_the_training_runs_hash_route():
@@ -46,7 +46,7 @@ def _serve(tmp_path, jobs: bool, wait_url: bool = True):
     log = tmp_path / "ui.log"
     code = textwrap.dedent(f"""
         import sys
-        from raysweep.ui import serve_ui
+        from raysweep.reporting.ui import serve_ui
         sys.exit(serve_ui({uri!r}, "uitest", port=5400, jobs={jobs}, echo=lambda s: print(s, flush=True)))
     """)
     with open(log, "wb") as out:

@@ -29,7 +29,7 @@ import yaml
 from _cli import raysweep, raysweep_cmd
 from _procs import free_port, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.server]
 
 CHROMIUM = ("chromium", "chromium-browser")
 PAGE_TIMEOUT_S = 180  # one page load, Chromium's start and exit included
@@ -188,14 +188,14 @@ def sweep(tmp_path_factory):
 
 
 def _group_gone(pgid: int) -> bool:
-    from raysweep.ui import group_members
+    from raysweep.reporting.ui import group_members
 
     return group_members(pgid) == []
 
 
 def _living(tree: dict[int, int]) -> list[int]:
     """The pids of ``tree`` (pid -> start time) still running: same start time, not a zombie."""
-    from raysweep.ui import alive
+    from raysweep.reporting.ui import alive
 
     return [pid for pid, start in tree.items() if alive(pid, start)]
 
@@ -211,7 +211,7 @@ def _port_closed(port: int) -> bool:
 # ---- the tests -------------------------------------------------------------------------------------------
 def test_raysweep_ui_opens_the_training_runs_view_with_parent_and_summary_runs(sweep, procs, chromium, artifacts,
                                                                               tmp_path):
-    from raysweep.ui import descendants
+    from raysweep.reporting.ui import descendants
 
     port = free_port()
     log = tmp_path / "ui.log"

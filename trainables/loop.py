@@ -18,6 +18,8 @@ from torch import nn
 
 from trainables.config import resolve_trial
 from trainables.data import Split, Splits, load_splits
+from trainables.data.augment import PaperCrop
+from trainables.data.image_store import StoreView, gather_batch
 from trainables.methods import METHODS, EpochEvaluation, Method, MethodContext
 from trainables.metrics import balanced_accuracy, class_accuracy, group_accuracy, predict_probs
 from trainables.models import build_model
@@ -71,14 +73,36 @@ class DeviceSplits:
     test: Split
 
 
-def splits_on(splits: Splits, device: torch.device) -> DeviceSplits:
-    return DeviceSplits(splits.train.to(device), splits.meta.to(device), splits.val.to(device), splits.test.to(device))
+RESIDENT_SHARE = 0.25  # store-backed splits stay on a GPU whole while they fit this share of its free memory
+
+
+def splits_on(splits: Splits, device: torch.device, budget: int | None = None) -> DeviceSplits:
+    """The splits on ``device``: tensors move whole; a store-backed split (a StoreView) is gathered onto the
+    device whole when it fits ``budget`` bytes (default: RESIDENT_SHARE of a GPU's free memory, 0 on CPU,
+    where the memory-mapped store already is memory and a gathered copy would be private), else read per
+    batch. The training split stays a view when its augmentation crops the whole stored images."""
+    if budget is None:
+        budget = int(RESIDENT_SHARE * torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else 0
+    left = budget
+
+    def place(split: Split, croppable: bool) -> Split:
+        nonlocal left
+        moved = split.to(device)
+        if isinstance(moved.x, StoreView) and not croppable and moved.x.nbytes <= left:
+            left -= moved.x.nbytes
+            return Split(moved.x[:], moved.y, moved.true_y)
+        return moved
+
+    meta = place(splits.meta, False)
+    val = meta if splits.val is splits.meta else place(splits.val, False)
+    return DeviceSplits(place(splits.train, isinstance(splits.augment, PaperCrop)), meta, val,
+                        place(splits.test, False))
 
 
 class Trial:
     """Everything one trial holds: splits, model, optimizer, scheduler, method and RNG.
 
-    Kept as an object so tests, benchmarks and trial groups (:mod:`trainables.group`) can step it;
+    Kept as an object so tests, benchmarks and trial groups (:mod:`trainables.groups.group`) can step it;
     :func:`train` is the way to run one. ``data``: the dataset already on the device (a group passes the
     one copy its members share); by default the trial moves its own.
     """
@@ -166,14 +190,15 @@ class Trial:
         weights = self.method.sample_weights(e)
         lr = self.optimizer.param_groups[0]["lr"]
         self.model.train()
-        return lr, epoch_batches(len(self.train_set), self.config["train"]["batch_size"], weights, self.generator)
+        batches = epoch_batches(len(self.train_set), self.config["train"]["batch_size"], weights, self.generator)
+        if isinstance(self.train_set.x, StoreView):
+            self.train_set.x.prefetch(batches)  # a stream reader starts reading the epoch ahead
+        return lr, batches
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(inputs, labels, indices) of one index batch on the device, augmented with the trial's generator."""
         idx = idx.to(self.device)
-        x = self.train_set.x[idx]
-        if self.splits.augment is not None:
-            x = self.splits.augment(x, self.generator)
+        x = gather_batch(self.train_set.x, idx, self.splits.augment, self.generator)
         return x, self.train_set.y[idx], idx
 
     def end_epoch(self, train_loss: float, lr: float, started: float) -> dict[str, float]:

@@ -37,7 +37,9 @@ class Param:
     """One knob. ``types`` lists the accepted Python types in preference order (int is accepted for float).
 
     ``low``/``high`` bound numbers (inclusive unless ``low_open``/``high_open``); ``choices`` restricts
-    strings (and, if no string type is allowed, any value). ``nullable`` admits ``None``.
+    strings (and, if no string type is allowed, any value): a tuple, or a function returning the allowed
+    values when a value is checked (a registry's ``names``, so what a plugin registers later is allowed).
+    ``nullable`` admits ``None``.
     """
 
     default: Any
@@ -46,15 +48,19 @@ class Param:
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
-    choices: tuple[Any, ...] | None = None
+    choices: tuple[Any, ...] | Callable[[], Sequence[Any]] | None = None
     nullable: bool = False
     help: str = ""
+
+    def allowed_choices(self) -> tuple[Any, ...] | None:
+        """The allowed values now (``choices`` called if it is a function), or None for no restriction."""
+        return tuple(self.choices()) if callable(self.choices) else self.choices
 
     def allowed(self) -> str:
         """Human-readable description of the allowed values, used in error messages and docs."""
         parts = []
         if self.choices is not None:
-            parts.append("one of " + ", ".join(repr(c) for c in self.choices))
+            parts.append("one of " + ", ".join(repr(c) for c in self.allowed_choices()))
         numeric = [t for t in self.types if t in (int, float)]
         if numeric:
             kind = "an integer" if numeric == [int] else "a number"
@@ -97,11 +103,11 @@ class Param:
                 raise ConfigError(path, f"must be {self.allowed()}, got {value!r}")
             if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
                 raise ConfigError(path, f"must be {self.allowed()}, got {value!r}")
-            if self.choices is not None and str not in self.types and value not in self.choices:
+            if self.choices is not None and str not in self.types and value not in self.allowed_choices():
                 raise ConfigError(path, f"must be {self.allowed()}, got {value!r}")
             return value
         if isinstance(value, str) and str in self.types:
-            if self.choices is not None and value not in self.choices:
+            if self.choices is not None and value not in self.allowed_choices():
                 raise ConfigError(path, f"must be {self.allowed()}, got {value!r}")
             return value
         if isinstance(value, (list, tuple)) and list in self.types:

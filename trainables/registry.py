@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Callable, Generic, Iterator, TypeVar
+import sys
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -43,6 +44,8 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = entry
         self._descriptions[name] = description
+        global _added
+        _added += 1
         return entry
 
     def get(self, name: str) -> T:
@@ -70,8 +73,24 @@ class Registry(Generic[T]):
         return len(self._entries)
 
 
-def discover(package: str, path: list[str]) -> None:
-    """Import every module of ``package`` (its ``__path__``) except ``_private`` ones, so each registers itself."""
+_added = 0  # entries added to any registry so far: discover() checks that each module it imports registers
+
+
+def discover(package: str, path: list[str], helpers: Iterable[str] = ()) -> None:
+    """Import every module of ``package`` (its ``__path__``) so each registers itself.
+
+    ``helpers`` (and ``_private`` modules) are not imported: they register nothing (a base class, shared
+    math) and are imported by the modules that use them. A discovered module that registers nothing when
+    imported is an error naming it, so the helpers list stays honest.
+    """
+    helpers = set(helpers)
     for info in pkgutil.iter_modules(path):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{package}.{info.name}")
+        if info.name.startswith("_") or info.name in helpers:
+            continue
+        name = f"{package}.{info.name}"
+        if name in sys.modules:  # imported by a module discovered before it, which the count then credited
+            continue
+        before = _added
+        importlib.import_module(name)
+        if _added == before:
+            raise RuntimeError(f"{name} registers nothing: list it in {package}'s discover(helpers=...)")

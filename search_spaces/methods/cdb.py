@@ -1,7 +1,7 @@
 """CDB-W-CE, CDB-W-FL, CDB-S: tau grids of the CDB paper (Tables 2 and 3) and a conditional search space.
 
 Paper grid: fixed tau in {0.5, 1, 1.5, 2, 5} and the dynamic variants linear, poly, log, sigmoid; ``p`` (the
-polynomial degree, not stated in the paper; METHODS.md suggests {2, 3}) exists only in the ``poly`` block.
+polynomial degree, not stated in the paper; docs/METHODS.md suggests {2, 3}) exists only in the ``poly`` block.
 CDB-W-FL adds the focal grid gamma in {0.5, 1, 2} (the paper does not state its gamma).
 The random/Optuna space picks a tau mode first, then a fixed tau in [0, 5] or the variant (and p only
 for ``poly``); the official code's two forms are part of that space.

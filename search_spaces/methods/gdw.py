@@ -1,6 +1,6 @@
 """GDW: class-level step size eta_omega x clip x the weighting net's meta learning rate.
 
-Grid (METHODS.md M6: GDW's README uses eta_omega 100 for CIFAR-10 and 1000 for CIFAR-100 with clip
+Grid (docs/METHODS.md M6: GDW's README uses eta_omega 100 for CIFAR-10 and 1000 for CIFAR-100 with clip
 0.2 and Adam lr 1e-3; the grid spans a decade either way): eta_omega {10, 100, 1000} x clip
 {0.1, 0.2, 0.5} x meta lr {1e-4, 1e-3}. The Optuna / random space samples eta_omega and the meta lr
 log-uniformly and clip uniformly over the grid's ranges.

@@ -1,7 +1,7 @@
 """Instance-difficulty sampling: c in {0.1, 1, 10} x gamma in [0, 0.001] (Yu et al., appendix 7.8.2).
 
 The paper tunes gamma within 0 <= gamma <= 0.001 (CIFAR-LT and iNaturalist use 0.001); with synthetic label
-noise METHODS.md suggests also trying gamma near the true noise rate: :func:`noise_gamma_grid` gives that
+noise docs/METHODS.md suggests also trying gamma near the true noise rate: :func:`noise_gamma_grid` gives that
 grid for a known rate (the IDS c x gamma preset uses it).
 """
 

@@ -37,6 +37,12 @@ class DatasetSource:
     # (trainables.data.sizes) runs the protocol cheaply. None: that preflight calls ``load`` for a source
     # that reads no files (no ``preflight``), and skips a source that does.
     labels: Callable[[Mapping[str, Any]], SourceData] | None = None
+    # One input's shape and the source's input_norm from its options alone (no file read), so the model/data
+    # pair check (trainables.pairs) runs before anything starts. None: loaded when the source reads no files.
+    inputs: Callable[[Mapping[str, Any]], tuple[tuple[int, ...], Any]] | None = None
+    # Bytes of the per-node stores the source memory-maps (an estimate from its lists, before any decode), for
+    # the fit check (trainables.data.fit). None: the source's splits are tensors private to each trial.
+    store_bytes: Callable[[Mapping[str, Any]], int] | None = None
     # A generated or embedded source: the distributions whose versions shape its output. Its raw pools are
     # then built once per machine (trainables.data.source_cache); None: loaded by each process (files).
     cache: tuple[str, ...] | None = None
@@ -111,13 +117,15 @@ def load_splits(dataset_cfg: Mapping[str, Any]) -> Splits:
     return _cached_splits(json.dumps(dict(dataset_cfg), sort_keys=True))
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=1)  # a reused actor keeps its last dataset, never a pile of them
 def _cached_splits(key: str) -> Splits:
     source, own, protocol = split_inputs(json.loads(key))
     return build_splits(load_source(source, own), **protocol)
 
 
-discover(__name__, __path__)  # every module of this package registers its sources (after DATASETS exists)
+# every other module of this package registers its sources (after DATASETS exists)
+discover(__name__, __path__, helpers=("augment", "fit", "image_store", "inputs", "node_cache", "protocol", "sizes",
+                                     "source_cache"))
 
 __all__ = ["DATASETS", "DatasetSource", "PROTOCOL_PARAMS", "SourceData", "Split", "Splits",
            "dataset_params", "load_source", "load_splits", "resolve_dataset", "split_inputs"]

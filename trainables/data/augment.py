@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
+import numpy as np
 import torch
-from torch.nn import functional as F
 
 PAD_MODES = ("zeros", "reflect")
-CROPS = ("pad", "resized", "none")
+CROPS = ("pad", "none")
 # torchvision's AutoAugmentPolicy values. torchvision (and torch._dynamo through it, about 3 s) is imported only
 # where an AutoAugment operation runs: a sweep without one never pays for it, in the driver or a worker.
 POLICIES = ("imagenet", "cifar10", "svhn")
@@ -25,10 +26,6 @@ POLICIES = ("imagenet", "cifar10", "svhn")
 def _check_batch(x: torch.Tensor) -> None:
     if x.dim() != 4 or x.dtype != torch.uint8:
         raise ValueError(f"expected a uint8 batch of shape (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
-
-
-def _uniform(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    return torch.rand(n, generator=generator).to(device)
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4,
@@ -175,37 +172,108 @@ def auto_augment(x: torch.Tensor, generator: torch.Generator, policy: str = "cif
     return out
 
 
-def random_resized_crop_flip(x: torch.Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.08, 1.0),
-                             ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
-    """ImageNet-style random-resized crop (area fraction ``scale``, aspect ``ratio``) and flip, by one grid_sample.
+def resized_crop_box(height: int, width: int, generator: torch.Generator,
+                     scale: tuple[float, float] = (0.08, 1.0),
+                     ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, box height, box width) of a random-resized crop: torchvision's sampling rule, own generator.
 
-    Unlike torchvision's ten rejection tries, a box that does not fit is clamped to the image side.
-    Draw order: areas (N), log-aspects (N), box centres x (N) and y (N), flips (N).
+    The same draws, in the same order, as ``RandomResizedCrop.get_params``: up to 10 tries of (area, log
+    aspect, top, left), a box that does not fit is redrawn, then the fallback is the center crop clamped to
+    ``ratio``. Fed the same generator state, the boxes equal torchvision's.
     """
-    _check_batch(x)
-    n, _, h, w = x.shape
-    dev = x.device
-    area = scale[0] + (scale[1] - scale[0]) * _uniform(n, generator, dev)
-    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * _uniform(n, generator, dev)
-    aspect = log_r.exp()
-    fw = (area * aspect).sqrt().clamp(max=1.0)  # box width / image width
-    fh = (area / aspect).sqrt().clamp(max=1.0)
-    cx = (2 * _uniform(n, generator, dev) - 1) * (1 - fw)
-    cy = (2 * _uniform(n, generator, dev) - 1) * (1 - fh)
-    sx = torch.where(_uniform(n, generator, dev) < 0.5, -fw, fw) if flip else fw
-    theta = torch.zeros(n, 2, 3, device=dev)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, fh, cy
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()  # float32
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
+            return top, left, h, w
+    in_ratio = float(width) / float(height)
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def color_jitter(x: torch.Tensor, generator: torch.Generator, brightness: float, contrast: float,
+                 saturation: float) -> torch.Tensor:
+    """torchvision's ``ColorJitter(brightness, contrast, saturation)`` of one uint8 image (C, H, W), own generator.
+
+    Same draws and order as ``ColorJitter.get_params``: a random order of the four operations, then one
+    factor in [max(0, 1 - v), 1 + v] per enabled operation (hue is off, as in OLTR's preset).
+    """
+    import torchvision.transforms.functional as TF
+
+    order = torch.randperm(4, generator=generator)
+    factors = {k: (None if v <= 0 else
+                   float(torch.empty(1).uniform_(max(0.0, 1 - v), 1 + v, generator=generator)))
+               for k, v in (("b", brightness), ("c", contrast), ("s", saturation))}
+    for op in order.tolist():
+        if op == 0 and factors["b"] is not None:
+            x = TF.adjust_brightness(x, factors["b"])
+        elif op == 1 and factors["c"] is not None:
+            x = TF.adjust_contrast(x, factors["c"])
+        elif op == 2 and factors["s"] is not None:
+            x = TF.adjust_saturation(x, factors["s"])
+    return x
+
+
+@dataclass(frozen=True)
+class PaperCrop:
+    """The ImageNet-LT papers' training transform of whole stored images (any size, aspect kept).
+
+    Per image, in torchvision's order: ``RandomResizedCrop(size, scale, ratio)`` (bilinear, antialiased),
+    ``RandomHorizontalFlip()``, then ``ColorJitter(jitter, jitter, jitter)`` when ``jitter`` > 0 (OLTR).
+    All draws come from the trial's generator, so the same generator state gives the same batch (resume).
+    Only the crop box is copied out of the store; resizing runs on ``device``.
+    """
+
+    size: int = 224
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    jitter: float = 0.0
+
+    def crops(self, images: Sequence[np.ndarray | torch.Tensor], generator: torch.Generator,
+              device: torch.device | str = "cpu") -> torch.Tensor:
+        """uint8 (N, C, size, size) on ``device`` from N uint8 (C, H, W) images: arrays (memory-mapped views of a
+        store) or tensors (decoded files)."""
+        import torchvision.transforms.functional as TF
+
+        out = []
+        for image in images:
+            _, h, w = image.shape
+            top, left, bh, bw = resized_crop_box(h, w, generator, self.scale, self.ratio)
+            box = image[:, top:top + bh, left:left + bw]
+            if not isinstance(box, torch.Tensor):  # a memory-mapped store: copy the box only
+                box = torch.from_numpy(np.array(box))
+                if torch.device(device).type == "cuda":
+                    box = box.pin_memory()
+            box = box.to(device, non_blocking=True)
+            x = TF.resize(box, [self.size, self.size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+            if self.flip and torch.rand(1, generator=generator).item() < 0.5:
+                x = x.flip(-1)
+            if self.jitter > 0:
+                x = color_jitter(x, generator, self.jitter, self.jitter, self.jitter)
+            out.append(x)
+        return torch.stack(out) if out else torch.empty((0, 3, self.size, self.size), dtype=torch.uint8,
+                                                        device=device)
 
 
 @dataclass(frozen=True)
 class ImageAugment:
     """The training-batch augmentation a dataset declares; call it as ``augment(x, generator)``.
 
-    ``crop``: ``pad`` (pad + random crop, CIFAR/MNIST), ``resized`` (random-resized crop, ImageNet-LT) or
-    ``none``; then optional AutoAugment (``policy``) and Cutout (``cutout`` > 0 = square side).
+    ``crop``: ``pad`` (pad + random crop, CIFAR/MNIST) or ``none`` (flip only); then optional AutoAugment
+    (``policy``) and Cutout (``cutout`` > 0 = square side). ImageNet-LT's random-resized crop of the whole
+    stored image is :class:`PaperCrop`.
     """
 
     crop: str = "pad"
@@ -224,8 +292,6 @@ class ImageAugment:
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.crop == "pad" or (self.crop == "none" and self.flip):
             x = random_crop_flip(x, generator, self.padding if self.crop == "pad" else 0, self.pad_mode, self.flip)
-        elif self.crop == "resized":
-            x = random_resized_crop_flip(x, generator, flip=self.flip)
         if self.policy is not None:
             x = auto_augment(x, generator, self.policy)
         if self.cutout > 0:

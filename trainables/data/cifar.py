@@ -7,7 +7,7 @@ batches are augmented on their device (:mod:`trainables.data.augment`).
 Long-tail profiles (``lt_profile``), both n_c = floor(n_max * mu^(c/(C-1))), head class 0, named after
 where the balanced meta/val hold-out comes from:
 
-- ``holdout_from_train`` (default, METHODS.md 0.1; the MW-Net, CDB, GDW and Difficulty-Net code): the
+- ``holdout_from_train`` (default, docs/METHODS.md 0.1; the MW-Net, CDB, GDW and Difficulty-Net code): the
   meta/val set is held out of the training images first and n_max is what is left per class, e.g.
   CIFAR-10 with 10 per class: [4990, 2991, ..., 49] at rho = 100; CIFAR-100 with 25: n_max = 475;
 - ``holdout_from_test`` (Cui et al.'s ``class-balanced-loss`` and ``kaidic/LDAM-DRW``, neither of which
@@ -180,4 +180,5 @@ def _params(name: str) -> dict[str, Param]:
 for _name, _label in (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100")):
     DATASETS.add(DatasetSource(
         _name, f"{_label} from root (python pickles), long-tailed by `imbalance`; uint8 on the device",
-        _loader(_name), _params(_name), defaults={"meta_per_class": 10}, preflight=_preflight(_name)))
+        _loader(_name), _params(_name), defaults={"meta_per_class": 10}, preflight=_preflight(_name),
+        inputs=lambda options, name=_name: ((3, 32, 32), NORMS[name])))

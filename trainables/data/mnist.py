@@ -127,5 +127,6 @@ DATASETS.add(DatasetSource(
         },
         defaults={"meta_per_class": 10},
         preflight=_preflight,
+        inputs=lambda options: ((1, 28, 28), NORM),
     )
 )

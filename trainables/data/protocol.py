@@ -2,14 +2,14 @@
 
 Pure functions of (labels, sizes, a numpy Generator); every dataset source goes through the same
 :func:`build_splits`, so all methods and all trial seeds see the same split for a given data seed.
-Formulas follow METHODS.md section 0.
+Formulas follow docs/METHODS.md section 0.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -99,7 +99,7 @@ def flip_targets(num_classes: int, rng: np.random.Generator) -> np.ndarray:
 def add_label_noise(
     labels: np.ndarray, num_classes: int, kind: str, rate: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Return noisy copies of ``labels`` (METHODS.md 0.2).
+    """Return noisy copies of ``labels`` (docs/METHODS.md 0.2).
 
     - ``symmetric``: with probability ``rate`` the label becomes one of the C-1 other classes, uniformly;
     - ``uniform``: with probability ``rate`` the label is redrawn uniformly from all C classes (the true one
@@ -138,9 +138,23 @@ def shot_groups(class_counts: np.ndarray, many_threshold: int, few_threshold: in
     }
 
 
+def take(x: Any, rows: np.ndarray) -> Any:
+    """Rows ``rows`` of a split's inputs without a needless copy: ``x`` itself when ``rows`` is every row in
+    order; a view for a store view (``trainables.data.image_store.StoreView.subset``); else a tensor's rows."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == len(x) and (rows == np.arange(len(x))).all():
+        return x
+    if hasattr(x, "subset"):
+        return x.subset(rows)
+    return x[torch.as_tensor(rows)]
+
+
 @dataclass
 class Split:
-    """Inputs and labels of one split. ``true_y`` differs from ``y`` only on a noisy training split."""
+    """Inputs and labels of one split. ``true_y`` differs from ``y`` only on a noisy training split.
+
+    ``x`` is a tensor, or a :class:`trainables.data.image_store.StoreView` (rows of a memory-mapped store,
+    gathered per batch) that indexes like one."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -235,11 +249,11 @@ def build_splits(
     if source.x_test is None:
         per = test_per_class if test_per_class is not None else int(np.bincount(y_pool, minlength=C).min() // 4)
         test_idx, rest = _holdout(y_pool, per, C, rng, "test_per_class")
-        x_test, y_test = source.x_train[test_idx], y_pool[test_idx]
+        x_test, y_test = take(source.x_train, test_idx), y_pool[test_idx]
         pool_idx = rest
     elif not source.holdout_from_test:
         test_idx = test_holdout(np.arange(len(y_t)))
-        x_test, y_test = source.x_test[test_idx], y_t[test_idx]
+        x_test, y_test = take(source.x_test, test_idx), y_t[test_idx]
 
     if source.x_val is not None:
         x_hold, y_hold, hold_idx = source.x_val, np.asarray(source.y_val, dtype=np.int64), np.arange(len(source.y_val))
@@ -256,7 +270,7 @@ def build_splits(
         val_idx = meta_idx
     if source.holdout_from_test:
         test_idx = test_holdout(hold_idx)
-        x_test, y_test = source.x_test[test_idx], y_t[test_idx]
+        x_test, y_test = take(source.x_test, test_idx), y_t[test_idx]
     elif source.x_val is None:
         pool_idx = hold_idx
 
@@ -289,10 +303,11 @@ def build_splits(
         return Split(x, torch.as_tensor(y, dtype=torch.long), torch.as_tensor(true, dtype=torch.long))
 
     class_counts = np.bincount(true_y, minlength=C)
+    meta = split(take(x_hold, meta_idx), y_hold[meta_idx])
     return Splits(
-        train=split(source.x_train[train_idx], noisy_y, true_y),
-        meta=split(x_hold[meta_idx], y_hold[meta_idx]),
-        val=split(x_hold[val_idx], y_hold[val_idx]),
+        train=split(take(source.x_train, train_idx), noisy_y, true_y),
+        meta=meta,
+        val=meta if val_per_class == 0 else split(take(x_hold, val_idx), y_hold[val_idx]),  # one copy, not two
         test=split(x_test, y_test),
         num_classes=C,
         class_counts=class_counts,

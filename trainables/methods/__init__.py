@@ -10,6 +10,6 @@ from trainables.registry import Registry, discover
 
 METHODS: Registry[type[Method]] = Registry("method")
 
-discover(__name__, __path__)
+discover(__name__, __path__, helpers=("base", "meta"))
 
 __all__ = ["METHODS", "EpochEvaluation", "Method", "MethodContext"]

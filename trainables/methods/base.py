@@ -85,7 +85,7 @@ class Method:
     # What the names of the diagnostics :meth:`on_epoch_end` reports start with ("" = the method's name + "_"),
     # so a spec's table.metric can be checked before a sweep (see :meth:`reports`).
     diagnostics_prefix: ClassVar[str] = ""
-    # The fused trial-group engine (trainables.fused) may train members of this method in one stacked
+    # The fused trial-group engine (trainables.groups.fused) may train members of this method in one stacked
     # forward/backward: it calls only ``loss`` per member per batch (never ``train_step``), so a method
     # is fusable when it keeps the default ``train_step`` and its ``loss`` draws from no global RNG.
     # Non-fusable methods run in a group one member after another (the loop engine).

@@ -1,7 +1,7 @@
 """Class-wise difficulty-based methods (Sinha, Ohashi & Nakamura, IJCV 2022): CDB-W-CE, CDB-W-FL, CDB-S.
 
 After every epoch the per-class accuracy A_c on the balanced meta set (the paper's validation set) gives
-the class difficulty d_c = 1 - A_c and the class weights w_c = d_c^tau (METHODS.md M3/M4). The next
+the class difficulty d_c = 1 - A_c and the class weights w_c = d_c^tau (docs/METHODS.md M3/M4). The next
 epoch uses them:
 
 - ``cdb_w_ce``: loss w_y * CE (paper Eq. 12);

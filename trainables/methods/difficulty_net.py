@@ -1,4 +1,4 @@
-"""Difficulty-Net (Sinha & Ohashi, WACV 2023), METHODS.md M2.
+"""Difficulty-Net (Sinha & Ohashi, WACV 2023), docs/METHODS.md M2.
 
 A small MLP g_theta (C -> H -> H -> C, ReLU, sigmoid out) maps the vector A of per-class accuracies on
 the balanced meta set to class difficulties d = g_theta(A) in (0, 1)^C; the model is trained with CE

@@ -8,7 +8,7 @@ density w_i = exp(beta * p_i^lambda * (1 - p_i)), normalised over the mini-batch
 so example i's gradient has L1 norm w_i / sum_j w_j (up to the 1e-6) and a batch always carries a total
 gradient mass of one. lambda moves the emphasis mode psi = lambda / (lambda + 1) (0: hardest examples
 first); beta sets the spread (0: all examples alike; negative: easy examples first). The normalisation by
-the batch sum (not the batch mean, no integral) is what the authors' Caffe layer does (METHODS.md M5).
+the batch sum (not the batch mean, no integral) is what the authors' Caffe layer does (docs/METHODS.md M5).
 
 The training loss is built with detached coefficients: its gradient with respect to the logits is exactly
 :func:`dm_logit_grad`, and its value is the layer's forward value sum_i (w_i / sum w) CE_i, which is what

@@ -1,4 +1,4 @@
-"""Instance-difficulty sampling (Yu et al., CVPR 2022), METHODS.md M1.
+"""Instance-difficulty sampling (Yu et al., CVPR 2022), docs/METHODS.md M1.
 
 Plain CE; the training set is re-sampled every epoch with per-instance probabilities that grow with how
 much the model has *unlearned* each instance. After each epoch the whole training set is predicted (eval
@@ -20,7 +20,7 @@ from trainables.methods import METHODS
 from trainables.methods.base import EpochEvaluation, Method
 from trainables.params import Param
 
-PROB_FLOOR = 1e-8  # probabilities are clamped here before the log ratio (METHODS.md M1: >= 1e-8)
+PROB_FLOOR = 1e-8  # probabilities are clamped here before the log ratio (docs/METHODS.md M1: >= 1e-8)
 NOISE_TOP_FRACTION = 0.01  # the noise-detection diagnostic looks at the top 1% of difficulties
 
 

@@ -8,6 +8,7 @@ format and ``bf16`` autocast of the backbone (the classifier and the returned lo
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Mapping, Sequence
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from trainables.data.inputs import InputNorm
 from trainables.models import MODELS, ModelSpec, classifier_head
 from trainables.params import ConfigError, Param
 
@@ -35,26 +37,21 @@ def image_channels(input_shape: tuple[int, ...], model: str) -> int:
 
 
 class ImageInput(nn.Module):
-    """uint8 (or float) images -> float (x / 255 - mean) / std, with a channel axis and the memory format.
+    """uint8 (or float) images -> the data path's float (x / 255 - mean) / std (:class:`InputNorm`), with a
+    channel axis and the memory format.
 
     ``input_norm`` is ((mean per channel), (std per channel)) in [0, 1] units, or None (only the /255).
-    The statistics are buffers outside the state dict, so weights stay independent of the dataset.
     """
 
     def __init__(self, channels: int, input_norm: Sequence[Sequence[float]] | None, channels_last: bool) -> None:
         super().__init__()
         self.channels_last = channels_last
-        mean, std = input_norm if input_norm is not None else ((0.0,) * channels, (1.0,) * channels)
-        if len(mean) != channels or len(std) != channels or min(std) <= 0:
-            raise ValueError(f"input_norm must give {channels} means and {channels} positive stds, got {input_norm}")
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.norm = InputNorm(input_norm, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:
             x = x.unsqueeze(1)
-        x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
-        x = (x - self.mean) / self.std
+        x = self.norm(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
@@ -67,13 +64,14 @@ class ImageClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input(x)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        # only entered when on: autocast refuses some device types (meta, used by trainables.pairs) even when off
+        with torch.autocast(x.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext():
             h = self.features(x)
         return self.classifier(h.float())
 
 
 # ---- ResNet-32 for CIFAR (He et al. 2016, option-A shortcuts; the LDAM / MW-Net / GDW network) -------------
-class _BasicBlockA(nn.Module):
+class BasicBlockA(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
@@ -100,7 +98,7 @@ class CifarResNetFeatures(nn.Module):
         blocks, planes_in = [], 16
         for planes, stride in ((16, 1), (32, 2), (64, 2)):
             for i in range(n):
-                blocks.append(_BasicBlockA(planes_in, planes, stride if i == 0 else 1))
+                blocks.append(BasicBlockA(planes_in, planes, stride if i == 0 else 1))
                 planes_in = planes
         self.blocks = nn.Sequential(*blocks)
         for m in self.modules():

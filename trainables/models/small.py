@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from trainables.data.inputs import InputNorm
 from trainables.models import MODELS, ModelSpec, classifier_head
 from trainables.params import Param
 
 
 class MLP(nn.Module):
-    """Flatten -> [Linear -> BatchNorm -> ReLU] x depth -> classifier."""
+    """The data path's input conversion -> Flatten -> [Linear -> BatchNorm -> ReLU] x depth -> classifier."""
 
-    def __init__(self, in_features: int, num_classes: int, width: int, depth: int, normed: bool) -> None:
+    def __init__(self, in_features: int, num_classes: int, width: int, depth: int, normed: bool,
+                 input_norm: Sequence[Sequence[float]] | None = None) -> None:
         super().__init__()
+        self.input = InputNorm(input_norm)
         layers: list[nn.Module] = [nn.Flatten()]
         d = in_features
         for _ in range(depth):
@@ -26,7 +29,7 @@ class MLP(nn.Module):
         self.classifier = classifier_head(d, num_classes, normed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return self.classifier(self.features(self.input(x)))
 
 
 class CNN1D(nn.Module):
@@ -34,6 +37,7 @@ class CNN1D(nn.Module):
 
     def __init__(self, length: int, num_classes: int, channels: int, normed: bool) -> None:
         super().__init__()
+        self.input = InputNorm(None)
         c = channels
         self.features = nn.Sequential(
             nn.Conv1d(1, c, 5, stride=2, padding=2), nn.BatchNorm1d(c), nn.ReLU(),
@@ -44,13 +48,15 @@ class CNN1D(nn.Module):
         self.classifier = classifier_head(c, num_classes, normed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input(x)
         if x.dim() == 2:
             x = x.unsqueeze(1)
         return self.classifier(self.features(x))
 
 
 def _mlp(input_shape: tuple[int, ...], num_classes: int, cfg: Mapping[str, Any]) -> nn.Module:
-    return MLP(math.prod(input_shape), num_classes, cfg["width"], cfg["depth"], cfg["normed_classifier"])
+    return MLP(math.prod(input_shape), num_classes, cfg["width"], cfg["depth"], cfg["normed_classifier"],
+               cfg.get("input_norm"))
 
 
 def _cnn1d(input_shape: tuple[int, ...], num_classes: int, cfg: Mapping[str, Any]) -> nn.Module:
