@@ -21,8 +21,10 @@ from scipy import stats
 
 ID_COLUMNS = ("run_id", "status", "trial_key", "config_id", "seed", "method", "label", "phase", "stop_reason",
               "plan_index", "epochs_run")
-VALUE_PREFIXES = ("metric.", "best.")
-KINDS = {"final": "metric.", "best": "best."}
+VALUE_PREFIXES = ("metric.", "best.", "selected.")
+# final: the last epoch; best: the peak over epochs (an oracle for test metrics); selected: at the epoch of the
+# best validation score (what model selection on validation would report)
+KINDS = {"final": "metric.", "best": "best.", "selected": "selected."}
 METHOD_ROOT = "method"  # the config section of a trial's method: ``method.name`` and its knobs
 SHARED_ROOTS = ("dataset", "model", "train")  # config sections every trial has, whatever its method
 # A method named like one of these would make ``<method>.<knob>`` ambiguous with a config key or a value column.
@@ -38,6 +40,9 @@ class Cell:
     n: int
     early_stopped: int = 0  # trials in the group stopped by the scheduler before the last epoch
     ci95: float = math.nan  # half-width of the 95% Student-t interval of the mean; NaN when n = 1
+    stopped_at: int | None = None  # every trial of the cell was stopped early at this epoch; None: they finished
+    left_out: int = 0  # trials of the group not pooled: stopped at another epoch than the cell's
+    flags: tuple[str, ...] = ()  # degenerate-run flags of the cell's trials (analysis.health)
 
 
 def ci95_halfwidth(std: float, n: int) -> float:
@@ -156,6 +161,7 @@ def known_keys(df: pd.DataFrame) -> list[str]:
 
 
 def is_early_stopped(df: pd.DataFrame) -> pd.Series:
+    """Whether each trial was stopped by the scheduler before its last epoch."""
     if "stop_reason" not in df:
         return pd.Series(False, df.index)
     return df["stop_reason"].astype(str).str.startswith("stopped")

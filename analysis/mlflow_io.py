@@ -20,6 +20,7 @@ from analysis import mlflow_tags
 from analysis.tables import higher_is_better
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+SELECTION_METRIC = "val_balanced_acc"  # the validation score that picks a trial's epoch for ``selected.*``
 HISTORY_WORKERS = 8
 
 
@@ -142,6 +143,23 @@ def add_best(df: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def add_selected(df: pd.DataFrame, histories: pd.DataFrame, select: str) -> pd.DataFrame:
+    """``selected.<m>`` columns: each trial's ``<m>`` at the epoch where ``select`` (a validation metric) was
+    best, the first such epoch on ties; what a paper selecting on validation reports."""
+    if histories.empty or select not in set(histories["metric"]):
+        return df
+    sel = histories[histories["metric"] == select].sort_values(["run_id", "step"])
+    higher = higher_is_better(select)
+    picked = sel.loc[(sel.groupby("run_id")["value"].idxmax() if higher else sel.groupby("run_id")["value"].idxmin())]
+    epoch = picked.set_index("run_id")["step"]
+    out = df.copy()
+    for metric, part in histories.groupby("metric"):
+        at = part.merge(epoch.rename("at").reset_index(), on="run_id")
+        values = at[at["step"] == at["at"]].set_index("run_id")["value"]
+        out[f"selected.{metric}"] = out["run_id"].map(values)
+    return out
+
+
 @dataclass
 class Sweep:
     """A sweep read from MLflow: its parent run, the tidy trial frame and the fetched metric histories."""
@@ -165,7 +183,7 @@ def load_sweep(client: MlflowClient, parent, history_metrics: Sequence[str] = ()
     present = [m for m in dict.fromkeys(history_metrics) if f"metric.{m}" in df.columns]
     histories = metric_histories(client, df["run_id"], present) if present else \
         pd.DataFrame(columns=["run_id", "metric", "step", "value"])
-    return Sweep(parent, add_best(df, histories), histories)
+    return Sweep(parent, add_selected(add_best(df, histories), histories, SELECTION_METRIC), histories)
 
 
 def sweep_axes(parent) -> list[str]:

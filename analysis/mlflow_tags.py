@@ -55,6 +55,8 @@ GROUP = "raysweep.group"  # the Ray trial a grouped member trained in
 SUMMARY_OF = "raysweep.summary_of"
 TRIAL_RUNS = "raysweep.trial_runs"
 N_SEEDS = "raysweep.n_seeds"
+UNITS = "raysweep.units"  # accuracies in percent, as in the tables
+VS_BASELINE = "raysweep.vs_baseline"  # better / worse / same / not tested, against the table's baseline
 
 # The sweep's headline and model selection, on the parent run
 SELECTION = "raysweep.selection"  # one sentence: which split selected configurations
@@ -62,7 +64,10 @@ SELECTION_WARNING = "raysweep.selection_warning"
 BEST_CONFIG = "raysweep.best_config"  # "<label> [<config_id>]"
 BEST_CONFIG_ID = "raysweep.best_config_id"
 BEST_SUMMARY_RUN = "raysweep.best_summary_run"
-HEADLINE_PREFIX = "best."  # parent metrics best.<metric>_mean, best.<metric>_std, best.n_seeds
+BEST_N_SEEDS = "raysweep.best_n_seeds"
+# parent metrics best.<metric>_mean, best.<metric>_std, best.<metric>_vs_<baseline>; with several settings of the
+# data axes, one set each: best.<setting>.<metric>_mean (e.g. best.imbalance_10.test_acc_mean)
+HEADLINE_PREFIX = "best."
 
 
 def sweep_filter(sweep_id: str) -> str:

@@ -47,8 +47,14 @@ def sensitivity_curve(table: SensitivityTable, path: Path) -> Path:
         if not points:
             continue
         err = [0.0 if math.isnan(cell.std) else table.spread(cell.std) for _, cell in points]
-        ax.errorbar([p[0] for p in points], [table.value(cell.mean) for _, cell in points], yerr=err,
-                    marker="o", capsize=3, label=str(c))
+        line = ax.errorbar([p[0] for p in points], [table.value(cell.mean) for _, cell in points], yerr=err,
+                           marker="o", capsize=3, label=str(c))
+        stopped = [(x, cell) for x, cell in points if cell.stopped_at is not None]
+        if stopped:  # early-stopped points: hollow, labelled with the epoch they reached
+            ax.scatter([x for x, _ in stopped], [table.value(cell.mean) for _, cell in stopped], s=80,
+                       facecolors="white", edgecolors=line[0].get_color(), zorder=3)
+            for x, cell in stopped:
+                ax.annotate(f"† ep {cell.stopped_at}", (x, table.value(cell.mean)), fontsize=6)
     if numeric and min(xs) > 0 and max(xs) / min(xs) >= 20:
         ax.set_xscale("log")
     if not numeric:
@@ -63,7 +69,8 @@ def sensitivity_curve(table: SensitivityTable, path: Path) -> Path:
 
 
 def heatmap(table: SensitivityTable, path: Path) -> Path:
-    """Rows x columns of seed means, each cell annotated with mean ± std (n); best per column outlined."""
+    """Rows x columns of seed means, each cell annotated with mean ± std (n) and ▲/▼; bold (outlined) cells are
+    those the table shows bold; early-stopped cells carry their epoch."""
     grid = np.full((len(table.rows), len(table.cols)), np.nan)
     for i, r in enumerate(table.rows):
         for j, c in enumerate(table.cols):
@@ -82,9 +89,12 @@ def heatmap(table: SensitivityTable, path: Path) -> Path:
             spread = "" if math.isnan(cell.std) else f"\n±{table.spread(cell.std):.1f}"
             text = f"{table.value(cell.mean):.1f}" + spread
             dark = (grid[i, j] < mid) != table.error
-            ax.text(j, i, text + f" n={cell.n}", ha="center", va="center", fontsize=7,
-                    color="white" if dark else "black", fontweight="bold" if table.best.get(c) == r else "normal")
-            if table.best.get(c) == r:
+            if cell.stopped_at is not None:
+                text = f"† ep {cell.stopped_at}\n" + text
+            symbol = table.marks.symbol(r, c) if table.marks is not None else ""
+            ax.text(j, i, text + f" n={cell.n}{symbol}", ha="center", va="center", fontsize=7,
+                    color="white" if dark else "black", fontweight="bold" if table.bold(r, c) else "normal")
+            if table.bold(r, c):
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     col_names = [str(c) for c in table.cols]
     ax.set_xticks(range(len(table.cols)), col_names, rotation=30 if max(map(len, col_names)) > 8 else 0, ha="right")
@@ -99,15 +109,27 @@ def grouped_bars(table: SensitivityTable, path: Path) -> Path:
     """Bars of seed means with std error bars: one group per row, one bar per column."""
     width = 0.8 / max(len(table.cols), 1)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.9 * len(table.rows) * max(1, len(table.cols)) * 0.5), 4))
+    stopped_any = False
     for j, c in enumerate(table.cols):
-        xs, ys, err = [], [], []
+        xs, ys, err, stopped = [], [], [], []
         for i, r in enumerate(table.rows):
             cell = table.cells.get((r, c))
             if cell is not None:
                 xs.append(i + (j - (len(table.cols) - 1) / 2) * width)
                 ys.append(table.value(cell.mean))
                 err.append(0.0 if math.isnan(cell.std) else table.spread(cell.std))
-        ax.bar(xs, ys, width=width, yerr=err, capsize=3, label=str(c))
+                stopped.append(cell.stopped_at)
+        bars = ax.bar(xs, ys, width=width, yerr=err, capsize=3, label=str(c))
+        for bar, epoch in zip(bars, stopped, strict=True):
+            if epoch is not None:  # early-stopped: hatched, pale, labelled with the epoch it reached
+                stopped_any = True
+                bar.set_hatch("//")
+                bar.set_alpha(0.4)
+                ax.annotate(f"† ep {epoch}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=6, rotation=90)
+    if stopped_any:
+        ax.text(0.99, 0.99, "† hatched: stopped early (not comparable)", transform=ax.transAxes, ha="right",
+                va="top", fontsize=7)
     ax.set_xticks(range(len(table.rows)), [str(r) for r in table.rows], rotation=30, ha="right")
     ax.set_ylabel(_ylabel(table) if table.cols_key != "metric" else "accuracy" + table.unit)
     ax.set_title(table.title, fontsize=9)
@@ -117,8 +139,53 @@ def grouped_bars(table: SensitivityTable, path: Path) -> Path:
     return _save(fig, path)
 
 
+GROUP_TITLES = {"test_many_acc": "many-shot", "test_medium_acc": "medium-shot", "test_few_acc": "few-shot",
+                "test_acc": "all classes"}
+
+
+def breakdown_bars(table: SensitivityTable, path: Path) -> Path:
+    """The many / medium / few-shot table as one panel per class group, side by side, each a horizontal bar per
+    row (seed mean, std error bar) on a shared axis: the labels stay readable and the figure grows downwards
+    with the rows, not sideways (one wide bar chart of 27 configurations x 4 groups was 5258 px wide). A group
+    without values (no class of the split in it, e.g. few-shot at a low imbalance) says so in its panel."""
+    rows = list(table.rows)
+    fig, axes = plt.subplots(1, len(table.cols), sharey=True, squeeze=False,
+                             figsize=(2.2 + 2.3 * len(table.cols), 1.3 + 0.3 * len(rows)))
+    ys = np.arange(len(rows))
+    top = 1.0
+    for ax, col in zip(axes[0], table.cols, strict=True):
+        cells = [table.cells.get((r, col)) for r in rows]
+        present = [i for i, c in enumerate(cells) if c is not None]
+        means = [table.value(cells[i].mean) for i in present]
+        err = [0.0 if math.isnan(cells[i].std) else table.spread(cells[i].std) for i in present]
+        stopped = [getattr(cells[i], "stopped_at", None) is not None for i in present]
+        ax.barh([ys[i] for i in present], means, xerr=err, capsize=2, height=0.7,
+                color=["#b0b0b0" if s else "C0" for s in stopped])
+        for i, mean, e in zip(present, means, err, strict=True):
+            ax.text(mean + e, ys[i], f" {mean:.1f}", va="center", fontsize=7)
+        for i in (i for i, c in enumerate(cells) if c is None and present):
+            ax.text(0, ys[i], " no class in this group", va="center", fontsize=6, color="#777777")
+        if not present:
+            ax.text(0.5, 0.5, "no class of the split\nin this group", transform=ax.transAxes, ha="center",
+                    va="center", fontsize=8, color="#555555")
+        ax.set_title(GROUP_TITLES.get(str(col), str(col)), fontsize=9)
+        ax.set_xlabel(("error" if table.error else "accuracy") + table.unit, fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        top = max(top, max([m + e for m, e in zip(means, err, strict=True)], default=1.0))
+    for ax in axes[0]:
+        ax.set_xlim(0, top * 1.2)  # one scale for every group, room for the value labels
+    axes[0][0].set_yticks(ys, [str(r) for r in rows], fontsize=8)
+    axes[0][0].invert_yaxis()  # the table's first row on top
+    fig.suptitle(table.title + ("; grey: stopped early" if any(getattr(c, "stopped_at", None) is not None
+                                                              for c in table.cells.values()) else ""), fontsize=9)
+    return _save(fig, path)
+
+
 def table_plot(table: SensitivityTable, path: Path) -> Path:
-    """The picture that fits the table: heatmap for two-way, curve for a numeric factor, bars otherwise."""
+    """The picture that fits the table: panels per class group for the many / medium / few breakdown, heatmap for
+    two-way, curve for a numeric factor, bars otherwise."""
+    if table.cols_key == "metric":  # the many / medium / few breakdown
+        return breakdown_bars(table, path)
     numeric_rows = table.rows_key not in ("config", "method", "label") and _numeric(table.rows)
     if numeric_rows and len(table.rows) > 1:
         return sensitivity_curve(table, path)
@@ -173,18 +240,56 @@ def rung_survival(trials: pd.DataFrame, path: Path, rungs: list[int] | None = No
     return _save(fig, path)
 
 
-def importance_bars(frame: pd.DataFrame, method: str, path: Path) -> Path:
-    """Horizontal bars of fANOVA and PED-ANOVA importance of one method's hyperparameters."""
-    part = frame[frame["method"] == method]
+def importance_bars(frame: pd.DataFrame, method: str, path: Path, setting: str = "") -> Path:
+    """Horizontal bars of fANOVA and PED-ANOVA importance of one method's knobs at one setting of the data
+    axes, with the spread over bootstrap resamples of seeds as error bars."""
+    part = frame[(frame["method"] == method) & (frame["setting"] == setting)]
     wide = part.pivot_table(index="param", columns="evaluator", values="importance").fillna(0.0)
     wide = wide.sort_values(wide.columns[0])
+    spread = part.pivot_table(index="param", columns="evaluator", values="spread", dropna=False).reindex(
+        index=wide.index, columns=wide.columns)
     fig, ax = plt.subplots(figsize=(6, 1.2 + 0.45 * len(wide)))
     height = 0.8 / max(len(wide.columns), 1)
     for j, evaluator in enumerate(wide.columns):
-        ax.barh(np.arange(len(wide)) + j * height, wide[evaluator], height=height,
+        err = spread[evaluator].fillna(0.0).to_numpy()
+        ax.barh(np.arange(len(wide)) + j * height, wide[evaluator], height=height, xerr=err, capsize=2,
                 label={"fanova": "fANOVA", "ped_anova": "PED-ANOVA"}.get(evaluator, evaluator))
     ax.set_yticks(np.arange(len(wide)) + height * (len(wide.columns) - 1) / 2, list(wide.index))
-    ax.set_xlabel("importance (normalised)")
-    ax.set_title(f"hyperparameter importance: {method} ({int(part['n_trials'].iloc[0])} trials)", fontsize=9)
+    n_boot = int(part["n_resamples"].iloc[0])
+    ax.set_xlabel("importance (normalised)" + (f"; error bar: std over {n_boot} seed resamples" if n_boot else ""))
+    where = f" at {setting}" if setting else ""
+    ax.set_title(f"hyperparameter importance: {method}{where} ({int(part['n_trials'].iloc[0])} trials)", fontsize=9)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def budget_curves(frame: pd.DataFrame, path: Path, metric: str, percent: bool = True) -> Path:
+    """Expected best ``metric`` against the number of configurations tried, one line per method, band = ± std;
+    one panel per data setting (:func:`analysis.ranking.budget_frame`)."""
+    settings = list(dict.fromkeys(frame["setting"]))
+    scale = 100.0 if percent else 1.0
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.6), squeeze=False)
+    for ax, setting in zip(axes[0], settings, strict=True):
+        part = frame[frame["setting"] == setting]
+        for method, rows in part.groupby("method", sort=False):
+            line, = ax.plot(rows["n"], scale * rows["expected_max"], marker=".", label=method)
+            ax.fill_between(rows["n"], scale * (rows["expected_max"] - rows["std"]),
+                            scale * (rows["expected_max"] + rows["std"]), color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("configurations tried (n)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(setting, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"expected best {metric}" + (" (%)" if percent else ""))
+    axes[0][-1].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def cd_diagram(result, path: Path) -> Path:
+    """scikit-posthocs' critical-difference diagram of :class:`analysis.stats.CriticalDifference`."""
+    import scikit_posthocs as sp
+
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.3 * len(result.ranks)))
+    sp.critical_difference_diagram(result.ranks, result.pairwise, alpha=result.alpha, ax=ax)
+    ax.set_title(f"average ranks over {result.n_settings} settings (Friedman p = {result.p_value:.3g}, "
+                 f"Nemenyi CD = {result.cd:.2f})", fontsize=9)
     return _save(fig, path)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -77,13 +78,16 @@ def tracked(workdir: Path, experiment: str, out: str) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     from analysis import mlflow_tags as tags
+    from raysweep.reporting.summaries import display_scale
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], tags.role_filter(tags.TRIAL), max_results=5000)
     (parent,) = client.search_runs([exp.experiment_id], tags.role_filter(tags.SWEEP))
-    best = {k[len(tags.HEADLINE_PREFIX):]: v for k, v in parent.data.metrics.items()
-            if k.startswith(tags.HEADLINE_PREFIX)}
+    # The headline's seed means and stds (accuracies in percent there); the results JSON keeps fractions.
+    best = {k[len(tags.HEADLINE_PREFIX):]: v / display_scale(re.sub(r"_(mean|std)$", "", k))
+            for k, v in parent.data.metrics.items()
+            if k.startswith(tags.HEADLINE_PREFIX) and k.endswith(("_mean", "_std"))}
     phases = sorted({r.data.tags[tags.PHASE] for r in runs})
     busy = sum(m.value for r in runs for m in client.get_metric_history(r.info.run_id, "epoch_seconds"))
     return {"trials": len(runs), "groups": len({r.data.tags.get(tags.GROUP, r.info.run_id) for r in runs}),

@@ -155,7 +155,8 @@ def cmd_table(args: argparse.Namespace) -> int:
         raise UsageError("table: give --experiment NAME or --parent RUN_ID")
     try:
         table = sweep_table(resolve_tracking_uri(args.tracking_uri), experiment=args.experiment,
-                            parent_run_id=args.parent, rows=args.rows, cols=args.cols, metric=args.metric)
+                            parent_run_id=args.parent, rows=args.rows, cols=args.cols, metric=args.metric,
+                            where=tuple(args.where), baseline=args.baseline)
     except (SweepNotFound, KeyError) as err:
         raise UsageError(str(err).strip("'\"")) from None
     print(render(table, args.format))
@@ -171,7 +172,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     try:
         report = build_report(uri, args.sweep, args.out, rows=args.rows, cols=args.cols, metric=args.metric,
-                              others=args.others, error=args.error, log=not args.no_log)
+                              others=args.others, error=args.error, log=not args.no_log, where=tuple(args.where),
+                              baseline=args.baseline)
     except (SweepNotFound, KeyError) as err:
         raise UsageError(str(err).strip("'\"")) from None
     print(render(report.main, args.format))
@@ -250,7 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     def with_table_keys(p: argparse.ArgumentParser) -> None:
         p.add_argument("--rows", help="config, method, or a dotted key such as focal.gamma (default: the spec's)")
         p.add_argument("--cols", help="a dotted key such as dataset.imbalance (default: the spec's table.cols)")
-        p.add_argument("--metric", help="e.g. test_acc, val_balanced_acc, test_few_acc (default: the spec's)")
+        p.add_argument("--metric", help="e.g. test_acc, val_balanced_acc, test_few_acc, best_test_acc (peak over "
+                                        "epochs), selected_test_acc (at the best validation epoch); default: the "
+                                        "spec's")
+        p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                       help="only trials with this config value, e.g. dataset.imbalance=100 (repeatable)")
+        p.add_argument("--baseline", metavar="METHOD",
+                       help="compare every cell with this method at the same setting; none = off (default: the "
+                            "spec's table.baseline, auto = ce when the sweep has it)")
         p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///./mlflow.db")
 
     def with_sweep(p: argparse.ArgumentParser) -> None:

@@ -139,7 +139,7 @@ def test_sweep_and_report_through_the_server_rest_api(swept):
     assert {"report/plots/main.png", "report/plots/learning_curves_test_acc.png"} \
         <= _artifacts(url, parent_id, "report/plots")
     summary = {m["key"]: m["value"] for m in by_role["summary"][0]["data"]["metrics"]}
-    assert summary["n_seeds"] == 2 and 0 <= summary["test_acc"] <= 1
+    assert "n_seeds" not in summary and 0 <= summary["test_acc"] <= 100, "percent, as in the tables"
 
 
 def test_after_run_alone_the_ui_has_the_kind_the_view_the_headline_and_summaries(swept):
@@ -168,21 +168,22 @@ def test_after_run_alone_the_ui_has_the_kind_the_view_the_headline_and_summaries
         children, got, tags = trials[cid], _metrics(summary), _tags(summary)
         assert tags["mlflow.parentRunId"] == parent_id and tags["raysweep.n_seeds"] == "2"
         assert set(tags["raysweep.trial_runs"].split(",")) == {c["info"]["run_id"] for c in children}
-        assert got["n_seeds"] == len(children) == 2
+        assert _params(summary)["n_seeds"] == str(len(children)) == "2" and "n_seeds" not in got
         finals = [_metrics(c) for c in children]
         keys = set.intersection(*(set(f) for f in finals))
         assert {"val_balanced_acc", "test_acc", "train_loss"} <= keys
         for key in sorted(keys):
             values = [f[key] for f in finals]
-            assert got[key] == pytest.approx(statistics.fmean(values), rel=1e-9, abs=1e-12), key
-            assert got[f"{key}_std"] == pytest.approx(statistics.stdev(values), rel=1e-9, abs=1e-12), key
+            scale = 100.0 if key.endswith("acc") else 1.0  # accuracies in percent on summary runs
+            assert got[key] == pytest.approx(scale * statistics.fmean(values), rel=1e-9, abs=1e-12), key
+            assert got[f"{key}_std"] == pytest.approx(scale * statistics.stdev(values), rel=1e-9, abs=1e-12), key
         params = _params(summary)
         assert params["method.gamma"] == _params(children[0])["method.gamma"] == _params(children[1])["method.gamma"]
         curves = [_history(url, c["info"]["run_id"], "test_acc") for c in children]
         steps = set(curves[0])
         assert steps == set(curves[1]) and len(steps) == SPEC["train"]["epochs"]
         curve = _history(url, summary["info"]["run_id"], "curve.test_acc")
-        assert curve == pytest.approx({s: statistics.fmean(c[s] for c in curves) for s in steps}, rel=1e-9)
+        assert curve == pytest.approx({s: 100 * statistics.fmean(c[s] for c in curves) for s in steps}, rel=1e-9)
 
     # The headline: the configuration with the best seed-mean search metric, its means and stds on the parent.
     means = {cid: _metrics(run)["val_balanced_acc"] for cid, run in summaries.items()}
@@ -192,7 +193,7 @@ def test_after_run_alone_the_ui_has_the_kind_the_view_the_headline_and_summaries
     assert tags["raysweep.best_config"].endswith(f"[{best}]")
     assert tags["raysweep.best_summary_run"] == summaries[best]["info"]["run_id"]
     best_metrics = _metrics(summaries[best])
-    assert head["best.n_seeds"] == 2
+    assert tags["raysweep.best_n_seeds"] == "2" and "best.n_seeds" not in head
     for name in ("val_balanced_acc", "test_acc"):
         assert head[f"best.{name}_mean"] == pytest.approx(best_metrics[name], rel=1e-9)
         assert head[f"best.{name}_std"] == pytest.approx(best_metrics[f"{name}_std"], rel=1e-9)

@@ -10,9 +10,9 @@ import pytest
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from analysis.importance import build_study, importances, infer_distribution
+from analysis.importance import build_study, importance_markdown, importances, infer_distribution
 from analysis.page import Section, render_page
-from raysweep.reporting.report import build_report
+from raysweep.reporting.report import _slug, build_report
 from raysweep.reporting.summaries import summarize_sweep
 
 import _multi
@@ -50,13 +50,58 @@ def test_importance_ranks_the_factor_that_decides_the_metric_first():
     study = build_study(df[df["method"] == "dm"], "test_acc")
     assert len(study.trials) == 54 and study.direction.name == "MAXIMIZE"
     assert set(study.trials[0].distributions) == {"method.beta", "method.gamma", "train.schedule"}
-    frame = importances(df, "test_acc")
+    frame = importances(df, "test_acc", resamples=0)
     assert set(frame["method"]) == {"dm"}, "ce has one trial: too few for importance"
     assert set(frame["param"]) == {"dm.beta", "dm.gamma", "train.schedule"}, "knobs are named after their method"
     for evaluator in ("fanova", "ped_anova"):
         part = frame[frame["evaluator"] == evaluator].set_index("param")["importance"]
         assert part.idxmax() == "dm.beta" and part["dm.beta"] > 0.8
         assert math.isclose(part.sum(), 1.0, rel_tol=1e-6)
+
+
+def test_importance_is_per_setting_of_the_data_axes_with_spread_and_disagreement():
+    """imbalance moves every accuracy by 0.3 (it would swamp the knobs); within a level beta decides."""
+    df = _tidy(n_seeds=3)
+    df = pd.concat([df.assign(**{"dataset.imbalance": 10}),
+                    df.assign(**{"dataset.imbalance": 100, "metric.test_acc": df["metric.test_acc"] - 0.3})],
+                   ignore_index=True)
+    frame = importances(df, "test_acc", resamples=4)
+    assert list(frame.columns) == ["method", "setting", "evaluator", "param", "importance", "spread", "n_trials",
+                                   "n_resamples"]
+    groups = set(zip(frame["method"], frame["setting"], strict=True))
+    assert groups == {("dm", "imbalance = 10"), ("dm", "imbalance = 100")}
+    assert "dataset.imbalance" not in set(frame["param"]), "a data axis is not a method's knob"
+    assert set(frame["n_trials"]) == {54} and set(frame["n_resamples"]) == {4}
+    for (_, _), part in frame.groupby(["setting", "evaluator"]):
+        assert part.set_index("param")["importance"].idxmax() == "dm.beta"
+        assert math.isclose(part["importance"].sum(), 1.0, rel_tol=1e-6)
+        assert (part["spread"] >= 0).all() and part["spread"].notna().all()
+    text = importance_markdown(frame)
+    assert "**dm** at imbalance = 10 (54 trials; ± = std over 4 bootstrap resamples of seeds)" in text
+    row = frame[(frame["setting"] == "imbalance = 10") & (frame["param"] == "dm.gamma")].set_index("evaluator")
+    gap = abs(row.loc["fanova", "importance"] - row.loc["ped_anova", "importance"])
+    assert f"| dm.gamma | {row.loc['fanova', 'importance']:.3f} ± {row.loc['fanova', 'spread']:.3f} |" in text
+    assert text.split("| dm.gamma |")[1].splitlines()[0].endswith(f"| {gap:.3f} |")
+    # One seed: nothing to resample, no spread.
+    single = importances(df[df["seed"] == 0], "test_acc", resamples=4)
+    assert single["spread"].isna().all() and set(single["n_resamples"]) == {0}
+
+
+def test_many_medium_few_plot_grows_down_with_the_rows_not_sideways(tmp_path):
+    from PIL import Image
+
+    from analysis.plots import breakdown_bars, table_plot
+    from analysis.tables import breakdown_table
+
+    df = _multi.tidy_frame()  # 10 configurations x 2 imbalance levels: 20 rows
+    df = df.assign(**{"metric.test_many_acc": df["metric.test_acc"] + 0.1,
+                      "metric.test_medium_acc": df["metric.test_acc"] - 0.1, "metric.test_few_acc": math.nan})
+    table = breakdown_table(df, "config", axes=["dataset.imbalance"])
+    # The empty few-shot group keeps its column (and gets a panel that says so).
+    assert len(table.rows) == 20 and table.cols == ["test_many_acc", "test_medium_acc", "test_few_acc", "test_acc"]
+    width, height = Image.open(table_plot(table, tmp_path / "mmf.png")).size
+    assert width <= 1400 and 20 * 30 <= height <= 20 * 45, (width, height)
+    assert Image.open(breakdown_bars(table, tmp_path / "again.png")).size == (width, height)
 
 
 def test_html_page_inlines_its_images(tmp_path):
@@ -113,7 +158,7 @@ def test_report_writes_tables_plots_importance_and_a_self_contained_page(reporte
     assert {"configs.csv", "trials.csv"} <= tables
     pngs = {p.name for p in (root / "out" / "plots").iterdir()}
     assert {"main.png", "oneway_focal.gamma.png", "learning_curves_test_acc.png", "rung_survival.png",
-            "importance_focal.png"} <= pngs
+            "importance_focal.png"} <= pngs, "one setting: the plot is named after the method"
     assert all((root / "out" / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     page = (root / "out" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(pngs)
@@ -143,12 +188,12 @@ def test_parent_run_holds_the_report_and_one_summary_run_per_configuration(repor
         mine = [t for t in trials if t.data.tags["raysweep.config_id"] == summary.data.tags["raysweep.config_id"]]
         finals = [t.data.metrics["test_acc"] for t in mine]
         mean = sum(finals) / 2
-        assert summary.data.metrics["test_acc"] == pytest.approx(mean)
-        assert summary.data.metrics["test_acc_std"] == pytest.approx(abs(finals[0] - finals[1]) / math.sqrt(2))
-        assert summary.data.metrics["n_seeds"] == 2
+        assert summary.data.metrics["test_acc"] == pytest.approx(100 * mean)
+        assert summary.data.metrics["test_acc_std"] == pytest.approx(100 * abs(finals[0] - finals[1]) / math.sqrt(2))
+        assert summary.data.params["n_seeds"] == "2" and "n_seeds" not in summary.data.metrics
         assert summary.data.params["method.name"] == mine[0].data.params["method.name"]
         bests = [max(m.value for m in client.get_metric_history(t.info.run_id, "test_acc")) for t in mine]
-        assert summary.data.metrics["best_test_acc"] == pytest.approx(sum(bests) / 2)
+        assert summary.data.metrics["best_test_acc"] == pytest.approx(100 * sum(bests) / 2)
         curve = client.get_metric_history(summary.info.run_id, "curve.val_balanced_acc")
         assert len(curve) >= 1 and min(m.step for m in curve) == 1
 
@@ -231,46 +276,59 @@ def test_summarize_sweep_logs_summary_runs_and_the_headline_by_hand(multi_store)
         finals = [t.data.metrics["test_acc"] for t in mine]
         bests = [max(m.value for m in client.get_metric_history(t.info.run_id, "test_acc")) for t in mine]
         got = summary.data.metrics
-        assert got["n_seeds"] == len(mine) == 2
-        assert got["test_acc"] == pytest.approx(sum(finals) / 2)
-        assert got["test_acc_std"] == pytest.approx(_sample_std(finals))
-        assert got["test_acc_ci95"] == pytest.approx(12.706204736174698 * _sample_std(finals) / math.sqrt(2))
-        assert got["best_test_acc"] == pytest.approx(sum(bests) / 2)
-        assert got["best_test_acc_std"] == pytest.approx(_sample_std(bests))
-        assert got["epochs_run"] == pytest.approx(sum(int(t.data.tags["raysweep.epochs_run"]) for t in mine) / 2)
-        curve = {m.step: m.value for m in client.get_metric_history(summary.info.run_id, "curve.val_balanced_acc")}
-        for step, value in curve.items():
-            at_step = [m.value for t in mine for m in client.get_metric_history(t.info.run_id, "val_balanced_acc")
-                       if m.step == step]
-            assert value == pytest.approx(sum(at_step) / len(at_step))
-        assert sorted(curve) == [1, 2, 3]
+        # Accuracies in percent, as the tables show them; the interval is mean -/+ t_{0.975, 1} std / sqrt(2).
+        half = 12.706204736174698 * _sample_std(finals) / math.sqrt(2)
+        assert got["test_acc"] == pytest.approx(100 * sum(finals) / 2)
+        assert got["test_acc_std"] == pytest.approx(100 * _sample_std(finals))
+        assert got["test_acc_lo"] == pytest.approx(100 * (sum(finals) / 2 - half))
+        assert got["test_acc_hi"] == pytest.approx(100 * (sum(finals) / 2 + half))
+        assert got["best_test_acc"] == pytest.approx(100 * sum(bests) / 2)
+        assert got["best_test_acc_std"] == pytest.approx(100 * _sample_std(bests))
+        assert got["train_loss"] == pytest.approx(sum(t.data.metrics["train_loss"] for t in mine) / 2), "not an acc"
+        # Bookkeeping is a param: no chart leads with it.
+        assert not {"n_seeds", "early_stopped", "epochs_run", "test_acc_ci95"} & set(got)
         params = summary.data.params
+        assert params["n_seeds"] == str(len(mine)) == "2"
+        assert float(params["epochs_run"]) == pytest.approx(
+            sum(int(t.data.tags["raysweep.epochs_run"]) for t in mine) / 2)
         assert params["method.name"] == mine[0].data.params["method.name"] and "nan" not in params.values()
         assert {k for k in params if k.startswith("method.")} == {k for k in mine[0].data.params
                                                                   if k.startswith("method.")}
     stopped = next(s for s in summaries if s.info.run_name == "summary dm beta=0.5 imbalance=100")
-    assert stopped.data.metrics["early_stopped"] == 1 and stopped.data.metrics["epochs_run"] == 2.0
+    assert stopped.data.params["early_stopped"] == "1" and stopped.data.params["epochs_run"] == "2"
 
-    # The headline: CB gamma=2 beta=0.99 at imbalance 10 has the best seed-mean validation accuracy.
-    best_val = [_multi.acc("cb", {"gamma": 2.0, "beta": 0.99}, 10, s) + 0.01 for s in _multi.SEEDS]
-    assert headline.label == "cb gamma=2.0 beta=0.99 imbalance=10" and headline.n_seeds == 2
+    # The headline: one best per imbalance level (a data axis), never one across them. CB gamma=2 beta=0.99
+    # has the best seed-mean validation accuracy at both levels.
+    assert [b.setting for b in headline.bests] == [{"dataset.imbalance": 10}, {"dataset.imbalance": 100}]
+    assert [b.label for b in headline.bests] == ["cb gamma=2.0 beta=0.99 imbalance=10",
+                                                 "cb gamma=2.0 beta=0.99 imbalance=100"]
+    assert headline.config_id is None and all(b.n_seeds == 2 for b in headline.bests)
     parent = client.get_run(parent_id)
-    assert parent.data.metrics["best.val_balanced_acc_mean"] == pytest.approx(sum(best_val) / 2)
-    assert parent.data.metrics["best.val_balanced_acc_std"] == pytest.approx(_sample_std(best_val))
-    assert parent.data.metrics["best.test_acc_mean"] == pytest.approx(sum(best_val) / 2 - 0.01)
-    assert parent.data.metrics["best.n_seeds"] == 2
-    best_summary = next(s for s in summaries if s.info.run_name == "summary " + headline.label)
-    assert parent.data.tags["raysweep.best_config"] == f"{headline.label} [{headline.config_id}]"
-    assert parent.data.tags["raysweep.best_config_id"] == best_summary.data.tags["raysweep.config_id"]
-    assert parent.data.tags["raysweep.best_summary_run"] == best_summary.info.run_id
-    assert headline.describe().startswith("best configuration by val_balanced_acc (max, mean of 2 seeds): cb gamma=2.0")
+    for imbalance in (10, 100):
+        best_val = [_multi.acc("cb", {"gamma": 2.0, "beta": 0.99}, imbalance, s) + 0.01 for s in _multi.SEEDS]
+        prefix = f"best.imbalance_{imbalance}."
+        assert parent.data.metrics[prefix + "val_balanced_acc_mean"] == pytest.approx(100 * sum(best_val) / 2)
+        assert parent.data.metrics[prefix + "val_balanced_acc_std"] == pytest.approx(100 * _sample_std(best_val))
+        assert parent.data.metrics[prefix + "test_acc_mean"] == pytest.approx(100 * (sum(best_val) / 2 - 0.01))
+        # 2 seeds: the comparison against ce is made but not tested (a test on 2 pairs decides nothing).
+        assert parent.data.metrics[prefix + "test_acc_vs_ce"] == pytest.approx(100 * (0.70 + 0.02 + 0.0198 - 0.50))
+        assert prefix + "test_acc_vs_ce_p_adj" not in parent.data.metrics
+    bests = [next(s for s in summaries if s.info.run_name == "summary " + b.label) for b in headline.bests]
+    assert parent.data.tags["raysweep.best_config"] == "; ".join(
+        f"imbalance = {i}: {b.label} [{b.config_id}]" for i, b in zip((10, 100), headline.bests, strict=True))
+    assert parent.data.tags["raysweep.best_config_id"] == ",".join(s.data.tags["raysweep.config_id"] for s in bests)
+    assert parent.data.tags["raysweep.best_summary_run"] == ",".join(s.info.run_id for s in bests)
+    assert parent.data.tags["raysweep.best_n_seeds"] == "2,2"
+    text = headline.describe()
+    assert text.startswith("best configuration by val_balanced_acc (max, seed means) per setting of the data axes:")
+    assert "\n  imbalance = 10: cb gamma=2.0 beta=0.99 imbalance=10" in text and "not tested (2 pairs" in text
 
     # Idempotent: again, nothing new (no run, no second point in the parent's metric history).
     runs_before = {r.info.run_id for r in client.search_runs([parent.info.experiment_id], max_results=1000)}
     again = summarize_sweep(uri, parent_id)
     assert again.summary_created == 0 and again.summary_runs == headline.summary_runs
     assert {r.info.run_id for r in client.search_runs([parent.info.experiment_id], max_results=1000)} == runs_before
-    assert len(client.get_metric_history(parent_id, "best.test_acc_mean")) == 1
+    assert len(client.get_metric_history(parent_id, "best.imbalance_10.test_acc_mean")) == 1
 
 
 def test_report_of_several_methods_never_mixes_them_and_adds_no_runs_after_summarize(multi_store):
@@ -284,9 +342,11 @@ def test_report_of_several_methods_never_mixes_them_and_adds_no_runs_after_summa
     assert {r.info.run_id for r in client.search_runs([exp], max_results=1000)} == before
 
     knob_tables = {n for n in report.tables if n.startswith(("oneway_", "twoway_"))}
-    assert knob_tables == {"oneway_dataset.imbalance", "oneway_focal.gamma", "oneway_cb.beta", "oneway_cb.gamma",
-                           "oneway_dm.beta", "twoway_focal.gamma_x_dataset.imbalance", "twoway_cb.beta_x_cb.gamma",
-                           "twoway_dm.beta_x_dataset.imbalance"}
+    # issue 21: tables that do not show the imbalance are made per level instead of pooling the two
+    per_level = {f"{name}@imbalance={i}" for name in ("oneway_focal.gamma", "oneway_cb.beta", "oneway_cb.gamma",
+                                                     "oneway_dm.beta", "twoway_cb.beta_x_cb.gamma") for i in (10, 100)}
+    assert knob_tables == {"oneway_dataset.imbalance", "twoway_focal.gamma_x_dataset.imbalance",
+                           "twoway_dm.beta_x_dataset.imbalance"} | per_level
     methods = {"ce", "focal", "cb", "dm"}
     for name, table in report.tables.items():
         assert "nan" not in [str(x) for x in table.rows + table.cols], name
@@ -299,9 +359,10 @@ def test_report_of_several_methods_never_mixes_them_and_adds_no_runs_after_summa
                 assert table.rows_key == "dataset.imbalance" and set(table.cols) == methods, name
     tables_dir, plots_dir = root / "out" / "tables", root / "out" / "plots"
     for name in report.tables:
-        assert (plots_dir / f"{name}.png").read_bytes()[:4] == b"\x89PNG", "one plot per table, named like it"
+        stem = _slug(name)
+        assert (plots_dir / f"{stem}.png").read_bytes()[:4] == b"\x89PNG", "one plot per table, named like it"
         for fmt in ("md", "csv"):
-            text = (tables_dir / f"{name}.{fmt}").read_text()
+            text = (tables_dir / f"{stem}.{fmt}").read_text()
             assert not re.search(r"(^|[|,= ])nan([|,\n ]|$)", text, re.M), f"{name}.{fmt}"
     assert not any("method.gamma" in p.name or "method.beta" in p.name for p in tables_dir.iterdir())
     configs = pd.read_csv(tables_dir / "configs.csv")

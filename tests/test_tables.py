@@ -75,9 +75,10 @@ def test_markdown_marks_best_in_bold_and_shows_n():
     md = to_markdown(seed_table(_frame(), "test_acc", rows="config", cols="dataset.imbalance",
                                 axes=["dataset.imbalance"]))
     lines = md.splitlines()
-    assert lines[0] == "| config | dataset.imbalance=10 | dataset.imbalance=100 |"
+    assert lines[0] == "| config | imbalance = 10 | imbalance = 100 |"  # issue 21: readable headers
     assert lines[2] == "| ce | 62.00 ± 2.83 (n=2) | **32.00 ± 2.83 (n=2)** |"
-    assert lines[3] == "| focal gamma=1 | **66.00 ± 5.66 (n=2)** | 28.00 (n=1, 1 early-stopped) |"
+    # issue 21: an early-stopped cell shows the epoch it reached, with a dagger, and is never the best
+    assert lines[3] == "| focal gamma=1 | **66.00 ± 5.66 (n=2)** | † 28.00 (n=1, stopped at epoch 2) |"
 
 
 def test_error_percent_shifts_means_scales_stds_and_keeps_the_best():
@@ -96,9 +97,10 @@ def test_latex_and_html_mark_the_best_cell():
     t = seed_table(_frame(), "test_acc", rows="config", cols="dataset.imbalance", axes=["dataset.imbalance"])
     tex = to_latex(t).splitlines()
     assert tex[0] == r"\begin{tabular}{lcc}"
-    assert tex[2] == r"config & dataset.imbalance=10 & dataset.imbalance=100 \\"
+    assert tex[2] == r"config & imbalance = 10 & imbalance = 100 \\"
     assert tex[4] == r"ce & 62.00$\pm$2.83\textsubscript{2} & \textbf{32.00$\pm$2.83}\textsubscript{2} \\"
-    assert tex[5] == r"focal gamma=1 & \textbf{66.00$\pm$5.66}\textsubscript{2} & 28.00\textsubscript{1} \\"
+    assert tex[5] == (r"focal gamma=1 & \textbf{66.00$\pm$5.66}\textsubscript{2} & "
+                      r"$^\dagger$28.00\textsubscript{1}\textsubscript{ep 2} \\")
     page = to_html(t)
     assert page.count('<td class="best">') == 2
     assert '<td class="best"><b>66.00 ± 5.66 (n=2)</b></td>' in page
@@ -107,16 +109,20 @@ def test_latex_and_html_mark_the_best_cell():
 def test_lower_is_better_for_losses_and_csv_long_form():
     df = _frame().assign(**{"metric.train_loss": [1.0, 1.2, 2.0, 2.2, 0.9, 1.1, 1.0]})
     t = seed_table(df, "train_loss", rows="method")
-    assert t.best == {"train_loss": "focal"} and not t.percent
+    # issue 21: rows by method never pool the two imbalance levels; focal's stopped trial is not the best
+    assert t.rows == ["ce imbalance=10", "ce imbalance=100", "focal imbalance=10", "focal imbalance=100"]
+    assert t.best == {"train_loss": "focal imbalance=10"} and not t.percent
     csv = to_frame(t)
-    assert list(csv.columns) == ["row", "col", "mean", "std", "ci95", "n", "early_stopped", "best"]
-    assert csv.loc[csv["best"], "row"].tolist() == ["focal"]
+    assert list(csv.columns) == ["row", "col", "mean", "std", "ci95", "n", "early_stopped", "best", "tied_best",
+                                 "vs_baseline", "stopped_at_epoch", "flags"]
+    assert csv.loc[csv["best"], "row"].tolist() == ["focal imbalance=10"]
+    assert csv.loc[csv["row"] == "focal imbalance=100", "stopped_at_epoch"].tolist() == [2]
 
 
 def test_best_epoch_kind_reads_the_best_columns():
     df = _frame().assign(**{"best.test_acc": [0.7, 0.8, 0.4, 0.4, 0.7, 0.7, 0.3]})
     t = seed_table(df, "test_acc", rows="method", kind="best")
-    assert t.cells[("ce", "test_acc")].mean == pytest.approx(0.575)
+    assert t.cells[("ce imbalance=10", "test_acc")].mean == pytest.approx(0.75)
     assert "best-epoch value" in to_markdown(t)
     with pytest.raises(KeyError, match="metric: unknown 'val_acc'; allowed: test_acc"):
         seed_table(df, "val_acc", kind="best")
@@ -152,7 +158,10 @@ def test_breakdown_has_one_column_per_shot_group():
     df = _frame().assign(**{"metric.test_many_acc": 0.9, "metric.test_few_acc": [0.1, 0.2, 0.0, 0.1, 0.3, 0.3, 0.2]})
     t = breakdown_table(df, rows="method")
     assert t.cols == ["test_many_acc", "test_few_acc", "test_acc"]
-    assert t.cells[("focal", "test_few_acc")].mean == pytest.approx(0.8 / 3) and t.best["test_few_acc"] == "focal"
+    # issue 21: per imbalance level, and focal's early-stopped trial at 100 is not pooled with finished ones
+    few = t.cells[("focal imbalance=10", "test_few_acc")]
+    assert few.mean == pytest.approx(0.3) and t.best["test_few_acc"] == "focal imbalance=10"
+    assert t.cells[("focal imbalance=100", "test_few_acc")].stopped_at == 2
     assert to_markdown(t).splitlines()[0] == "| method | test_many_acc | test_few_acc | test_acc |"
 
 
@@ -205,10 +214,13 @@ def test_scope_knobs_names_each_knob_after_its_method():
 def test_knob_tables_never_mix_methods_nor_label_anything_nan():
     df = tidy_frame()
     tables = knob_tables(df, "test_acc", axes=["dataset.imbalance"])
-    assert set(tables) == {"oneway_dataset.imbalance", "oneway_focal.gamma", "twoway_focal.gamma_x_dataset.imbalance",
-                           "oneway_cb.beta", "oneway_cb.gamma", "twoway_cb.beta_x_cb.gamma", "oneway_dm.beta",
-                           "twoway_dm.beta_x_dataset.imbalance", "twoway_ids.gamma_x_dataset.imbalance"}
-    assert "oneway_ids.gamma" not in tables, "one filled cell (gamma=0.2 errored): skipped"
+    # issue 21: a table that does not show the imbalance is made once per level instead of pooling it
+    per_level = {f"{name}@imbalance={i}" for name in ("oneway_focal.gamma", "oneway_cb.beta", "oneway_cb.gamma",
+                                                     "twoway_cb.beta_x_cb.gamma", "oneway_dm.beta")
+                 for i in (10, 100)}
+    assert set(tables) == {"oneway_dataset.imbalance", "twoway_focal.gamma_x_dataset.imbalance",
+                           "twoway_dm.beta_x_dataset.imbalance", "twoway_ids.gamma_x_dataset.imbalance"} | per_level
+    assert "oneway_ids.gamma@imbalance=10" not in tables, "one filled cell (gamma=0.2 errored): skipped"
     scoped = scope_knobs(df)
     for name, table in tables.items():
         assert "nan" not in _labels(table) and table.filled >= 2, name
@@ -221,14 +233,14 @@ def test_knob_tables_never_mix_methods_nor_label_anything_nan():
         if table.scope is None:
             assert table.cols_key == "method" and set(table.cols) == set(BASE), name
     # Cells are the method's own trials: focal's gamma=0.5 is not pooled with CB's gamma=0.5.
-    cell = tables["oneway_focal.gamma"].cells[(0.5, "focal")]
-    assert cell.n == 4 and cell.mean == pytest.approx(sum(_acc("focal", {"gamma": 0.5}, i, s)
-                                                          for i in (10, 100) for s in (0, 1)) / 4)
-    assert tables["oneway_focal.gamma"].cols == ["focal"]
-    cb = tables["twoway_cb.beta_x_cb.gamma"]
+    cell = tables["oneway_focal.gamma@imbalance=10"].cells[(0.5, "focal")]
+    assert cell.n == 2 and cell.mean == pytest.approx(sum(_acc("focal", {"gamma": 0.5}, 10, s) for s in (0, 1)) / 2)
+    assert tables["oneway_focal.gamma@imbalance=10"].cols == ["focal"]
+    assert tables["oneway_focal.gamma@imbalance=10"].title.endswith("at imbalance = 10")
+    cb = tables["twoway_cb.beta_x_cb.gamma@imbalance=100"]
     assert cb.rows == [0.9, 0.99] and cb.cols == [0.5, 2.0] and cb.scope == "cb"
-    assert cb.cells[(0.99, 2.0)].mean == pytest.approx(sum(_acc("cb", {"gamma": 2.0, "beta": 0.99}, i, s)
-                                                           for i in (10, 100) for s in (0, 1)) / 4)
+    assert cb.cells[(0.99, 2.0)].mean == pytest.approx(sum(_acc("cb", {"gamma": 2.0, "beta": 0.99}, 100, s)
+                                                           for s in (0, 1)) / 2)
     shared = tables["oneway_dataset.imbalance"]
     assert shared.rows == [10, 100] and shared.cells[(10, "dm")].n == 4
     assert shared.cells[(10, "dm")].mean == pytest.approx(sum(_acc("dm", {"beta": b}, 10, s)
@@ -239,13 +251,16 @@ def test_knob_tables_never_mix_methods_nor_label_anything_nan():
 
 def test_config_keys_and_method_scoped_keys_both_work_as_rows_and_cols():
     df = tidy_frame()
+    one_level = df[df["dataset.imbalance"] == 10]  # two levels would split every row (issue 21)
     # The old failure: method.beta x method.gamma was a grid of nan rows and columns.
-    t = seed_table(df, "test_acc", rows="method.beta", cols="method.gamma")
+    t = seed_table(one_level, "test_acc", rows="method.beta", cols="method.gamma")
     assert "nan" not in _labels(t)
-    assert t.rows == [0.5, 0.9, 0.99, 2.0, "ce", "focal", "ids"] and t.cols == [0.1, 0.5, 2.0, "ce", "dm"]
-    assert t.cells[("ce", "ce")].n == 4 and t.cells[(0.5, "dm")].n == 4
+    # issue 21: IDS gamma=0.2 errored before reporting; its column stays, empty and explained
+    assert t.rows == [0.5, 0.9, 0.99, 2.0, "ce", "focal", "ids"] and t.cols == [0.1, 0.2, 0.5, 2.0, "ce", "dm"]
+    assert "Empty columns (method.gamma = 0.2)" in to_markdown(t)
+    assert t.cells[("ce", "ce")].n == 2 and t.cells[(0.5, "dm")].n == 2
     assert "labelled by the method (ce, focal, ids)" in to_markdown(t).splitlines()[-1]
-    scoped = seed_table(scope_knobs(df), "test_acc", rows="method.beta", cols="method.gamma")
+    scoped = seed_table(scope_knobs(one_level), "test_acc", rows="method.beta", cols="method.gamma")
     assert scoped.rows == t.rows and scoped.cols == t.cols and scoped.cells == t.cells
     focal = seed_table(df, "test_acc", rows="focal.gamma", cols="dataset.imbalance")
     assert focal.rows == [0.5, 2.0, "cb", "ce", "dm", "ids"] and focal.cells[(2.0, 100)].n == 2

@@ -34,13 +34,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.server]
 CHROMIUM = ("chromium", "chromium-browser")
 PAGE_TIMEOUT_S = 180  # one page load, Chromium's start and exit included
 VIRTUAL_TIME_MS = 20000  # the page's clock; it stands still while a fetch is pending
+CHARTS_TIME_MS = 60000  # the chart tab loads its plotting code lazily, chart by chart
 SPEC = {
     "name": "uibrowser",
     "dataset": {"name": "gaussian", "num_classes": 4, "imbalance": 1, "samples_per_class": 40,
                 "test_per_class": 10, "meta_per_class": 5},
     "model": {"name": "mlp", "width": 16},
     "train": {"epochs": 2, "batch_size": 64},
-    "methods": {"focal": {"gamma": [0.5, 2.0]}},
+    "methods": {"ce": {}, "focal": {"gamma": [0.5, 2.0]}},
     "seeds": 2,
     "search": {"mode": "grid", "metric": "val_balanced_acc"},
     "resources": {"cpu": 0.5},
@@ -133,7 +134,7 @@ def read_page(html: str) -> Page:
     return reader.page
 
 
-def load_page(procs, chromium: str, url: str, screenshot: Path, work: Path) -> Page:
+def load_page(procs, chromium: str, url: str, screenshot: Path, work: Path, budget_ms: int = VIRTUAL_TIME_MS) -> Page:
     """``url`` rendered by headless Chromium: the DOM after the virtual-time budget, and a screenshot.
 
     Chromium runs in its own process group with a fresh profile (no saved UI state), bounded by
@@ -142,7 +143,7 @@ def load_page(procs, chromium: str, url: str, screenshot: Path, work: Path) -> P
     profile = tempfile.mkdtemp(prefix="chromium-", dir=work)
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", f"--virtual-time-budget={VIRTUAL_TIME_MS}", "--window-size=1600,1200",
+           f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", "--window-size=1600,1200",
            f"--screenshot={screenshot}", "--dump-dom", url]
     dom, log = work / f"{screenshot.stem}.dom.html", work / f"{screenshot.stem}.chromium.log"
     with open(dom, "wb") as out, open(log, "ab") as err:
@@ -165,8 +166,8 @@ def _tail(path: Path) -> str:
 # ---- the sweep -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """A finished small sweep run through the CLI (2 configurations x 2 seeds, 2 epochs, sqlite in its
-    folder), with the names of its runs as MLflow has them."""
+    """A finished small sweep run through the CLI (3 configurations x 2 seeds, 2 epochs, sqlite in its
+    folder; ce is the baseline), with the names of its runs as MLflow has them."""
     from mlflow import MlflowClient
 
     root = tmp_path_factory.mktemp("uibrowser")
@@ -181,8 +182,8 @@ def sweep(tmp_path_factory):
     names: dict[str, list[str]] = {}
     for found in client.search_runs([experiment], max_results=1000):
         names.setdefault(found.data.tags.get("raysweep.role"), []).append(found.info.run_name)
-    assert len(names.get("sweep", [])) == 1 and len(names.get("summary", [])) == 2 \
-        and len(names.get("trial", [])) == 4, names
+    assert len(names.get("sweep", [])) == 1 and len(names.get("summary", [])) == 3 \
+        and len(names.get("trial", [])) == 6, names
     return SimpleNamespace(root=root, folder=folder.group(1), uri=uri, experiment=experiment,
                            parent=names["sweep"][0], summaries=sorted(names["summary"]), trials=names["trial"])
 
@@ -208,11 +209,8 @@ def _port_closed(port: int) -> bool:
         return True
 
 
-# ---- the tests -------------------------------------------------------------------------------------------
-def test_raysweep_ui_opens_the_training_runs_view_with_parent_and_summary_runs(sweep, procs, chromium, artifacts,
-                                                                              tmp_path):
-    from raysweep.reporting.ui import descendants
-
+def _start_ui(sweep, procs, tmp_path):
+    """``raysweep ui`` on the sweep's folder, as a user runs it: (the printed runs URL, the process, port, log)."""
     port = free_port()
     log = tmp_path / "ui.log"
     # As a user runs it, output to a file: the URL must arrive while the server runs (no PYTHONUNBUFFERED).
@@ -225,6 +223,15 @@ def test_raysweep_ui_opens_the_training_runs_view_with_parent_and_summary_runs(s
 
     url, shown_port, experiment = wait_for(printed, "the runs URL `raysweep ui` prints", 400, ui, log)
     assert experiment == sweep.experiment and int(shown_port) == port
+    return url, ui, port, log
+
+
+# ---- the tests -------------------------------------------------------------------------------------------
+def test_raysweep_ui_opens_the_training_runs_view_with_parent_and_summary_runs(sweep, procs, chromium, artifacts,
+                                                                              tmp_path):
+    from raysweep.reporting.ui import descendants
+
+    url, ui, port, log = _start_ui(sweep, procs, tmp_path)
     assert "viewStateShareKey=raysweep" in url, f"not the saved comparison view: {url}"
 
     shot = artifacts / "mlflow_ui_runs_view.png"
@@ -274,3 +281,52 @@ def test_report_html_renders_its_tables_and_plots(sweep, procs, chromium, artifa
     # Every plot is embedded in the page.
     plots = {path.stem for path in (out / "plots").glob("*.png")}
     assert plots and set(page.images) == plots, (page.images, plots, where)
+
+
+HEADER_CELL = re.compile(r'<div class="ag-header-cell [^>]*aria-colindex="(\d+)" col-id="([^"]+)"[^>]*'
+                         r'style="left: (\d+)px; width: (\d+)px;')
+
+
+def header_cells(dom: str) -> list[tuple[str, int]]:
+    """(column id, right edge in px within its viewport) of the runs table's header cells, in the order the grid
+    shows them (its aria-colindex; the DOM order is not the visual one)."""
+    cells = sorted((int(i), col, int(left) + int(width)) for i, col, left, width in HEADER_CELL.findall(dom))
+    return [(col, right) for _, col, right in cells]
+
+
+def test_the_saved_view_leads_with_the_knobs_the_metric_and_its_band(sweep, procs, chromium, artifacts, tmp_path):
+    """What a person sees first in `raysweep ui`: the table's knobs as parameter columns and the table metric (mean,
+    std, interval, difference to ce) as metric columns, sorted by it; in the chart tab, first the metric's per-epoch
+    mean with its seed band, then its mean and its difference to the baseline (issue 21, item 8)."""
+    url, ui, _, log = _start_ui(sweep, procs, tmp_path)
+    shot = artifacts / "mlflow_ui_comparison_table.png"
+    page = load_page(procs, chromium, url, shot, tmp_path / "chromium")
+    print(f"screenshot of the saved view's table ({url}): {shot}")
+    where = f"(screenshot: {shot}, DOM: {tmp_path / 'chromium'})"
+    assert "Sort: test_acc" in page.texts, where
+    assert page.texts.index("Parameters") < page.texts.index("Metrics"), where
+    # Left to right after the run name: the knobs and n, then the metric's columns; the knobs and the metric's mean
+    # within the first 450 px of the scrolling part (the first screen, even beside MLflow's assistant panel).
+    cells = header_cells((tmp_path / "chromium" / f"{shot.stem}.dom.html").read_text(errors="replace"))
+    shown = [col for col, _ in cells if col.startswith(("params.", "metrics."))]
+    assert shown[:7] == ["params.`method.name`", "params.`method.gamma`", "params.`n_seeds`", "metrics.`test_acc`",
+                         "metrics.`test_acc_std`", "metrics.`test_acc_lo`", "metrics.`test_acc_hi`"], (cells, where)
+    assert dict(cells)["metrics.`test_acc`"] <= 450, (cells, where)
+    for name in sweep.summaries:
+        assert name in page.texts, (name, where)
+
+    charts = url + "&compareRunsMode=CHART"
+    shot = artifacts / "mlflow_ui_comparison_charts.png"
+    page = load_page(procs, chromium, charts, shot, tmp_path / "chromium", CHARTS_TIME_MS)
+    print(f"screenshot of the saved view's charts ({charts}): {shot}")
+    where = f"(screenshot: {shot}, DOM: {tmp_path / 'chromium'})"
+    first = page.texts.index("test_acc (raysweep)")
+    assert first < page.texts.index("Model metrics"), ("the metric's section is not first", where)
+    titles = [t for t in page.texts[first:page.texts.index("Model metrics")]
+              if t in ("curve.test_acc vs curve.test_acc_lo vs curve.test_acc_hi", "test_acc", "test_acc_vs_ce")]
+    # (then parallel coordinates, whose axis names test_acc again)
+    assert titles[:3] == ["curve.test_acc vs curve.test_acc_lo vs curve.test_acc_hi", "test_acc",
+                          "test_acc_vs_ce"], (titles, where)
+    assert not any(t.startswith(("n_seeds", "best.n_seeds", "early_stopped")) for t in page.texts[:first]), where
+    os.kill(ui.pid, signal.SIGTERM)
+    assert ui.wait(timeout=120) == 0, _tail(log)

@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
 import yaml
 from mlflow import MlflowClient
 
 from analysis import importance as imp
 from analysis import mlflow_tags as tags
-from analysis import plots
-from analysis.aggregate import aggregate_configs, scope_knobs
+from analysis import plots, ranking
+from analysis.aggregate import aggregate_configs, is_early_stopped, scope_knobs
+from analysis.marks import COMPARISON_COLUMNS, best_per_setting, comparison_rows, mark_table
 from analysis.mlflow_io import (
     final_phase,
     find_sweep,
@@ -31,6 +33,7 @@ from analysis.mlflow_io import (
     trials_frame,
 )
 from analysis.page import Section, render_page
+from analysis.ranking import BUDGET_MODES
 from analysis.tables import (
     FORMATS,
     GROUP_METRICS,
@@ -40,6 +43,7 @@ from analysis.tables import (
     knob_tables,
     render,
     seed_table,
+    select,
     to_html,
     to_markdown,
 )
@@ -47,9 +51,11 @@ from raysweep.reporting.summaries import (
     Headline,
     config_labels,
     headline_of,
+    mark_options,
     search_metric,
     summarize_loaded,
     summary_history_metrics,
+    sweep_comparisons,
 )
 from raysweep.search.schedulers import resolve_scheduler
 from trainables.params import ConfigError
@@ -59,18 +65,34 @@ ARTIFACT_DIR = "report"
 # Parent-run tags: read (written by the runner) and written (the headline).
 
 
+def _kind_of(metric: str) -> tuple[str, str]:
+    """``best_test_acc`` -> (test_acc, best) and ``selected_test_acc`` -> (test_acc, selected): every metric a
+    report tables is accepted by ``table --metric``."""
+    for kind in ("best", "selected"):
+        if metric.startswith(kind + "_"):
+            return metric[len(kind) + 1:], kind
+    return metric, "final"
+
+
 def sweep_table(tracking_uri: str, *, experiment: str | None = None, parent_run_id: str | None = None,
-                rows: str | None = None, cols: str | None = None, metric: str | None = None) -> SensitivityTable:
-    """The seed-averaged table of a sweep; unset rows/cols/metric fall back to the spec's ``table`` section."""
+                rows: str | None = None, cols: str | None = None, metric: str | None = None,
+                where: tuple[str, ...] = (), baseline: str | None = None) -> SensitivityTable:
+    """The seed-averaged table of a sweep, marked against the baseline; unset rows/cols/metric fall back to the
+    spec's ``table`` section. ``where`` holds axes fixed (``dataset.imbalance=100``)."""
     client = MlflowClient(tracking_uri)
     parent = find_sweep(client, experiment, parent_run_id)
     defaults = json.loads(parent.data.tags.get(tags.TABLE, "{}"))
-    df = trials_frame(client, parent)
+    metric, kind = _kind_of(metric or defaults.get("metric", "test_acc"))
+    options = mark_options(defaults, baseline)
+    history = (metric, "val_balanced_acc") if kind != "final" else ()
+    df = load_sweep(client, parent, history).trials if history else trials_frame(client, parent)
     if df.empty:
         raise KeyError("the sweep has no trial runs")
-    return seed_table(scope_knobs(final_phase(df)), metric or defaults.get("metric", "test_acc"),
-                      rows or defaults.get("rows", "config"), cols if cols is not None else defaults.get("cols"),
-                      sweep_axes(parent))
+    final = select(scope_knobs(final_phase(df)), where)
+    table = seed_table(final, metric, rows or defaults.get("rows", "config"),
+                       cols if cols is not None else defaults.get("cols"), sweep_axes(parent), kind=kind)
+    mark_table(table, final, options)
+    return table
 
 
 @dataclass
@@ -129,33 +151,83 @@ def _intro_notes(parent, headline: Headline) -> tuple[list[str], list[str]]:
     return notes + [headline.describe()], warnings
 
 
+def _selection_differs(tables: dict[str, SensitivityTable]) -> list[str]:
+    """Where the configuration validation selects (best at the epoch of best validation) and the one the
+    test-set oracle (peak test over epochs) puts first differ, per column: the report says so."""
+    selected, oracle = tables.get("main_selected"), tables.get("main_best_epoch")
+    if selected is None or oracle is None:
+        return []
+    by_validation, by_test = best_per_setting(selected), best_per_setting(oracle)
+    out = []
+    for (col, setting), row in by_validation.items():
+        other = by_test.get((col, setting))
+        if other is not None and other != row:
+            where = ", ".join(x for x in (setting, "" if selected.cols_key is None else f"column {col}") if x)
+            out.append(f"Selection on test would mislead{' at ' + where if where else ''}: the best by validation "
+                       f"is {row}, the peak-test oracle's best is {other}.")
+    return out
+
+
+def _method_comparisons(parent, search, final, metric: str, selection_metric: str, selection_direction: str,
+                        direction: str | None, rungs, out: Path) -> list[Section]:
+    """The budget curves (random and Optuna sweeps without early stopping) and the critical-difference
+    diagram (at least 3 methods over 5 data settings), as report sections; files go under ``out``."""
+    sections = []
+    early = rungs is not None or bool(is_early_stopped(search).any())
+    if parent.data.tags.get(tags.MODE) in BUDGET_MODES and not early:
+        frame = ranking.budget_frame(search, selection_metric, selection_direction == "max")
+        if not frame.empty:
+            percent = selection_metric.endswith("acc")
+            frame.assign(**{c: frame[c] * (100.0 if percent else 1.0) for c in ("expected_max", "std")}).to_csv(
+                out / "tables" / "budget.csv", index=False)
+            picture = plots.budget_curves(frame, out / "plots" / "budget.png", selection_metric, percent)
+            sections.append(Section(f"expected best {selection_metric} against the number of configurations tried",
+                                    text=ranking.budget_markdown(frame, percent), images=[picture]))
+    scores = ranking.method_scores(final, metric, selection_metric, selection_direction == "max")
+    result = ranking.ranks_if_enough(scores, higher_is_better(metric, direction))
+    if result is not None:
+        scores.to_csv(out / "tables" / "cd_scores.csv")
+        picture = plots.cd_diagram(result, out / "plots" / "critical_difference.png")
+        sections.append(Section("critical-difference diagram (Friedman, Nemenyi)",
+                                text=ranking.cd_markdown(result, metric), images=[picture]))
+    return sections
+
+
 def _markdown_page(title: str, intro: str, notes: list[str], warnings: list[str],
-                   tables: dict[str, SensitivityTable], importance_md: str) -> str:
+                   tables: dict[str, SensitivityTable], importance_md: str, extra: list[Section] = ()) -> str:
     lines = [f"# {title}", "", intro, ""]
     lines += [f"- {n}" for n in notes] + [f"- **Warning:** {w}" for w in warnings] + [""]
     for name, table in tables.items():
         lines += [f"## {table.title or name}", "", to_markdown(table), ""]
-    lines += ["## hyperparameter importance (fANOVA, PED-ANOVA)", "", importance_md, ""]
+    for section in extra:
+        lines += [f"## {section.title}", "", section.text, ""]
+    lines += ["## hyperparameter importance per setting (fANOVA, PED-ANOVA)", "", importance_md, ""]
     return "\n".join(lines)
 
 
 def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None, *, rows: str | None = None,
                  cols: str | None = None, metric: str | None = None, others: str = "average",
-                 error: bool = False, log: bool = True, echo: Callable[[str], None] = lambda s: None) -> Report:
-    """Everything about the sweep ``ref`` (experiment name or parent run id) into ``out_dir``; see module doc."""
+                 error: bool = False, log: bool = True, echo: Callable[[str], None] = lambda s: None,
+                 where: tuple[str, ...] = (), baseline: str | None = None) -> Report:
+    """Everything about the sweep ``ref`` (experiment name or parent run id) into ``out_dir``; see module doc.
+
+    ``where`` (``key=value``) restricts the tables, plots and importance to those trials (the summary runs
+    still cover the whole sweep); ``baseline`` overrides the spec's ``table.baseline`` (``none`` = off).
+    """
     seconds: dict[str, float] = {}
     tick = time.perf_counter()
     client = MlflowClient(tracking_uri)
     parent = resolve_sweep(client, ref)
     defaults = json.loads(parent.data.tags.get(tags.TABLE, "{}"))
     metric = metric or defaults.get("metric", "test_acc")
+    options = mark_options(defaults, baseline)
     selection_metric, selection_direction = search_metric(parent)
     direction = selection_direction if metric == selection_metric else None
     sweep = load_sweep(client, parent, summary_history_metrics(parent, (metric,)))
     raw = sweep.trials
     if raw.empty:
         raise KeyError("the sweep has no trial runs")
-    df = scope_knobs(raw)  # tables, plots, importance and the CSVs name knobs after their method
+    df = select(scope_knobs(raw), where)  # tables, plots, importance and the CSVs name knobs after their method
     seconds["read"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -170,16 +242,27 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
     # Headline tables summarise phase 2 when there was one; sensitivity and importance use phase 1.
     final, search = final_phase(df), search_phase(df)
     tables["main"] = seed_table(final, metric, rows, cols, axes, direction, error=error)
+    if f"selected.{metric}" in df:
+        tables["main_selected"] = seed_table(final, metric, rows, cols, axes, direction, kind="selected", error=error)
+        tables["main_selected"].title += " at the epoch of best validation (selected on validation)"
     if f"best.{metric}" in df:
         tables["main_best_epoch"] = seed_table(final, metric, rows, cols, axes, direction, kind="best", error=error)
-        tables["main_best_epoch"].title += " (best epoch of each trial)"
+        tables["main_best_epoch"].title += " (oracle: each trial's peak over epochs, selected on test)"
     if any(f"metric.{m}" in df for m in GROUP_METRICS):
         tables["many_medium_few"] = breakdown_table(final, rows if rows != cols else "config", axes=axes, error=error)
+    headline_tables = set(tables)
     tables.update(knob_tables(search, metric, axes=axes, others=others, direction=direction, error=error,
                               skip=[(rows, cols)]))
+    for name, table in tables.items():
+        mark_table(table, final if name in headline_tables else search, options)
+    selection_notes = _selection_differs(tables)
     files: list[Path] = []
     for name, table in tables.items():
         files += write_table(table, out / "tables" / _slug(name))
+    comparisons = pd.DataFrame([row for name, t in tables.items() for row in comparison_rows(name, t)],
+                               columns=COMPARISON_COLUMNS)
+    files.append(out / "tables" / "comparisons.csv")
+    comparisons.to_csv(files[-1], index=False)
     configs = aggregate_configs(final_phase(raw))  # config keys as the trials' params, for the summary runs
     files.append(out / "tables" / "configs.csv")
     scope_knobs(configs).to_csv(files[-1], index=False)
@@ -194,7 +277,7 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
     higher = higher_is_better(metric, direction)
     ranked = configs.dropna(subset=[metric]).sort_values(metric, ascending=not higher)["config_id"].tolist()
     config_label = config_labels(final, axes)
-    top = {cid: config_label[cid] for cid in ranked[:TOP_CONFIGS]}
+    top = {cid: config_label[cid] for cid in [c for c in ranked if c in config_label][:TOP_CONFIGS]}
     curves = []
     for m in dict.fromkeys((metric, selection_metric)):
         if m in set(sweep.histories["metric"]):
@@ -203,6 +286,8 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
     rungs = _rungs(_spec(client, parent), int(search["epochs_run"].max()))
     if rungs is not None or search["epochs_run"].nunique() > 1:
         curves.append(plots.rung_survival(search, out / "plots" / "rung_survival.png", rungs))
+    extra = _method_comparisons(parent, search, final, metric, selection_metric, selection_direction, direction,
+                                rungs, out)
     seconds["plots"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -212,8 +297,8 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
     importance_md = imp.importance_markdown(importance)
     files.append(out / "importance.md")
     files[-1].write_text(importance_md + "\n")
-    importance_pngs = [plots.importance_bars(importance, m, out / "plots" / f"importance_{_slug(m)}.png")
-                       for m in importance["method"].unique()]
+    importance_pngs = [plots.importance_bars(importance, m, out / "plots" / f"importance_{_slug(m + ' ' + s)}.png", s)
+                       for m, s in dict.fromkeys(zip(importance["method"], importance["setting"], strict=True))]
     seconds["importance"] = time.perf_counter() - tick
 
     summary_runs, created, headline = {}, 0, None
@@ -223,26 +308,32 @@ def build_report(tracking_uri: str, ref: str, out_dir: str | Path | None = None,
         summary_runs, created = headline.summary_runs, headline.summary_created
         seconds["summary_runs"] = time.perf_counter() - tick
     else:
-        headline = headline_of(configs, selection_metric, selection_direction, config_label, parent.info.run_id)
+        shown, versus, baseline = sweep_comparisons(parent, final_phase(raw))  # as summarize_loaded compares
+        headline = headline_of(configs, selection_metric, selection_direction, config_label, parent.info.run_id,
+                               versus, shown, baseline)
 
     title = f"raysweep report: {sweep_id}"
     intro = (f"Sweep {sweep_id}: {len(df)} trials, {df['config_id'].nunique()} configurations, "
              f"seeds {sorted(df['seed'].unique().tolist())}; parent run {parent.info.run_id}. "
              f"Read from MLflow alone.")
     notes, warnings = _intro_notes(parent, headline)
+    notes += selection_notes + ([f"Trials restricted to {', '.join(where)}."] if where else [])
     sections = [Section(t.title or name, to_html(t), pictures[name]) for name, t in tables.items()]
+    sections += extra
     sections.append(Section("learning curves and survival", images=curves))
-    sections.append(Section("hyperparameter importance (fANOVA, PED-ANOVA)", text=importance_md,
+    sections.append(Section("hyperparameter importance per setting (fANOVA, PED-ANOVA)", text=importance_md,
                             images=importance_pngs))
     files.append(out / "report.html")
     files[-1].write_text(render_page(title, intro, sections, notes=notes, warnings=warnings))
     files.append(out / "report.md")
-    files[-1].write_text(_markdown_page(title, intro, notes, warnings, tables, importance_md))
+    files[-1].write_text(_markdown_page(title, intro, notes, warnings, tables, importance_md, extra))
+    files += [p for section in extra for p in section.images]
     files += [p for group in pictures.values() for p in group] + curves + importance_pngs
 
     if log:
         tick = time.perf_counter()
-        client.log_artifacts(parent.info.run_id, str(out), ARTIFACT_DIR)
+        folder = ARTIFACT_DIR + (f"/where_{_slug('_'.join(where))}" if where else "")  # never over the full report
+        client.log_artifacts(parent.info.run_id, str(out), folder)
         seconds["mlflow_log"] = time.perf_counter() - tick
     return Report(out, parent.info.run_id, tables["main"], tables, files, summary_runs, created, seconds, len(df),
                   headline)

@@ -220,6 +220,9 @@ def _check_duplicates(loader: _Loader, node: Node, path: str, seen: set[int] | N
         _check_duplicates(loader, value_node, child_path, seen)
 
 
+AXES_SECTION = "axes"
+
+
 def apply_overrides(spec: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.path=value`` overrides (values parsed as YAML) to a copy of ``spec``."""
     out = copy.deepcopy(dict(spec))
@@ -230,6 +233,8 @@ def apply_overrides(spec: Mapping[str, Any], overrides: list[str]) -> dict[str, 
         value = load_yaml_text(text, key, root=key)
         node = out
         parts = key.split(".")
+        if parts[0] == AXES_SECTION and len(parts) > 2:  # an axis is named by a dotted key: one entry of axes
+            parts = [AXES_SECTION, ".".join(parts[1:])]
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
             if isinstance(child, str) and part == "model":

@@ -259,6 +259,15 @@ def _section(key: str, cls: type[Section]) -> Callable[[Any, dict[str, Any]], di
     return lambda raw, done: {key: cls.from_raw(raw, key)}
 
 
+def _table(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
+    table = Table.from_raw(raw, "table")
+    methods = list(done["methods_expanded"])
+    if table.baseline not in (None, "auto") and table.baseline not in methods:
+        raise ConfigError("table.baseline", f"must be auto, null or one of the spec's methods: {', '.join(methods)}; "
+                                            f"got {table.baseline!r}")
+    return {"table": table}
+
+
 SECTIONS: tuple[tuple[str, Callable[[Any, dict[str, Any]], dict[str, Any]]], ...] = (
     ("plugins", _plugins),  # first: what plugins register must exist before the rest is checked
     ("name", _name),
@@ -275,7 +284,7 @@ SECTIONS: tuple[tuple[str, Callable[[Any, dict[str, Any]], dict[str, Any]]], ...
     ("tracking", _tracking),
     ("storage", _storage),
     ("failure", _section("failure", Failure)),
-    ("table", _section("table", Table)),
+    ("table", _table),
     ("cluster", _section("cluster", Cluster)),
     ("execution", _section("execution", Execution)),
 )

@@ -88,6 +88,16 @@ class Table(Section):
     rows: str = knob("config", (str,), help="config, method, or a dotted config key such as method.gamma")
     cols: str | None = knob(None, (str,), nullable=True, help="a dotted config key such as dataset.imbalance")
     metric: str = knob("test_acc", (str,))
+    baseline: str | None = knob("auto", (str,), nullable=True,
+                                help="method every cell is compared with at the same setting; auto = ce when the "
+                                     "sweep has it; null = no comparison")
+    test: str = knob("paired_t", (str,), choices=("paired_t", "permutation"),
+                     help="paired_t: two-sided paired t-test; permutation: exact sign-flip test on the differences")
+    correction: str = knob("holm", (str,), choices=("holm", "bh", "none"),
+                           help="multiple-testing correction over a table's comparisons (and within a column for "
+                                "the tied best)")
+    alpha: float = knob(0.05, (float,), low=0.0, high=1.0, low_open=True, high_open=True,
+                        help="significance level of the marks and the tied-best set")
 
 
 @dataclass(frozen=True)

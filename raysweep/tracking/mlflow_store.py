@@ -51,16 +51,30 @@ def limit_http_retries() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
-def comparison_view() -> str:
+def comparison_view(columns: Sequence[str] | None = None, order_by: str | None = None, ascending: bool = False,
+                    charts: list[dict] | None = None, sections: list[dict] | None = None) -> str:
     """The runs-table state of raysweep's saved view: sweeps' parents and their summary runs (trials filtered
-    out), grouped by role with both groups open, every run shown, charts per run (not per group)."""
+    out), grouped by role with both groups open, every run shown, charts per run (not per group).
+
+    ``columns`` (MLflow's ``params.`k``` / ``metrics.`m``` keys) replace the default column set, in that order,
+    ``order_by`` sorts the table; ``charts`` and ``sections`` set the chart tab (MLflow 3.17's card and section
+    shapes)."""
     role = tags.ROLE
-    return json.dumps({
+    state: dict[str, Any] = {
         "searchFilter": f"tags.`{role}` != '{tags.TRIAL}'",
         "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": role}]},
         "groupsExpanded": {f"tag.{role}.{tags.SUMMARY}": True, f"tag.{role}.{tags.SWEEP}": True},
         "useGroupedValuesInCharts": False, "runsHiddenMode": "SHOW_ALL",
-    })
+    }
+    if columns is not None:  # shown in this order after the run name, which gets room for a configuration's label
+        name = "attributes.`Run Name`"
+        widths = {name: 250} | {c: 100 if c.startswith("metrics.") else 90 for c in columns}  # first screen
+        state.update(selectedColumns=list(columns), columnOrder=[name] + list(columns), columnWidths=widths)
+    if order_by is not None:
+        state.update(orderByKey=order_by, orderByAsc=ascending)
+    if charts is not None:
+        state.update(compareRunCharts=charts, compareRunSections=sections or [], isAccordionReordered=True)
+    return json.dumps(state)
 
 
 def experiment_tags() -> dict[str, str]:
@@ -77,8 +91,9 @@ def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str)
     """
     existing = client.get_experiment_by_name(name)
     if existing is not None:
+        view = tags.SHARED_VIEW_PREFIX + tags.COMPARISON_VIEW
         for key, value in experiment_tags().items():
-            if existing.tags.get(key) != value:
+            if existing.tags.get(key) != value and not (key == view and key in existing.tags):  # keep a sweep's view
                 client.set_experiment_tag(existing.experiment_id, key, value)
         return existing.experiment_id
     location = None
