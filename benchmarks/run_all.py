@@ -22,6 +22,9 @@ STEPS = [
     ["benchmarks.groups", "asha", "--epochs", "20"],
     ["benchmarks.calibration"],
     ["benchmarks.image_store"],
+    ["benchmarks.floor", "compare", "--spec", "perf", "--rounds", "5"],
+    ["benchmarks.floor", "breakdown", "--runs", "3"],
+    ["benchmarks.floor", "compare", "--spec", "grid", "--rounds", "1", "--skip", "plain Ray Tune"],
     ["benchmarks.write_report"],
 ]
 

@@ -258,6 +258,38 @@ def fault_tests_under_load(r: dict) -> list[str]:
     return out + ([""] + [f"- {line}" for line in failing] if failing else []) + ["", _provenance(r)]
 
 
+def floor(r: dict) -> list[str]:
+    s = r["settings"]
+    spec = s["spec"]
+    model = spec["model"] if isinstance(spec["model"], str) else spec["model"]["name"]
+    out = [f"Command: `python -m benchmarks.floor compare --spec {s['name']} --rounds {s['rounds']}`: "
+           f"the spec `{spec['name']}` ({len(spec['methods'])} methods, {spec.get('seeds', 1)} seeds, "
+           f"{spec['train']['epochs']} epochs, {model} on {spec['dataset']['name']}, "
+           f"`cpu: {spec['resources']['cpu']}`), every variant a whole process (or "
+           f"processes) timed from start to exit, in a shuffled order each round, on {s['cores']} cores. The floor "
+           "is the same planned trials trained by `trainables.loop.train` in one Python process, no Ray, no MLflow; "
+           "each ratio is a run's wall time over the floor of its own round.", "",
+           "| variant | median wall (s) | x floor (median) | x floor (range) | median 1-min load |",
+           "|---|---|---|---|---|"]
+    for name, v in r["summary"].items():
+        low, high = v["ratio_to_floor_range"]
+        out.append(f"| {name} | {v['median_wall_s']:.1f} | {v['ratio_to_floor_median']:.2f} | {low:.2f}-{high:.2f} | "
+                   f"{v['median_load_1m']:.1f} |")
+    if "plain Ray Tune script" in r["summary"]:
+        out += ["", "The plain Ray Tune script slower than every raysweep variant in every round: "
+                    f"{'yes' if r['peer_slower_every_round'] else 'no'}."]
+    return out + ["", _provenance(r)]
+
+
+def floor_breakdown(r: dict) -> list[str]:
+    out = [f"Command: `python -m benchmarks.floor breakdown --runs {r['settings']['runs']}`: one `raysweep run` of "
+           "the 12-trial spec with a clock on each stage (the driver's own functions wrapped; the exit timed from "
+           "outside), median of the runs. Stages inside Ray's start overlap (the store opens beside it).", "",
+           "| stage | seconds (median) |", "|---|---|"]
+    out += [f"| {k.removesuffix('_s').replace('_', ' ')} | {v:.2f} |" for k, v in r["median"].items()]
+    return out + ["", _provenance(r)]
+
+
 def image_store(r: dict) -> list[str]:
     mb = 1e6
     counts, stores = r["counts"], r["store_bytes"]
@@ -317,6 +349,9 @@ SECTIONS = [
     ("plan --calibrate: estimate versus measured", "calibration", calibration),
     ("Fault tests under load", "fault_tests_under_load", fault_tests_under_load),
     ("Paper-scale image data: one store per node", "image_store", image_store),
+    ("The floor: what a small sweep costs", "floor_perf", floor),
+    ("The floor: where a small sweep's time goes", "floor_breakdown_perf", floor_breakdown),
+    ("The floor: the 64-trial grid", "floor_grid", floor),
 ]
 
 

@@ -71,11 +71,16 @@ def test_phase_two_groups_configurations_and_fills_the_slots():
 
 def test_plan_says_how_the_groups_fill_the_machine(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr("raysweep.planning.plan.local_cpus", lambda: 2)
-    s = spec(group="configs", extra={"resources": {"cpu": 0.5}})
+    monkeypatch.setattr("raysweep.planning.plan.local_cpus", lambda: 4)
+    s = spec(group="configs", extra={"resources": {"cpu": 1}})
     lines = describe_plan(s, plan(s))
     assert "10 trials in 4 groups of 2 to 3 (by configs), engine auto; cost per group about 4-6 CE-epochs" in lines
     assert "groups: split evenly to fill the 4 slots of this machine (fewer would leave cores idle)" in lines
+    assert "workers: at most 4 worker processes (4 Ray trials at once on 4 CPUs)" in lines
+    # single-threaded trials of cpu 0.5 get one core each, not half a core: 4 processes on 4 cores, not 8
+    half = spec(group="configs", extra={"resources": {"cpu": 0.5}})
+    assert "groups: split evenly to fill the 4 slots of this machine (fewer would leave cores idle)" in \
+        describe_plan(half, plan(half))
     capped = spec(group="configs", extra={"resources": {"cpu": 0.5, "max_concurrent": 1}})
     assert "10 trials in 1 group of 10 (by configs), engine auto; cost per group about 20 CE-epochs" in \
         describe_plan(capped, plan(capped))

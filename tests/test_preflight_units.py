@@ -441,7 +441,8 @@ def test_a_file_backed_source_without_a_labels_hook_is_not_loaded(tmp_path):
     assert split_sizes(cfg) is None  # nothing read: the folder is empty
 
 
-def test_each_source_is_loaded_once_for_many_configs(monkeypatch):
+def test_each_source_is_loaded_once_for_many_configs(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAYSWEEP_DATA_CACHE", str(tmp_path))  # a machine that has built nothing yet
     source = DATASETS.get("gaussian")
     loads = []
 

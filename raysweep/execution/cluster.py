@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -25,6 +27,11 @@ from trainables.params import ConfigError
 # resolves a loopback address to the machine's outward IP). Ray 2.60: ray._private.services
 # .get_node_ip_address and ray_constants.ENABLE_RAY_CLUSTER.
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Set (to a fresh token) in the environment of the local Ray a driver starts: every process of that Ray (its
+# daemons, which leave the driver's process tree, and the workers its raylet forks) inherits it, so the
+# driver can tell its own Ray's processes from anyone else's after ray.shutdown().
+OWNER_ENV = "RAYSWEEP_RAY_OWNER"
+LEFTOVER_WAIT_S = 10.0  # ray.shutdown() returns before its workers have exited; past this they are killed
 
 
 @contextlib.contextmanager
@@ -81,6 +88,19 @@ def check_reachable(address: str, timeout: float) -> None:
                                              "address") from None
 
 
+def on_loopback(address: str) -> bool:
+    """Whether ``address`` (``auto``: the cluster ``ray start`` last started here) is a loopback one."""
+    if address.strip() == "auto":
+        from ray._private.services import get_ray_address_from_environment
+
+        try:
+            address = get_ray_address_from_environment("auto", None) or ""
+        except Exception:  # noqa: BLE001 - no cluster to find: ray.init says so, as a ConfigError
+            return False
+    target = parse_address(address) if address and address != "auto" else None
+    return target is not None and target[0] in ("127.0.0.1", "localhost", "::1")
+
+
 def start_ray(address: str | None, timeout: float = 10.0) -> bool:
     """Join ``address`` (or RAY_ADDRESS) or start a local Ray with this machine's CPUs. True if we started it.
 
@@ -93,7 +113,11 @@ def start_ray(address: str | None, timeout: float = 10.0) -> bool:
     if address:
         check_reachable(address, timeout)
         try:
-            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+            # A head bound to loopback (the fast path: `ray start --head --node-ip-address 127.0.0.1` kept
+            # running) is joined on loopback too; Ray would otherwise turn 127.0.0.1 into the machine's
+            # outward IP, where nobody answers, and wait forever.
+            with loopback_only() if on_loopback(address) else contextlib.nullcontext():
+                ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         except Exception as err:  # ConnectionError, RuntimeError, an auth error: all mean "cannot join"
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
             hint = ""
@@ -101,10 +125,50 @@ def start_ray(address: str | None, timeout: float = 10.0) -> bool:
                 hint = "; every node and the driver need the same RAY_AUTH_MODE (see the README's cluster recipe)"
             raise ConfigError("cluster.address", f"cannot connect to Ray at {address!r}: {first}{hint}") from None
         return False
-    with loopback_only():
-        ray.init(num_cpus=local_cpus(), include_dashboard=False, dashboard_host="127.0.0.1",
-                 log_to_driver=False, configure_logging=True, logging_level="WARNING")
+    os.environ[OWNER_ENV] = uuid.uuid4().hex
+    try:
+        with loopback_only():
+            ray.init(num_cpus=local_cpus(), include_dashboard=False, dashboard_host="127.0.0.1",
+                     log_to_driver=False, configure_logging=True, logging_level="WARNING")
+    except BaseException:
+        stop_ray()
+        raise
     return True
+
+
+def marked_processes(name: str, value: str) -> list[int]:
+    """Pids of the living processes whose environment holds ``name=value`` (Linux; none elsewhere)."""
+    needle = f"{name}={value}".encode()
+    try:
+        entries = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return []
+    found = []
+    for pid in entries:
+        try:
+            if needle in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.append(pid)
+        except OSError:  # gone, a zombie, or not ours to read
+            continue
+    return found
+
+
+def stop_ray(wait_s: float = LEFTOVER_WAIT_S) -> list[int]:
+    """``ray.shutdown()``, then, for a Ray this process started, wait until every process of it has exited
+    (SIGKILL for any left after ``wait_s``): no worker outlives the driver. Returns the pids killed."""
+    import ray
+
+    ray.shutdown()
+    token = os.environ.pop(OWNER_ENV, None)
+    if token is None:
+        return []
+    deadline = time.monotonic() + wait_s
+    while (left := [p for p in marked_processes(OWNER_ENV, token) if p != os.getpid()]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return left
 
 
 def _read_sentinel(path: str) -> dict[str, str]:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from raysweep.execution.cluster import check_storage_on_nodes, start_ray
+from raysweep.execution.cluster import check_storage_on_nodes, start_ray, stop_ray
 from raysweep.planning.plan import memory_fit
-from raysweep.spec.resources import check_fits, local_cluster, local_cpus, trial_resources
+from raysweep.spec.resources import check_fits, concurrent_trials, local_cluster, local_cpus, trial_resources
 from raysweep.spec.schema import Spec
 from raysweep.tracking.mlflow_store import resolve_tracking_uri
 from raysweep.tracking.store_check import check_scheme, check_store
@@ -149,12 +149,21 @@ def connected(spec: Spec, storage: Path, echo: Callable[[str], None]) -> Iterato
         per_trial, gpu_fraction = trial_resources(spec.resources, ray.cluster_resources().get("GPU", 0), echo)
         check_fits(per_trial, ray.nodes(), "resources.trials_per_gpu" if spec.resources.trials_per_gpu else
                    "resources.gpu")
-        if not started and spec.cluster.storage_check:
+        if not started and spec.cluster.storage_check and not only_this_node():
             _check_shared_storage(storage)
-        slots = max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial["cpu"]))
+        slots = concurrent_trials(ray.cluster_resources().get("CPU", 1), per_trial["cpu"], "gpu" in per_trial)
         yield TrialResources(per_trial, gpu_fraction, slots)
     finally:
-        ray.shutdown()
+        stop_ray()
+
+
+def only_this_node() -> bool:
+    """Whether the joined cluster is this machine alone (a head kept running for fast iteration): then every
+    node sees the driver's folders, and the storage check's task (a worker process start) is skipped."""
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return len(alive) == 1 and alive[0]["NodeID"] == ray.get_runtime_context().get_node_id()
 
 
 def _check_shared_storage(storage: Path) -> None:

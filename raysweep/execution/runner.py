@@ -9,7 +9,7 @@ sweep folder or MLflow run is created.
 from __future__ import annotations
 
 import json
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import yaml
 
@@ -18,15 +18,16 @@ from raysweep.execution.disk import StorageFull, check_free_space, estimate_byte
 from raysweep.execution.footprint import check_device, check_footprint
 from raysweep.execution.interrupt import Interrupted, StopSignals
 from raysweep.execution.preflight import check_datasets, check_storage, check_table_keys, check_tracking, connected
-from raysweep.execution.session import SweepResult, SweepSession, jsonable
 from raysweep.planning.plan import plan
 from raysweep.spec.schema import Spec, validate_spec
 from raysweep.tracking.manifest import Manifest, claim_sweep_dir
-from raysweep.tracking.mlflow_store import SweepRun, limit_http_retries
+from raysweep.tracking.mlflow_store import SweepRun, limit_http_retries, open_in_background
 from raysweep.tracking.provenance import provenance
-from raysweep.tracking.sync import replay_storage
 from raysweep.trials import PlannedTrial
 from trainables.params import ConfigError
+
+if TYPE_CHECKING:  # the session imports Ray Tune: the runner imports it once Ray is starting
+    from raysweep.execution.session import SweepResult, SweepSession
 
 
 def parent_tags(spec: Spec, sweep_dir: str) -> dict[str, str]:
@@ -59,7 +60,11 @@ def run_sweep(spec: Spec, trials: list[PlannedTrial], *, echo: Callable[[str], N
     check_free_space(storage, need)
     limit_http_retries()
     tracking_uri = check_tracking(spec)
+    store = open_in_background(tracking_uri)  # MLflow's import and schema while Ray starts, not before it
     with connected(spec, storage, echo) as resources, StopSignals().installed() as stops:
+        from raysweep.execution.session import SweepSession, jsonable
+
+        store.join()
         sweep_id, sweep_dir = claim_sweep_dir(storage, spec.name)
         experiment = spec.tracking.experiment or spec.name
         values = parent_tags(spec, str(sweep_dir))
@@ -95,6 +100,9 @@ def resume_sweep(manifest: Manifest, *, echo: Callable[[str], None] = print, ver
     Finished trials are not rerun; interrupted ones continue from their last checkpoint; MLflow keeps the
     same parent run and the same child runs (found by trial key), and epochs already logged are skipped.
     """
+    from raysweep.execution.session import SweepResult, SweepSession
+    from raysweep.tracking.sync import replay_storage
+
     data = manifest.data
     spec = validate_spec(data["spec"])
     if manifest.ended:  # nothing left to run: answer from the manifest, without Ray

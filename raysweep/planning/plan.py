@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from raysweep.paths import CONFIRM_SUFFIX
-from raysweep.spec.resources import local_cpus
+from raysweep.spec.resources import concurrent_trials, local_cpus
 from raysweep.spec.schema import Spec
 from raysweep.trials import PlannedTrial, config_id, fmt, relative_cost, resolve_point
 from trainables.data.fit import FitReport, check_fit, node_memory
@@ -109,13 +109,15 @@ def _even(items: list[PlannedTrial], parts: int) -> list[tuple[PlannedTrial, ...
 
 
 def planned_slots(spec: Spec) -> int | None:
-    """How many Ray trials a sweep of ``spec`` runs at once on the local Ray it would start (this machine's
-    CPUs over ``resources.cpu``, capped by ``resources.max_concurrent``), as the runner counts them; None
-    when it joins a cluster, whose size only the run knows."""
+    """How many Ray trials (worker processes) a sweep of ``spec`` runs at once on the local Ray it would start
+    (:func:`raysweep.spec.resources.concurrent_trials` of this machine's CPUs, capped by
+    ``resources.max_concurrent``), as the runner counts them; None when it joins a cluster, whose size only
+    the run knows."""
     if spec.cluster.address or os.environ.get("RAY_ADDRESS"):
         return None
-    slots = max(1, int(local_cpus() // spec.resources.cpu))
-    return min(slots, spec.resources.max_concurrent or slots)
+    res = spec.resources
+    slots = concurrent_trials(local_cpus(), res.cpu, bool(res.gpu or res.trials_per_gpu))
+    return min(slots, res.max_concurrent or slots)
 
 
 def memory_fit(spec: Spec, trials: list[PlannedTrial]) -> FitReport | None:
@@ -228,6 +230,7 @@ def describe_plan(spec: Spec, trials: list[PlannedTrial]) -> list[str]:
                      f"without early stopping: at most {confirmed * len(spec.seeds)} more trials, "
                      f"{confirmed * len(spec.seeds) * spec.epochs} trial-epochs")
     lines += _describe_groups(spec, trials)
+    lines.append(concurrency_line(spec))
     if scheduler.stops_early:
         epochs = max([t.config["train"]["epochs"] for t in trials] or [spec.epochs])
         lines.append(scheduler.describe(epochs))
@@ -244,6 +247,18 @@ def describe_plan(spec: Spec, trials: list[PlannedTrial]) -> list[str]:
                              f"{scheduler.first_stop_name} ({first_stop}): {scheduler.name} may stop it before "
                              "its weighting matters")
     return lines
+
+
+def concurrency_line(spec: Spec) -> str:
+    """``raysweep plan``'s line on how many Ray trials, each one worker process, run at once."""
+    slots, res = planned_slots(spec), spec.resources
+    if slots is None:
+        return "workers: one process per running Ray trial, as many as the cluster's CPUs allow"
+    line = f"workers: at most {slots} worker processes ({slots} Ray trials at once on {local_cpus()} CPUs)"
+    if res.cpu < 1 and not (res.gpu or res.trials_per_gpu):
+        line += (f"; resources.cpu {res.cpu:g} packs no more than one trial per core: a trial trains on one thread, "
+                 "so more processes than cores would only add start-ups (group trials to share a process)")
+    return line
 
 
 def _describe_groups(spec: Spec, trials: list[PlannedTrial]) -> list[str]:

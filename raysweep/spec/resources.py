@@ -123,3 +123,15 @@ def check_fits(per_trial: Mapping[str, float], nodes: Iterable[Mapping[str, Any]
     raise ConfigError(gpu_field, f"no node of the Ray cluster has both {_fmt(cpu)} CPUs and {_fmt(gpu)} GPU for one "
                                  f"trial; the nodes with that much GPU have at most {_fmt(cpus_beside)} CPUs "
                                  f"(lower resources.cpu to at most that)")
+
+
+def concurrent_trials(cpus: float, cpu_per_trial: float, uses_gpu: bool) -> int:
+    """How many Ray trials (one worker process each) run at once on ``cpus`` CPUs.
+
+    A trial trains on ``max(1, floor(cpu))`` threads, so a CPU-only trial of ``cpu`` below 1 still keeps a
+    whole core busy: packing ``cpus / cpu`` of them would start more worker processes than cores, each
+    paying its start-up (seconds) to wait for a core. CPU-only trials therefore count at least one CPU each;
+    GPU trials keep the fractional packing (the GPU, not the core, is what they wait on).
+    """
+    per_trial = cpu_per_trial if uses_gpu else max(1.0, cpu_per_trial)
+    return max(1, _units(cpus) // max(1, _units(per_trial)))

@@ -12,15 +12,17 @@ import fcntl
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
-
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from analysis import mlflow_tags as tags
 from raysweep.paths import contained
+
+if TYPE_CHECKING:  # mlflow is imported where a store is used (about 3 s): by then Ray is starting beside it
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
 
 MAX_BATCH_PARAMS = 100  # params or tags per log_batch request
 MAX_BATCH_METRICS = 1000
@@ -119,12 +121,16 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
     entries = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
     for chunk in _chunks(entries, MAX_BATCH_PARAMS):
         client.log_batch(run_id, params=chunk)
 
 
 def log_tags(client: MlflowClient, run_id: str, values: Mapping[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
     entries = [RunTag(k, str(v)) for k, v in values.items()]
     for chunk in _chunks(entries, MAX_BATCH_PARAMS):
         client.log_batch(run_id, tags=chunk)
@@ -137,6 +143,8 @@ def epoch_batches(epochs: Sequence[tuple[int, Mapping[str, float], int]],
 
     One ``log_batch`` per epoch cost as much again as the insert (MLflow reads and updates the run's latest
     metrics per call), so a trial's waiting epochs go together."""
+    from mlflow.entities import Metric
+
     batch_epochs: list[int] = []
     batch: list[Metric] = []
     for step, metrics, timestamp_ms in epochs:
@@ -191,9 +199,26 @@ def open_client(tracking_uri: str, wait_s: float = STORE_CREATION_WAIT_S) -> Mlf
 
 
 def _opened(tracking_uri: str) -> MlflowClient:
+    from mlflow import MlflowClient
+
     client = MlflowClient(tracking_uri)  # builds the store (and migrates a new schema) here
     client.search_experiments(max_results=1)
     return client
+
+
+def open_in_background(tracking_uri: str) -> threading.Thread:
+    """Import MLflow and open the store (a new SQLite store creates its schema: 1-2 s) in a thread, so that it
+    happens while Ray starts rather than before; join it before the first use. A failure is left to the first
+    real use, which reports it (the store is cached by URI, so a success makes that use immediate)."""
+    def warm() -> None:
+        try:
+            open_client(tracking_uri)
+        except Exception:  # noqa: BLE001 - SweepRun's circuit breaker reports it on first use
+            pass
+
+    thread = threading.Thread(target=warm, name="raysweep-open-store", daemon=True)
+    thread.start()
+    return thread
 
 
 class TrackingUnavailable(RuntimeError):

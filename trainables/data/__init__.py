@@ -47,6 +47,9 @@ class DatasetSource:
     # Bytes of the per-node stores the source memory-maps (an estimate from its lists, before any decode), for
     # the fit check (trainables.data.fit). None: the source's splits are tensors private to each trial.
     store_bytes: Callable[[Mapping[str, Any]], int] | None = None
+    # A generated or embedded source: the distributions whose versions shape its output. Its raw pools are
+    # then built once per machine (trainables.data.source_cache); None: loaded by each process (files).
+    cache: tuple[str, ...] | None = None
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
@@ -105,6 +108,15 @@ def split_inputs(cfg: Mapping[str, Any]) -> tuple[DatasetSource, dict[str, Any],
     return source, {k: cfg[k] for k in source.params}, protocol
 
 
+def load_source(source: DatasetSource, own: Mapping[str, Any]) -> SourceData:
+    """The raw pools of ``source`` with its own options ``own``: from the machine's cache for a cached source."""
+    if source.cache is None:
+        return source.load(own)
+    from trainables.data.source_cache import load_cached
+
+    return load_cached(source.name, own, source.load, source.cache)
+
+
 def load_splits(dataset_cfg: Mapping[str, Any]) -> Splits:
     """Build (or fetch from this process's cache) the splits a resolved dataset config describes."""
     return _cached_splits(json.dumps(dict(dataset_cfg), sort_keys=True))
@@ -113,11 +125,12 @@ def load_splits(dataset_cfg: Mapping[str, Any]) -> Splits:
 @functools.lru_cache(maxsize=1)  # a reused actor keeps its last dataset, never a pile of them
 def _cached_splits(key: str) -> Splits:
     source, own, protocol = split_inputs(json.loads(key))
-    return build_splits(source.load(own), **protocol)
+    return build_splits(load_source(source, own), **protocol)
 
 
 # every other module of this package registers its sources (after DATASETS exists)
-discover(__name__, __path__, helpers=("augment", "fit", "image_store", "inputs", "node_cache", "protocol", "sizes"))
+discover(__name__, __path__, helpers=("augment", "fit", "image_store", "inputs", "node_cache", "protocol", "sizes",
+                                     "source_cache"))
 
 __all__ = ["DATASETS", "DatasetSource", "PROTOCOL_PARAMS", "SourceData", "Split", "Splits",
-           "dataset_params", "load_splits", "resolve_dataset", "split_inputs"]
+           "dataset_params", "load_source", "load_splits", "resolve_dataset", "split_inputs"]

@@ -15,11 +15,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
-from torchvision.transforms import AutoAugment, AutoAugmentPolicy
 
 PAD_MODES = ("zeros", "reflect")
 CROPS = ("pad", "none")
+# torchvision's AutoAugmentPolicy values. torchvision (and torch._dynamo through it, about 3 s) is imported only
+# where an AutoAugment operation runs: a sweep without one never pays for it, in the driver or a worker.
+POLICIES = ("imagenet", "cifar10", "svhn")
 
 
 def _check_batch(x: torch.Tensor) -> None:
@@ -105,6 +106,8 @@ SIGNED_OPS = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightn
 
 def apply_op(x: torch.Tensor, op: str, mag: float) -> torch.Tensor:
     """One AutoAugment operation on a uint8 batch (nearest interpolation, zero fill, as torchvision)."""
+    import torchvision.transforms.functional as TF
+
     nearest = TF.InterpolationMode.NEAREST
     if op in ("ShearX", "ShearY"):
         shear = math.degrees(math.atan(mag))
@@ -133,6 +136,8 @@ def apply_op(x: torch.Tensor, op: str, mag: float) -> torch.Tensor:
 @functools.lru_cache(maxsize=None)
 def policy_table(policy: str) -> tuple:
     """torchvision's AutoAugment sub-policies for ``policy`` (cifar10, imagenet, svhn): ((op, p, bin), (op, p, bin))."""
+    from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+
     return tuple(AutoAugment(AutoAugmentPolicy(policy)).policies)
 
 
@@ -204,6 +209,8 @@ def color_jitter(x: torch.Tensor, generator: torch.Generator, brightness: float,
     Same draws and order as ``ColorJitter.get_params``: a random order of the four operations, then one
     factor in [max(0, 1 - v), 1 + v] per enabled operation (hue is off, as in OLTR's preset).
     """
+    import torchvision.transforms.functional as TF
+
     order = torch.randperm(4, generator=generator)
     factors = {k: (None if v <= 0 else
                    float(torch.empty(1).uniform_(max(0.0, 1 - v), 1 + v, generator=generator)))
@@ -238,6 +245,8 @@ class PaperCrop:
               device: torch.device | str = "cpu") -> torch.Tensor:
         """uint8 (N, C, size, size) on ``device`` from N uint8 (C, H, W) images: arrays (memory-mapped views of a
         store) or tensors (decoded files)."""
+        import torchvision.transforms.functional as TF
+
         out = []
         for image in images:
             _, h, w = image.shape
@@ -277,7 +286,7 @@ class ImageAugment:
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
-        if self.policy is not None and self.policy not in {p.value for p in AutoAugmentPolicy}:
+        if self.policy is not None and self.policy not in POLICIES:
             raise ValueError(f"unknown AutoAugment policy {self.policy!r}")
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -51,7 +51,7 @@ def _load_gaussian(options: Mapping[str, Any]) -> SourceData:
 
 DATASETS.add(DatasetSource("digits", "scikit-learn's 8x8 digits (1797 x 64, 10 classes); embedded", _load_digits,
                            defaults={"test_per_class": 50, "meta_per_class": 10},
-                           shape=lambda o: ((64,), 1797, 10)))
+                           shape=lambda o: ((64,), 1797, 10), cache=("scikit-learn",)))
 DATASETS.add(DatasetSource(
         "mnist1d", "mnist1d generated offline (40-step 1-D signals, 10 classes); embedded",
         _load_mnist1d,
@@ -60,6 +60,7 @@ DATASETS.add(DatasetSource(
             "seed": Param(42, (int,), low=0, help="the generator's seed (42 = the published dataset)"),
         },
         shape=lambda o: ((40,), o["num_samples"], 10),
+        cache=("mnist1d", "numpy"),
     )
 )
 DATASETS.add(DatasetSource(
@@ -74,5 +75,6 @@ DATASETS.add(DatasetSource(
         },
         defaults={"test_per_class": 50, "meta_per_class": 10},
         shape=lambda o: ((o["dim"],), o["num_classes"] * o["samples_per_class"], o["num_classes"]),
+        cache=("numpy",),
     )
 )

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from trainables.data import split_inputs
+from trainables.data import load_source, split_inputs
 from trainables.data.protocol import SourceData, Split, SplitError, build_splits
 from trainables.params import ConfigError
 
@@ -54,7 +54,7 @@ def source_labels(cfg: Mapping[str, Any]) -> SourceData | None:
     source, own, _ = split_inputs(cfg)
     if source.labels is not None:
         return source.labels(own)
-    return source.load(own) if source.preflight is None else None
+    return load_source(source, own) if source.preflight is None else None
 
 
 def split_sizes(cfg: Mapping[str, Any], path: str = "dataset", data: SourceData | None = None) -> SplitSizes | None:

@@ -55,4 +55,5 @@ _PARAMS = {
 for _name, _what in (("iris", "Iris (150 x 4, 3 classes)"), ("wine", "Wine (178 x 13, 3 classes)"),
                      ("breast_cancer", "Breast Cancer Wisconsin (569 x 30, 2 classes)")):
     DATASETS.add(DatasetSource(_name, f"{_what}; scikit-learn's copy, random 80/20 split; embedded", _loader(_name),
-                               dict(_PARAMS), defaults={"meta_per_class": 5}))
+                               dict(_PARAMS), defaults={"meta_per_class": 5},
+                               cache=("scikit-learn",)))
