@@ -17,7 +17,14 @@ from analysis import mlflow_tags as tags
 from raysweep.execution.disk import StorageFull, check_free_space, estimate_bytes
 from raysweep.execution.footprint import check_device, check_footprint
 from raysweep.execution.interrupt import Interrupted, StopSignals
-from raysweep.execution.preflight import check_datasets, check_storage, check_table_keys, check_tracking, connected
+from raysweep.execution.preflight import (
+    check_datasets,
+    check_local_cpus,
+    check_storage,
+    check_table_keys,
+    check_tracking,
+    connected,
+)
 from raysweep.planning.plan import plan
 from raysweep.spec.schema import Spec, validate_spec
 from raysweep.tracking.manifest import Manifest, claim_sweep_dir
@@ -60,7 +67,8 @@ def run_sweep(spec: Spec, trials: list[PlannedTrial], *, echo: Callable[[str], N
     check_free_space(storage, need)
     limit_http_retries()
     tracking_uri = check_tracking(spec)
-    store = open_in_background(tracking_uri)  # MLflow's import and schema while Ray starts, not before it
+    check_local_cpus(spec)  # before the store is touched: an unsatisfiable demand creates nothing
+    store = open_in_background(tracking_uri)  # MLflow's import (and an existing store) while Ray starts
     with connected(spec, storage, echo) as resources, StopSignals().installed() as stops:
         from raysweep.execution.session import SweepSession, jsonable
 

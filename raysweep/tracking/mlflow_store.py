@@ -207,11 +207,22 @@ def _opened(tracking_uri: str) -> MlflowClient:
 
 
 def open_in_background(tracking_uri: str) -> threading.Thread:
-    """Import MLflow and open the store (a new SQLite store creates its schema: 1-2 s) in a thread, so that it
-    happens while Ray starts rather than before; join it before the first use. A failure is left to the first
+    """Import MLflow and open an existing store in a thread, so that it happens while Ray starts rather than
+    before; join it before the first use. A new SQLite store is not created here: nothing may exist before
+    the cluster checks have passed. A failure is left to the first
     real use, which reports it (the store is cached by URI, so a success makes that use immediate)."""
+    from raysweep.tracking.store_check import sqlite_path, uri_scheme
+
+    path = sqlite_path(tracking_uri) if uri_scheme(tracking_uri) == "sqlite" else None
+
     def warm() -> None:
         try:
+            if path is not None and not path.exists():
+                # A new store is created only once the cluster checks passed ("bad input starts nothing":
+                # a GPU demand no node meets is known only once Ray is up); MLflow's import is the bulk of it.
+                import mlflow  # noqa: F401
+                from mlflow.store.tracking import sqlalchemy_store  # noqa: F401
+                return
             open_client(tracking_uri)
         except Exception:  # noqa: BLE001 - SweepRun's circuit breaker reports it on first use
             pass
