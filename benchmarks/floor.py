@@ -30,6 +30,7 @@ import contextlib
 import math
 import os
 import random
+import secrets
 import signal
 import statistics
 import subprocess
@@ -63,8 +64,10 @@ def grid_spec(epochs: int = 20) -> dict[str, Any]:
 
 SPECS = {"perf": lambda: dict(PERF), "grid": grid_spec}
 HEAD_MARK = "RAYSWEEP_BENCH_HEAD"  # set in the environment of the Ray head this benchmark starts
-# Ray 2.60 turns token auth on once ~/.ray/auth_token exists: the head and every driver need the same mode.
-HEAD_ENV = {"RAY_AUTH_MODE": "token"}
+# Ray 2.60 turns token auth on once ~/.ray/auth_token exists: the head and every driver need the same mode, and
+# the same token. A fresh machine has no ~/.ray/auth_token (and `ray start` does not create one), so this
+# process's head and drivers share a token of their own, passed in the environment.
+HEAD_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 # ---- the floor ----------------------------------------------------------------------------------------------
@@ -149,13 +152,14 @@ def ray_head(cpus: int) -> Iterator[str]:
     import shutil
     import socket
 
-    from raysweep.execution.cluster import marked_processes
+    from raysweep.execution.cluster import OWNER_ENV, marked_processes
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     mark, folder = uuid.uuid4().hex, tempfile.mkdtemp(prefix="rsh-", dir="/tmp")
-    env = {**os.environ, **HEAD_ENV, HEAD_MARK: mark, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = {k: v for k, v in os.environ.items() if k != OWNER_ENV}  # a head nobody's shutdown may end
+    env = {**env, **HEAD_ENV, HEAD_MARK: mark, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     started = subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", "--port", str(port),
                               "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus), "--include-dashboard",
                               "false", "--disable-usage-stats", "--temp-dir", folder], env=env, capture_output=True,

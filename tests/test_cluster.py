@@ -19,7 +19,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from raysweep.execution.cluster import LOOPBACK_ENV, parse_address, start_ray, storage_problems
+from raysweep.execution.cluster import LOOPBACK_ENV, parse_address, start_ray, stop_ray, storage_problems
 from trainables.params import ConfigError
 
 from _cli import raysweep_cmd
@@ -147,6 +147,21 @@ def test_addresses_parse_or_fail_naming_cluster_address():
         assert err.value.path == "cluster.address"
 
 
+def test_a_driver_that_joined_a_cluster_ends_no_process_at_shutdown(monkeypatch):
+    """A driver inherits the owner mark of the process that launched it (a test runner that started a Ray of
+    its own, say); a `ray start --head` launched from there carries the same mark. Joining that head and
+    shutting down must leave it running: only a Ray this process started is this process's to end."""
+    import raysweep.execution.cluster as cluster
+
+    monkeypatch.setenv(cluster.OWNER_ENV, "inherited-from-the-parent")
+    monkeypatch.setattr(cluster, "_owned_token", None)
+    looked_for = []
+    monkeypatch.setattr(cluster, "marked_processes", lambda name, value: looked_for.append(value) or [12345])
+    monkeypatch.setattr(os, "kill", lambda *a: pytest.fail(f"os.kill{a} by a driver that started no Ray"))
+    assert cluster.stop_ray(wait_s=0) == []
+    assert looked_for == [] and os.environ[cluster.OWNER_ENV] == "inherited-from-the-parent"
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.gpu
@@ -235,7 +250,7 @@ def test_a_local_ray_listens_on_loopback_only(monkeypatch):
         assert [s for s in sockets if not _loopback(s[1])] == []
         assert (ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(LOOPBACK_ENV)) == before
     finally:
-        ray.shutdown()
+        stop_ray()  # not ray.shutdown(): that left this Ray's owner mark in the runner's environment
         shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
 
 

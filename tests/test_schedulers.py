@@ -50,6 +50,31 @@ SPEC = {
 }
 
 
+@pytest.mark.parametrize("name", SCHEDULERS.names())
+def test_a_grid_under_a_synchronous_scheduler_creates_every_trial_at_once(name, tmp_path):
+    """Tune's generator, capped at the slots, creates a trial only when another ends (a paused one still
+    counts), so a HyperBand bracket would fill one trial at a time and stop nothing. Under a synchronous
+    scheduler the grid has no cap in Tune and whole-core resources hold it to the slots instead."""
+    import yaml
+    from ray.tune.callback import Callback
+
+    import raysweep
+    from raysweep.execution.preflight import TrialResources
+    from raysweep.execution.tuner import build_tuner
+    from raysweep.planning.plan import phases, plan
+    from raysweep.spec.resources import whole_cores
+
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**SPEC, "name": "sync", "scheduler": {"name": name}}))
+    spec = raysweep.load_spec(tmp_path / "spec.yaml")
+    tuner = build_tuner(spec, phases(spec, "s1")[0], plan(spec), tmp_path, TrialResources({"cpu": 1.0}, None, 2),
+                        Callback())
+    cap = tuner._local_tuner._tune_config.max_concurrent_trials
+    assert cap == (None if SCHEDULERS.get(name).synchronous else 2)
+    assert SCHEDULERS.get("hyperband").synchronous and not SCHEDULERS.get("asha").synchronous
+    assert whole_cores({"cpu": 0.5}) == {"cpu": 1.0} and whole_cores({"cpu": 3.0}) == {"cpu": 3.0}
+    assert whole_cores({"cpu": 0.5, "gpu": 0.25}) == {"cpu": 0.5, "gpu": 0.25}
+
+
 def _children(root, name):
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name(name)

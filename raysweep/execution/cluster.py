@@ -31,6 +31,10 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # daemons, which leave the driver's process tree, and the workers its raylet forks) inherits it, so the
 # driver can tell its own Ray's processes from anyone else's after ray.shutdown().
 OWNER_ENV = "RAYSWEEP_RAY_OWNER"
+# The token this process put there, if it started a local Ray. Kept here, not read back from the environment:
+# a driver launched from a process that started a Ray of its own inherits that process's token, and must not
+# end the processes it marks (a `ray start --head` launched from there too, say) when it shuts down.
+_owned_token: str | None = None
 LEFTOVER_WAIT_S = 10.0  # ray.shutdown() returns before its workers have exited; past this they are killed
 
 
@@ -125,7 +129,8 @@ def start_ray(address: str | None, timeout: float = 10.0) -> bool:
                 hint = "; every node and the driver need the same RAY_AUTH_MODE (see the README's cluster recipe)"
             raise ConfigError("cluster.address", f"cannot connect to Ray at {address!r}: {first}{hint}") from None
         return False
-    os.environ[OWNER_ENV] = uuid.uuid4().hex
+    global _owned_token
+    _owned_token = os.environ[OWNER_ENV] = uuid.uuid4().hex
     try:
         with loopback_only():
             ray.init(num_cpus=local_cpus(), include_dashboard=False, dashboard_host="127.0.0.1",
@@ -158,10 +163,13 @@ def stop_ray(wait_s: float = LEFTOVER_WAIT_S) -> list[int]:
     (SIGKILL for any left after ``wait_s``): no worker outlives the driver. Returns the pids killed."""
     import ray
 
+    global _owned_token
     ray.shutdown()
-    token = os.environ.pop(OWNER_ENV, None)
+    token, _owned_token = _owned_token, None
     if token is None:
         return []
+    if os.environ.get(OWNER_ENV) == token:
+        del os.environ[OWNER_ENV]
     deadline = time.monotonic() + wait_s
     while (left := [p for p in marked_processes(OWNER_ENV, token) if p != os.getpid()]) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -17,7 +17,14 @@ from typing import Callable, Iterable, Iterator
 
 from raysweep.execution.cluster import check_storage_on_nodes, start_ray, stop_ray
 from raysweep.planning.plan import memory_fit
-from raysweep.spec.resources import check_fits, concurrent_trials, local_cluster, local_cpus, trial_resources
+from raysweep.spec.resources import (
+    check_fits,
+    concurrent_trials,
+    local_cluster,
+    local_cpus,
+    trial_resources,
+    whole_cores,
+)
 from raysweep.spec.schema import Spec
 from raysweep.tracking.mlflow_store import resolve_tracking_uri
 from raysweep.tracking.store_check import check_scheme, check_store
@@ -152,6 +159,8 @@ def connected(spec: Spec, storage: Path, echo: Callable[[str], None]) -> Iterato
         if not started and spec.cluster.storage_check and not only_this_node():
             _check_shared_storage(storage)
         slots = concurrent_trials(ray.cluster_resources().get("CPU", 1), per_trial["cpu"], "gpu" in per_trial)
+        if spec.scheduler.synchronous:  # no cap in Tune (build_tuner): Ray's packing holds trials to the slots
+            per_trial = whole_cores(per_trial)
         yield TrialResources(per_trial, gpu_fraction, slots)
     finally:
         stop_ray()

@@ -97,9 +97,14 @@ def build_tuner(spec: Spec, phase: Phase, trials: list[PlannedTrial], storage: P
         param_space = {ENVELOPE: tune.grid_search([to_config(g.members)[ENVELOPE] for g in groups])}
         search_alg, num_samples = None, 1
     total = num_samples if sampling else len(groups)
-    # The slots, always: a searcher alone keeps one trial pending at a time, and Ray alone would pack
-    # fractional-CPU trials into more worker processes than cores (raysweep.spec.resources.concurrent_trials).
+    # The slots: a searcher alone keeps one trial pending at a time, and Ray alone would pack fractional-CPU
+    # trials into more worker processes than cores (raysweep.spec.resources.concurrent_trials). Not under a
+    # synchronous scheduler's grid: Tune's capped generator would create a trial only when another ends, and
+    # fill each HyperBand bracket one trial at a time; there every trial is created at once, and Ray's
+    # resources (preflight.connected asks for whole cores) hold them to the slots.
     concurrent = min(resources.slots, spec.resources.max_concurrent or resources.slots)
+    if spec.scheduler.synchronous and phase.early_stopping and not sampling:
+        concurrent = None
     return tune.Tuner(
         _trainable(resources),
         param_space=param_space,

@@ -23,6 +23,10 @@ class Scheduler:
     description: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
     stops_early: ClassVar[bool] = True  # False: every trial runs to its last epoch
+    # True: a milestone is decided once every trial of its bracket has reached it, so every trial must exist
+    # (running or pending) from the start; a trial generator that creates one only when another ends (Tune's,
+    # under max_concurrent_trials: a paused trial still counts) would fill a bracket one trial at a time.
+    synchronous: ClassVar[bool] = False
     first_stop_name: ClassVar[str] = "the grace period"  # what plan calls the first epoch a trial can stop at
 
     def __init__(self, options: Mapping[str, Any]) -> None:
@@ -141,6 +145,7 @@ class Asha(Scheduler):
 @SCHEDULERS.add
 class HyperBand(Scheduler):
     name = "hyperband"
+    synchronous = True
     description = "synchronous HyperBand: brackets of successive halving, trials paused at each milestone"
     first_stop_name = "its first milestone"
     params = {"reduction_factor": reduction_factor_param(3.0, "eta: 1/eta survive a milestone")}

@@ -125,6 +125,18 @@ def check_fits(per_trial: Mapping[str, float], nodes: Iterable[Mapping[str, Any]
                                  f"(lower resources.cpu to at most that)")
 
 
+def whole_cores(per_trial: Mapping[str, float]) -> dict[str, float]:
+    """``per_trial`` with a CPU-only trial asking Ray for at least one whole CPU.
+
+    Ray's own packing then runs as many trials at once as :func:`concurrent_trials` counts, with no cap in
+    Tune: what a synchronous scheduler needs (every trial created at the start, see
+    ``raysweep.search.schedulers.Scheduler.synchronous``). GPU trials keep their fractional request.
+    """
+    if per_trial.get("gpu"):
+        return dict(per_trial)
+    return {**per_trial, "cpu": max(1.0, float(per_trial["cpu"]))}
+
+
 def concurrent_trials(cpus: float, cpu_per_trial: float, uses_gpu: bool) -> int:
     """How many Ray trials (one worker process each) run at once on ``cpus`` CPUs.
 

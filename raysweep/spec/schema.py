@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 from raysweep.paths import check_name
 from raysweep.search.modes import MODES, SearchMode
-from raysweep.search.schedulers import Scheduler, resolve_scheduler
+from raysweep.search.schedulers import SCHEDULERS, Scheduler, resolve_scheduler
 from raysweep.spec.bounds import check_count, grid_size
 from raysweep.spec.resources import check_resolution
 from raysweep.spec.sections import (
@@ -166,6 +166,13 @@ def _resources(raw: Any, done: dict[str, Any]) -> dict[str, Any]:
     if resources.gpu and resources.trials_per_gpu:
         raise ConfigError("resources.trials_per_gpu", "give either gpu or trials_per_gpu, not both")
     check_resolution(resources)
+    scheduler: Scheduler = done["scheduler"]
+    if resources.max_concurrent is not None and scheduler.synchronous:
+        others = ", ".join(n for n in SCHEDULERS.names() if not SCHEDULERS.get(n).synchronous)
+        raise ConfigError("resources.max_concurrent",
+                          f"cannot be combined with scheduler {scheduler.name!r}: a bracket is decided when all its "
+                          "trials reach a milestone, and a cap on running trials fills it one trial at a time "
+                          f"(nothing would be stopped); allowed: unset, or scheduler.name one of {others}")
     return {"resources": resources}
 
 
