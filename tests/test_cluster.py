@@ -7,6 +7,7 @@ test stops exactly the process groups it started (never `ray stop`, which would 
 
 import ipaddress
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -34,7 +35,10 @@ def cluster(tmp_path):
     """(address, environment, tracker, head process, node-2 process) of a fresh two-node cluster."""
     tracked = Tracked()
     ray_tmp = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))
-    env = {**setup_workdir(tmp_path, {}), "RAY_AUTH_MODE": "token", "RAY_TMPDIR": str(ray_tmp),
+    # Token mode with a token of the cluster's own: a fresh machine has no ~/.ray/auth_token, and then
+    # `ray start` in token mode refuses to start.
+    env = {**setup_workdir(tmp_path, {}), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_TMPDIR": str(ray_tmp),
            "RAY_USAGE_STATS_ENABLED": "0",
            # Notice a dead node within seconds instead of Ray's default of about half a minute.
            "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
