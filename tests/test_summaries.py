@@ -122,6 +122,9 @@ def test_the_headline_names_one_best_per_data_axis_setting_with_its_comparison(t
         for key in ("test_acc_vs_ce", "test_acc_vs_ce_lo", "test_acc_vs_ce_hi", "test_acc_vs_ce_p_adj"):
             assert parent.data.metrics[prefix + key] == pytest.approx(top.data.metrics[key]), key
         assert f"vs ce: {top.data.metrics['test_acc_vs_ce']:+.2f} points" in headline.describe()
+        said = {"better": ": better", "worse": ": worse", "same": ": no significant difference"}
+        assert said[best.versus.verdict] in best.versus.describe("test_acc"), "never 'same': not shown equal"
+        assert "(95 % interval, uncorrected)" in best.versus.describe("test_acc")
 
 
 def test_the_saved_view_shows_the_knobs_and_the_table_metric_sorted_by_it(three_seeds):

@@ -75,9 +75,12 @@ class Versus:
         unit = " points" if scale == 100.0 else ""
         if not c.tested:
             return f"vs {self.baseline}: {scale * c.mean_diff:+.2f}{unit}, not tested ({c.reason})"
+        # "same" is the verdict's stored value; a reader must not take it for "shown equal". The interval is
+        # the comparison's own, the p value is corrected over the sweep's comparisons: say which is which.
+        said = {"same": "no significant difference"}.get(self.verdict, self.verdict or "not tested")
         return (f"vs {self.baseline}: {scale * c.mean_diff:+.2f}{unit} [{scale * c.ci_low:+.2f}, "
-                f"{scale * c.ci_high:+.2f}], {c.test} n={c.n_pairs or min(c.n_a, c.n_b)}, "
-                f"adjusted p = {self.p_adjusted:.3g}: {self.verdict or 'not tested'}")
+                f"{scale * c.ci_high:+.2f}] (95 % interval, uncorrected), {c.test} n={c.n_pairs or min(c.n_a, c.n_b)}, "
+                f"p corrected for multiple comparisons = {self.p_adjusted:.3g}: {said}")
 
 
 @dataclass
