@@ -76,7 +76,9 @@ def heatmap(table: SensitivityTable, path: Path) -> Path:
         for j, c in enumerate(table.cols):
             if (r, c) in table.cells:
                 grid[i, j] = table.value(table.cells[(r, c)].mean)
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(table.cols), 1.2 + 0.55 * len(table.rows)))
+    # The row labels (``a = b = c`` for merged configurations) take their own width: the cells keep 1.6 in each.
+    label_width = 0.07 * max((len(str(r)) for r in table.rows), default=0)
+    fig, ax = plt.subplots(figsize=(2.6 + label_width + 1.6 * len(table.cols), 1.2 + 0.6 * len(table.rows)))
     image = ax.imshow(grid, cmap="viridis_r" if table.error else "viridis", aspect="auto")
     fig.colorbar(image, ax=ax, label=_ylabel(table))
     finite = grid[np.isfinite(grid)]
@@ -92,10 +94,11 @@ def heatmap(table: SensitivityTable, path: Path) -> Path:
             if cell.stopped_at is not None:
                 text = f"† ep {cell.stopped_at}\n" + text
             symbol = table.marks.symbol(r, c) if table.marks is not None else ""
-            ax.text(j, i, text + f" n={cell.n}{symbol}", ha="center", va="center", fontsize=7,
+            ax.text(j, i, text + f"\nn={cell.n}{symbol}", ha="center", va="center", fontsize=7,
                     color="white" if dark else "black", fontweight="bold" if table.bold(r, c) else "normal")
             if table.bold(r, c):
-                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+                # inset: a neighbour's outline must not make an unmarked cell look outlined too
+                ax.add_patch(plt.Rectangle((j - 0.44, i - 0.4), 0.88, 0.8, fill=False, edgecolor="red", linewidth=1.5))
     col_names = [str(c) for c in table.cols]
     ax.set_xticks(range(len(table.cols)), col_names, rotation=30 if max(map(len, col_names)) > 8 else 0, ha="right")
     ax.set_yticks(range(len(table.rows)), [str(r) for r in table.rows])
