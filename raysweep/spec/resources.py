@@ -125,25 +125,25 @@ def check_fits(per_trial: Mapping[str, float], nodes: Iterable[Mapping[str, Any]
                                  f"(lower resources.cpu to at most that)")
 
 
-def whole_cores(per_trial: Mapping[str, float]) -> dict[str, float]:
-    """``per_trial`` with a CPU-only trial asking Ray for at least one whole CPU.
-
-    Ray's own packing then runs as many trials at once as :func:`concurrent_trials` counts, with no cap in
-    Tune: what a synchronous scheduler needs (every trial created at the start, see
-    ``raysweep.search.schedulers.Scheduler.synchronous``). GPU trials keep their fractional request.
-    """
-    if per_trial.get("gpu"):
-        return dict(per_trial)
-    return {**per_trial, "cpu": max(1.0, float(per_trial["cpu"]))}
-
-
-def concurrent_trials(cpus: float, cpu_per_trial: float, uses_gpu: bool) -> int:
-    """How many Ray trials (one worker process each) run at once on ``cpus`` CPUs.
+def occupied_cpus(cpu_per_trial: float, uses_gpu: bool) -> float:
+    """The CPUs one trial occupies: its ``cpu``, but at least one whole CPU for a CPU-only trial.
 
     A trial trains on ``max(1, floor(cpu))`` threads, so a CPU-only trial of ``cpu`` below 1 still keeps a
     whole core busy: packing ``cpus / cpu`` of them would start more worker processes than cores, each
-    paying its start-up (seconds) to wait for a core. CPU-only trials therefore count at least one CPU each;
-    GPU trials keep the fractional packing (the GPU, not the core, is what they wait on).
+    paying its start-up (seconds) to wait for a core. GPU trials keep the fractional packing (the GPU, not the
+    core, is what they wait on).
     """
-    per_trial = cpu_per_trial if uses_gpu else max(1.0, cpu_per_trial)
-    return max(1, _units(cpus) // max(1, _units(per_trial)))
+    return float(cpu_per_trial) if uses_gpu else max(1.0, float(cpu_per_trial))
+
+
+def whole_cores(per_trial: Mapping[str, float]) -> dict[str, float]:
+    """``per_trial`` asking Ray for :func:`occupied_cpus`: Ray's own packing then runs as many trials at once
+    as :func:`concurrent_trials` counts, with no cap in Tune: what a synchronous scheduler needs (every trial
+    created at the start, see ``raysweep.search.schedulers.Scheduler.synchronous``)."""
+    return {**per_trial, "cpu": occupied_cpus(per_trial["cpu"], bool(per_trial.get("gpu")))}
+
+
+def concurrent_trials(cpus: float, cpu_per_trial: float, uses_gpu: bool) -> int:
+    """How many Ray trials (one worker process each) run at once on ``cpus`` CPUs: as many as fit when each
+    occupies :func:`occupied_cpus`."""
+    return max(1, _units(cpus) // max(1, _units(occupied_cpus(cpu_per_trial, uses_gpu))))
