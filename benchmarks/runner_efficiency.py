@@ -45,7 +45,8 @@ def run(num_trials: int, epochs: int, with_mlflow: bool, workdir: Path) -> dict:
 
     from raysweep.tracking.mlflow_store import SweepRun
     from raysweep.tracking.trial_logger import TrialLogger, TuneCallback
-    from trainables.tune import ENVELOPE, Envelope, run_trial
+    from trainables.planned import ENVELOPE, Envelope
+    from trainables.tune import run_trial
 
     spec = validate_spec({"name": "bench", "dataset": DATASET, "model": MODEL, "train": {"epochs": epochs},
                           "methods": {"ce": {}}, "seeds": num_trials, "resources": {"cpu": 1}})

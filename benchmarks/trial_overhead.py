@@ -28,7 +28,8 @@ def one_trial(workdir: Path) -> dict:
 
     from raysweep.planning.plan import plan
     from raysweep.spec.schema import validate_spec
-    from trainables.tune import ENVELOPE, Envelope, run_trial
+    from trainables.planned import ENVELOPE, Envelope
+    from trainables.tune import run_trial
 
     marks: dict[str, list[float]] = {"start": [], "results": []}
 

@@ -211,7 +211,7 @@ def test_more_than_100_params_and_1000_metrics_per_run_are_chunked(server):
     from raysweep.tracking.mlflow_store import SweepRun
     from raysweep.tracking.trial_logger import TrialLogger, TuneCallback
     from raysweep.trials import PlannedTrial
-    from trainables.tune import Envelope
+    from trainables.planned import Envelope
 
     config = {"method": {"name": "focal", **{f"k{i}": i for i in range(200)}},
               "dataset": {"name": "gaussian", "note": "x" * 700, **{f"d{i}": float(i) for i in range(48)}},

@@ -6,8 +6,7 @@ import pytest
 
 from raysweep.planning.plan import plan
 from raysweep.spec.schema import validate_spec
-from trainables.planned import PlannedTrial
-from trainables.tune import ENVELOPE, Envelope
+from trainables.planned import ENVELOPE, Envelope, PlannedTrial
 
 SPEC = {"name": "p", "dataset": {"name": "gaussian"}, "model": "mlp", "train": {"epochs": 3},
         "methods": {"focal": {"gamma": [1, 2]}}, "axes": {"train.lr": [0.05, 0.1]}, "seeds": 2}

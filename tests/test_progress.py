@@ -9,8 +9,7 @@ import pytest
 from ray.tune import ProgressReporter
 
 from raysweep.execution.progress import SweepProgress, eta_seconds, format_duration, status_line, tally
-from trainables.planned import PlannedTrial
-from trainables.tune import Envelope
+from trainables.planned import Envelope, PlannedTrial
 
 
 def _trial(status, label, epoch=None, planned=10, val=None):

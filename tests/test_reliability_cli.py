@@ -35,7 +35,7 @@ from raysweep.reporting.ui import alive
 from raysweep.spec.schema import validate_spec
 from raysweep.tracking.manifest import Manifest, claim_sweep_dir
 from trainables.checkpoint import load_state
-from trainables.tune import Envelope
+from trainables.planned import Envelope
 
 from _cli import raysweep_cmd
 from _faults import GAUSSIAN, MLP, epoch_log, setup_workdir

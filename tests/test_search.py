@@ -14,7 +14,7 @@ from search_spaces.grid import expand_method
 from search_spaces.methods.dm import BETA_GRID, beta_range
 from search_spaces.sampling import sample
 from trainables.params import ConfigError
-from trainables.tune import Envelope
+from trainables.planned import Envelope
 
 PRESETS = sorted(Path(__file__).resolve().parent.parent.glob("search_spaces/presets/*.yaml"))
 

@@ -12,7 +12,7 @@ from raysweep.spec.schema import validate_spec
 from raysweep.tracking.manifest import Manifest, claim_sweep_dir
 from raysweep.tracking.sync import checkpoint_results, sync_sweep, trial_history
 from trainables.checkpoint import STATE_FILE, save_state
-from trainables.tune import LAST_METRICS, Envelope
+from trainables.planned import LAST_METRICS, Envelope
 
 SPEC = {"name": "gaps", "dataset": {"name": "gaussian", "samples_per_class": 100}, "model": "mlp",
         "train": {"epochs": 10}, "methods": {"ce": {}, "focal": {"gamma": [1.0]}}, "seeds": 1}

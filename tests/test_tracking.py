@@ -50,7 +50,7 @@ def _logged_trial(tmp_path, send_interval_s):
     from raysweep.tracking.mlflow_store import SweepRun
     from raysweep.tracking.trial_logger import TrialLogger, TuneCallback
     from raysweep.trials import PlannedTrial
-    from trainables.tune import Envelope
+    from trainables.planned import Envelope
 
     planned = PlannedTrial({"method": {"name": "ce"}, "dataset": {"name": "gaussian"}, "train": {"epochs": 5},
                             "seed": 0}, "c0ffee0000", 0, "ce")

@@ -1,7 +1,8 @@
 """A planned trial: one resolved trial config plus the ids that group, key and label it.
 
 The one form a trial takes on its way: the planner makes it (``raysweep.planning``), the driver hands it to
-a Tune trial inside an :class:`~trainables.tune.Envelope`, the trainable trains its ``config``, the logger
+a Tune trial inside an :class:`Envelope` (defined here, free of Ray and torch, so the planner and the driver's
+modules read it without importing Ray Tune), the trainable trains its ``config``, the logger
 records it, phase-2 selection and sync read it back. :meth:`PlannedTrial.to_dict` and
 :meth:`PlannedTrial.from_dict` are its one serialisation (the resolved config with the ids beside it: what
 the Tune config, Ray's ``params.json`` and the manifest hold).
@@ -13,7 +14,7 @@ one configuration share it) and a readable ``label`` made of what varies.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 # The ids a planned trial adds beside its resolved config when serialised (see to_dict).
 ID_KEYS = ("config_id", "label", "trial_key", "phase", "axes", "plan_index", "draw")
@@ -56,4 +57,62 @@ class PlannedTrial:
                    data.get("draw"))
 
 
-__all__ = ["ID_KEYS", "PlannedTrial"]
+LAST_METRICS = "last_metrics"  # the reported metrics saved beside the training state in each checkpoint
+ENVELOPE = "envelope"  # the one key of a Tune trial's config
+MEMBERS = "members"  # a group's result: each member's metrics of the epoch, by trial key
+# In the first result after a resume that skipped checkpoints: "<file>: <reason>" of each, "; "-joined (the
+# driver reports it; see raysweep.trial_logger.TuneCallback).
+UNREADABLE = "unreadable_checkpoints"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the driver hands one Tune trial.
+
+    ``members`` are the planned trials it trains: one, or a group trained in this one process; ``key``
+    names the Tune trial and its folder; ``experiment_dir`` is the phase's folder in the storage path (its
+    checkpoints let a restored trial continue from its newest epoch); ``gpu_fraction`` is the share of a
+    GPU to cap this process's CUDA memory at; ``engine`` how a group trains (loop, fused or auto).
+    :meth:`to_config` and :meth:`from_config` are its one serialisation into a Tune config and back.
+    """
+
+    key: str
+    label: str  # what progress displays show
+    members: tuple[PlannedTrial, ...]
+    plugins: tuple[str, ...] = ()
+    experiment_dir: str | None = None
+    gpu_fraction: float | None = None
+    engine: str = "auto"
+
+    @classmethod
+    def of(cls, members: Sequence[PlannedTrial], plugins: Sequence[str] = (), experiment_dir: str | None = None,
+           gpu_fraction: float | None = None, engine: str = "auto") -> Envelope:
+        """The envelope of ``members``: its key is the member's trial key, or for a group the first member's
+        plus a count; its label the members' common label and seeds."""
+        first = members[0].key
+        key = first if len(members) == 1 else f"{first}+{len(members) - 1}"
+        labels = list(dict.fromkeys(m.label for m in members))
+        seeds = ",".join(str(m.seed) for m in members)
+        label = f"{labels[0]} s{seeds}" if len(labels) == 1 else f"{len(labels)} configurations, {len(members)} members"
+        return cls(key, label, tuple(members), tuple(plugins), experiment_dir, gpu_fraction, engine)
+
+    @property
+    def grouped(self) -> bool:
+        return len(self.members) > 1
+
+    def to_config(self) -> dict[str, Any]:
+        """The Tune config ``{ENVELOPE: ...}`` of this envelope, as plain data (Tune stores and pickles it)."""
+        return {ENVELOPE: {"key": self.key, "label": self.label, "members": [m.to_dict() for m in self.members],
+                           "plugins": list(self.plugins), "experiment_dir": self.experiment_dir,
+                           "gpu_fraction": self.gpu_fraction, "engine": self.engine}}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Envelope:
+        """The envelope in a Tune trial's config ``{ENVELOPE: ...}`` (or in its saved ``params.json``)."""
+        data = config[ENVELOPE]
+        return cls(data["key"], data["label"], tuple(PlannedTrial.from_dict(m) for m in data["members"]),
+                   tuple(data.get("plugins") or ()), data.get("experiment_dir"), data.get("gpu_fraction"),
+                   data.get("engine", "auto"))
+
+
+__all__ = ["ENVELOPE", "ID_KEYS", "LAST_METRICS", "MEMBERS", "UNREADABLE", "Envelope", "PlannedTrial"]

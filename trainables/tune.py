@@ -14,7 +14,6 @@ import math
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -24,66 +23,10 @@ from ray import tune
 
 from trainables.checkpoint import STATE_FILE, UnreadableCheckpoint, load_state, save_state
 from trainables.loop import train
-from trainables.planned import PlannedTrial
+from trainables.planned import LAST_METRICS, MEMBERS, UNREADABLE, Envelope, PlannedTrial
 from trainables.plugins import import_plugins
 
-LAST_METRICS = "last_metrics"  # the reported metrics saved beside the training state in each checkpoint
-ENVELOPE = "envelope"  # the one key of a Tune trial's config
-MEMBERS = "members"  # a group's result: each member's metrics of the epoch, by trial key
-# In the first result after a resume that skipped checkpoints: "<file>: <reason>" of each, "; "-joined (the
-# driver reports it; see raysweep.trial_logger.TuneCallback).
-UNREADABLE = "unreadable_checkpoints"
 STAGING_PREFIX = ".state-"  # a checkpoint being written, inside the trial's own folder (see run_trial)
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """What the driver hands one Tune trial.
-
-    ``members`` are the planned trials it trains: one, or a group trained in this one process; ``key``
-    names the Tune trial and its folder; ``experiment_dir`` is the phase's folder in the storage path (its
-    checkpoints let a restored trial continue from its newest epoch); ``gpu_fraction`` is the share of a
-    GPU to cap this process's CUDA memory at; ``engine`` how a group trains (loop, fused or auto).
-    :meth:`to_config` and :meth:`from_config` are its one serialisation into a Tune config and back.
-    """
-
-    key: str
-    label: str  # what progress displays show
-    members: tuple[PlannedTrial, ...]
-    plugins: tuple[str, ...] = ()
-    experiment_dir: str | None = None
-    gpu_fraction: float | None = None
-    engine: str = "auto"
-
-    @classmethod
-    def of(cls, members: Sequence[PlannedTrial], plugins: Sequence[str] = (), experiment_dir: str | None = None,
-           gpu_fraction: float | None = None, engine: str = "auto") -> Envelope:
-        """The envelope of ``members``: its key is the member's trial key, or for a group the first member's
-        plus a count; its label the members' common label and seeds."""
-        first = members[0].key
-        key = first if len(members) == 1 else f"{first}+{len(members) - 1}"
-        labels = list(dict.fromkeys(m.label for m in members))
-        seeds = ",".join(str(m.seed) for m in members)
-        label = f"{labels[0]} s{seeds}" if len(labels) == 1 else f"{len(labels)} configurations, {len(members)} members"
-        return cls(key, label, tuple(members), tuple(plugins), experiment_dir, gpu_fraction, engine)
-
-    @property
-    def grouped(self) -> bool:
-        return len(self.members) > 1
-
-    def to_config(self) -> dict[str, Any]:
-        """The Tune config ``{ENVELOPE: ...}`` of this envelope, as plain data (Tune stores and pickles it)."""
-        return {ENVELOPE: {"key": self.key, "label": self.label, "members": [m.to_dict() for m in self.members],
-                           "plugins": list(self.plugins), "experiment_dir": self.experiment_dir,
-                           "gpu_fraction": self.gpu_fraction, "engine": self.engine}}
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Envelope:
-        """The envelope in a Tune trial's config ``{ENVELOPE: ...}`` (or in its saved ``params.json``)."""
-        data = config[ENVELOPE]
-        return cls(data["key"], data["label"], tuple(PlannedTrial.from_dict(m) for m in data["members"]),
-                   tuple(data.get("plugins") or ()), data.get("experiment_dir"), data.get("gpu_fraction"),
-                   data.get("engine", "auto"))
 
 
 def newest_saved_state(trial_dir: Path, unreadable: list[UnreadableCheckpoint] | None = None

@@ -22,7 +22,7 @@ from typing import IO, Any, Callable, Iterable
 from ray.tune import ProgressReporter
 
 from raysweep.text import format_duration
-from trainables.tune import ENVELOPE, Envelope
+from trainables.planned import ENVELOPE, Envelope
 
 ERROR, RUNNING, TERMINATED = "ERROR", "RUNNING", "TERMINATED"  # Ray's Trial.status values (PENDING, PAUSED wait)
 INTERVAL_S = 30.0  # plain output: at most one line this often
@@ -30,7 +30,7 @@ REFRESH_S = 1.0  # live display: redraw at most this often
 
 
 def trial_label(trial: Any) -> str:
-    """The Tune trial's label (``focal gamma=0.5 s0``) from its envelope (see trainables.tune.Envelope)."""
+    """The Tune trial's label (``focal gamma=0.5 s0``) from its envelope (see trainables.planned.Envelope)."""
     if ENVELOPE not in (trial.config or {}):
         return str(getattr(trial, "trial_id", "?"))
     return Envelope.from_config(trial.config).label

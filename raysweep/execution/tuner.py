@@ -19,7 +19,8 @@ from raysweep.search.schedulers import SCHEDULERS
 from raysweep.spec.schema import Spec
 from raysweep.tracking.trial_logger import TuneCallback
 from raysweep.trials import PlannedTrial
-from trainables.tune import ENVELOPE, Envelope, run_trial
+from trainables.planned import ENVELOPE, Envelope
+from trainables.tune import run_trial
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from raysweep.trials import PlannedTrial, config_id, fmt, relative_cost, resolve
 from trainables.data.fit import FitReport, check_fit, node_memory
 from trainables.methods import METHODS
 from trainables.params import ConfigError
-from trainables.tune import MEMBERS, Envelope
+from trainables.planned import MEMBERS, Envelope
 
 SEARCH, CONFIRM = "search", "confirm"
 

@@ -34,7 +34,7 @@ from raysweep.tracking.mlflow_store import SweepRun, TrackingUnavailable, get_or
 from raysweep.tracking.trial_logger import TrialLogger, error_reason
 from trainables.checkpoint import STATE_FILE, load_state
 from trainables.params import ConfigError
-from trainables.tune import ENVELOPE, LAST_METRICS, MEMBERS, Envelope
+from trainables.planned import ENVELOPE, LAST_METRICS, MEMBERS, Envelope
 
 
 @dataclass

@@ -35,7 +35,7 @@ from raysweep.tracking.mlflow_store import (
     log_tags,
 )
 from raysweep.trials import PlannedTrial
-from trainables.tune import MEMBERS, UNREADABLE, Envelope
+from trainables.planned import MEMBERS, UNREADABLE, Envelope
 
 PER_CLASS_ARTIFACT = "per_class_test_acc.csv"  # final per-class accuracy when there are too many classes for metrics
 # Keys Ray adds to every result (its public AUTO_RESULT_KEYS and the per-trial ones it adds beside them);
