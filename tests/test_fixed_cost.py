@@ -35,6 +35,45 @@ def test_driver_and_worker_do_not_import_the_compiler_stack_or_torchvision():
     assert not {m for m in modules if m == "torchvision" or m.startswith(("torchvision.", "torch._dynamo"))}
 
 
+@pytest.mark.process
+def test_the_preflight_imports_neither_ray_tune_nor_the_compiler_stack():
+    """Validating, planning and every pre-Ray check of a small sweep: Ray Tune (1.2 s) is imported once Ray
+    has started, and a small model is probed on the CPU, not on the meta device whose first forward imports
+    torch._dynamo (1.4 s)."""
+    modules = imported_after(
+        "from raysweep.spec.schema import validate_spec\n"
+        "from raysweep.planning.plan import plan\n"
+        "from raysweep.execution.footprint import check_footprint\n"
+        "from raysweep.execution.preflight import check_datasets\n"
+        f"spec = validate_spec({SMALL!r})\n"
+        "trials = plan(spec)\n"
+        "check_footprint(spec, trials)\n"
+        "check_datasets(spec, trials)")
+    assert "torch" in modules  # the checks did run a model
+    assert not {m for m in modules if m == "ray.tune" or m.startswith(("ray.tune.", "torch._dynamo"))}
+
+
+def test_small_models_are_probed_on_the_cpu_large_ones_on_meta_and_both_measure_the_same(monkeypatch):
+    import torch
+
+    from trainables import pairs
+    from trainables.models import resolve_model
+
+    mlp = resolve_model({"name": "mlp"})
+    before = torch.get_rng_state()
+    small = pairs.probe_model(mlp, (40,), 10)
+    assert next(small.parameters()).device.type == "cpu"
+    assert torch.equal(torch.get_rng_state(), before)  # building it drew nothing from the global RNG
+    large = pairs.probe_model(resolve_model({"name": "resnet10"}), (3, 224, 224), 10)
+    assert next(large.parameters()).device.type == "meta"
+    assert pairs.probe_batch(large, (3, 224, 224), torch.uint8).device.type == "meta"
+
+    on_cpu = pairs.model_footprint(mlp, (40,), None, torch.float32, 10)
+    monkeypatch.setattr(pairs, "CPU_PROBE_WEIGHTS", 0)
+    assert next(pairs.probe_model(mlp, (40,), 10).parameters()).device.type == "meta"
+    assert pairs.model_footprint(mlp, (40,), None, torch.float32, 10) == on_cpu
+
+
 def test_autoaugment_policies_are_torchvisions():
     from torchvision.transforms import AutoAugmentPolicy
 
@@ -95,6 +134,34 @@ def test_a_different_config_never_reuses_a_build_and_the_protocol_never_rebuilds
     own = split_inputs(configs[0])[1]
     cached, fresh = load_source(mnist1d, own), mnist1d.load(own)
     assert torch.equal(cached.x_test, fresh.x_test) and (cached.y_test == fresh.y_test).all()
+
+
+def test_the_preflight_reads_a_generated_source_through_the_machine_cache(tmp_path, monkeypatch):
+    """The model/data pair check and the memory estimate once built mnist1d each (1.5-3 s a build, twice a
+    preflight) instead of reading the cache every trial reads."""
+    from raysweep.execution.footprint import check_footprint
+    from raysweep.execution.preflight import check_datasets
+    from raysweep.planning.plan import plan
+    from raysweep.spec.schema import validate_spec
+    from trainables.data import DATASETS
+
+    monkeypatch.setenv("RAYSWEEP_DATA_CACHE", str(tmp_path / "cache"))
+    log = tmp_path / "builds.log"
+    gaussian = DATASETS.get("gaussian")
+    real = gaussian.load
+
+    def counting(options):
+        with open(log, "a") as handle:
+            handle.write("built\n")
+        return real(options)
+
+    monkeypatch.setitem(gaussian.__dict__, "load", counting)  # a frozen dataclass: its field, for this test
+    spec = validate_spec(SMALL)
+    trials = plan(spec)
+    for _ in range(2):  # the second preflight, as a second sweep's, finds the build
+        check_footprint(spec, trials)
+        check_datasets(spec, trials)
+    assert log.read_text().splitlines() == ["built"]
 
 
 @pytest.mark.process

@@ -61,7 +61,7 @@ def check_footprint(spec: Spec, trials: list[PlannedTrial], memory: int | None =
         if data_bytes > memory:
             raise ConfigError("dataset", f"{dataset['name']} of {examples:,} examples of shape {tuple(shape)} needs "
                                          f"about {gib(data_bytes)} as float32; this machine has {gib(memory)}")
-        check_model(model, dataset["name"], tuple(shape), classes, memory, spec.train.get("batch_size", 2))
+        check_model(model, dataset["name"], tuple(shape), classes, memory)
 
 
 def meta_model(model_cfg: Mapping[str, Any], shape: tuple[int, ...], classes: int):
@@ -88,10 +88,11 @@ def case_weights(dataset: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> in
     return None if model is None else sum(p.numel() for p in model.parameters())
 
 
-def check_model(model_cfg: Mapping[str, Any], dataset: str, shape: tuple[int, ...], classes: int, memory: int,
-                batch_size: int = 2) -> None:
-    """Build the model on the meta device, size it, and run one batch of ``shape`` through it."""
-    import torch
+def check_model(model_cfg: Mapping[str, Any], dataset: str, shape: tuple[int, ...], classes: int, memory: int
+                ) -> None:
+    """Build the model on the meta device, size it, and run one batch of ``shape`` through it (where
+    :func:`trainables.pairs.probe_model` says: on the CPU when it is small)."""
+    from trainables.pairs import probe_batch, probe_model
 
     model = meta_model(model_cfg, shape, classes)
     if model is None:
@@ -101,9 +102,9 @@ def check_model(model_cfg: Mapping[str, Any], dataset: str, shape: tuple[int, ..
     if need > memory:
         raise ConfigError("model", f"{model_cfg['name']} has {weights:,} weights: training it needs about {gib(need)}; "
                                    f"this machine has {gib(memory)}")
-    batch = torch.empty((max(2, min(int(batch_size), 2)), *shape), device="meta")
     try:
-        model.train()(batch)
+        model = probe_model(model_cfg, shape, classes)
+        model.train()(probe_batch(model, shape))
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         if "meta" in first.lower() or "device" in first.lower():  # an op the meta device lacks: not a misfit
