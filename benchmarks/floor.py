@@ -9,8 +9,11 @@ Sub-commands:
 
 - ``compare``: interleaved rounds (the order shuffled each round, so other users' load hits every variant
   alike) of the floor in one process and in N, ``raysweep run`` ungrouped and grouped by configurations,
-  ``raysweep run`` against a Ray head started once beforehand (``cluster.address``), and the plain Ray Tune
-  script a user would write instead (function trainable, Ray's ``MLflowLoggerCallback``). Each variant's
+  ``raysweep run`` against a Ray head started once beforehand (``cluster.address``), the plain Ray Tune
+  script a user would write instead (function trainable, Ray's ``MLflowLoggerCallback``), and Ray Tune
+  training nothing (``idle``: the same number of trials, one worker per core, each only importing torch and
+  building its model and optimizer), started and against the running head: the lower bound of any runner that
+  trains in Ray Tune's workers on this machine. Each variant's
   median wall time and its ratio to the one-process floor of the same round (median over rounds), with the
   1-minute load average before and after every run. ``--spec perf`` (default) is the 12-trial spec of
   issue 25; ``--spec grid`` is the 64-trial grid of ``benchmarks/groups.py``.
@@ -143,6 +146,49 @@ def peer(args: argparse.Namespace) -> None:
     print(f"{len(results)} trials, {results.num_errors} failed")
 
 
+# ---- Ray Tune doing nothing: the lower bound of any runner that trains in Ray Tune's workers --------------
+def idle_trainable(config: dict[str, Any]) -> None:
+    """What every training process pays before its first step, and nothing more: torch, the trial's model and
+    its SGD optimizer (whose first use imports torch._dynamo), then one report."""
+    import torch
+    from ray import tune
+
+    from trainables.data import DATASETS
+    from trainables.models import build_model
+
+    dataset = config["trial"]["dataset"]
+    source = DATASETS.get(dataset["name"])
+    shape, _, classes = source.shape({k: dataset[k] for k in source.params})
+    model = build_model(config["trial"]["model"], tuple(shape), classes)
+    torch.optim.SGD(model.parameters(), lr=0.1)
+    tune.report({"done": 1})
+
+
+def idle(args: argparse.Namespace) -> None:
+    """One Tune trial per planned trial, each only :func:`idle_trainable`, one worker per core and actors
+    reused (as raysweep runs single-threaded trials); Ray started (or ``--address`` joined) and stopped; no
+    MLflow, no checkpoint."""
+    import ray
+    from ray import tune
+
+    from raysweep.execution.cluster import loopback_only
+
+    cores = os.cpu_count() or 1
+    if args.address:  # joined on loopback, as raysweep joins it (Ray would wait on the machine's outward IP)
+        with loopback_only():
+            ray.init(address=args.address, log_to_driver=False, logging_level="WARNING")
+    else:
+        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    tuner = tune.Tuner(
+        tune.with_resources(idle_trainable, {"cpu": 1}),
+        param_space={"trial": tune.grid_search(planned(args.spec))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=cores, reuse_actors=True),
+        run_config=tune.RunConfig(name="idle", storage_path=str(Path("ray").resolve()), verbose=0))
+    results = tuner.fit()
+    ray.shutdown()
+    print(f"{len(results)} trials, {results.num_errors} failed")
+
+
 # ---- a Ray head kept running (the fast path for iterating) -------------------------------------------------
 @contextlib.contextmanager
 def ray_head(cpus: int) -> Iterator[str]:
@@ -250,7 +296,8 @@ def breakdown(spec_file: Path) -> dict[str, float]:
 
     start = time.time()
     proc = subprocess.run([sys.executable, "-m", "benchmarks.floor", "breakdown-run", spec_file.name],
-                          cwd=spec_file.parent, capture_output=True, text=True, env=env_with_repo())
+                          cwd=spec_file.parent, capture_output=True, text=True, env=env_with_repo(),
+                          timeout=TIMED_BOUND_S)
     end = time.time()
     if proc.returncode:
         raise RuntimeError(f"breakdown exited {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -258,11 +305,13 @@ def breakdown(spec_file: Path) -> dict[str, float]:
     return {
         "interpreter_start_s": s["python_started_by"] - start,
         "driver_imports_s": s["imports_done"] - s["python_started_by"],
-        "validate_plan_s": s["preflight_datasets_start"] - s["imports_done"],
+        "validate_plan_footprint_s": s["preflight_datasets_start"] - s["imports_done"],
         "preflight_datasets_s": s["preflight_datasets_end"] - s["preflight_datasets_start"],
+        "other_checks_s": s["ray_init_start"] - s["preflight_datasets_end"],
         "ray_init_s": s["ray_init_end"] - s["ray_init_start"],
         "store_open_beside_ray_s": s["store_open_end"] - s["store_open_start"],
         "store_join_wait_s": s["store_join_wait_s"],
+        "ray_up_to_fit_s": s["tune_fit_start"] - s["ray_init_end"],  # sweep folder, MLflow parent run, Tune's import
         "fit_to_first_result_s": s["first_result"] - s["tune_fit_start"],
         "first_to_last_result_s": s["last_result"] - s["first_result"],
         "last_result_to_fit_end_s": s["tune_fit_end"] - s["last_result"],
@@ -274,9 +323,13 @@ def breakdown(spec_file: Path) -> dict[str, float]:
 
 
 # ---- the comparison -----------------------------------------------------------------------------------------
+TIMED_BOUND_S = 900  # a variant that hangs fails the benchmark instead
+
+
 def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env or env_with_repo())
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env or env_with_repo(),
+                          timeout=TIMED_BOUND_S)
     wall = time.perf_counter() - start
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -298,10 +351,15 @@ def variants(cores: int, threads: int, head: str | None) -> dict[str, Any]:
         "raysweep, ungrouped": lambda w: timed(raysweep_cmd("execution.group=none"), w),
         "raysweep, grouped by configs": lambda w: timed(raysweep_cmd("execution.group=configs"), w),
         "plain Ray Tune script": lambda w: timed([sys.executable, "-m", "benchmarks.floor", "peer", "spec.yaml"], w),
+        "Ray Tune training nothing": lambda w: timed([sys.executable, "-m", "benchmarks.floor", "idle", "spec.yaml"],
+                                                     w),
     }
     if head:
         out["raysweep, grouped by configs, running head"] = lambda w: timed(
             raysweep_cmd("execution.group=configs", f"cluster.address={head}"), w, {**env_with_repo(), **HEAD_ENV})
+        out["Ray Tune training nothing, running head"] = lambda w: timed(
+            [sys.executable, "-m", "benchmarks.floor", "idle", "spec.yaml", "--address", head], w,
+            {**env_with_repo(), **HEAD_ENV})
     return out
 
 
@@ -387,13 +445,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p = sub.add_parser("peer", help="(internal) the plain Ray Tune script over a spec file's planned trials")
     p.add_argument("spec")
+    p = sub.add_parser("idle", help="(internal) Ray Tune training nothing over a spec file's planned trials")
+    p.add_argument("spec")
+    p.add_argument("--address", help="a running Ray head to join")
     p = sub.add_parser("breakdown", help="where one raysweep run of the spec goes, stage by stage (median of runs)")
     p.add_argument("--spec", choices=sorted(SPECS), default="perf")
     p.add_argument("--runs", type=int, default=3)
     p = sub.add_parser("breakdown-run", help="(internal) one clocked raysweep run of a spec file")
     p.add_argument("spec")
     args = parser.parse_args()
-    {"compare": compare, "train": train_slice, "peer": peer, "breakdown": breakdowns,
+    {"compare": compare, "train": train_slice, "peer": peer, "idle": idle, "breakdown": breakdowns,
      "breakdown-run": breakdown_run}[args.command](args)
 
 

@@ -275,6 +275,11 @@ def floor(r: dict) -> list[str]:
         low, high = v["ratio_to_floor_range"]
         out.append(f"| {name} | {v['median_wall_s']:.1f} | {v['ratio_to_floor_median']:.2f} | {low:.2f}-{high:.2f} | "
                    f"{v['median_load_1m']:.1f} |")
+    if any(name.startswith("Ray Tune training nothing") for name in r["summary"]):
+        out += ["", "Ray Tune training nothing: the same number of Tune trials, one worker per core and actors reused "
+                    "as raysweep runs them, each only importing torch and building its trial's model and SGD "
+                    "optimizer, then reporting once; no MLflow, no checkpoint. It is the lower bound of any runner "
+                    "that trains in Ray Tune's workers on this machine."]
     if "plain Ray Tune script" in r["summary"]:
         out += ["", "The plain Ray Tune script slower than every raysweep variant in every round: "
                     f"{'yes' if r['peer_slower_every_round'] else 'no'}."]
