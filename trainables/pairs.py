@@ -40,18 +40,23 @@ def input_spec(dataset_cfg: Mapping[str, Any]) -> tuple[tuple[int, ...], Any, to
 # kernels are wrapped in torch._dynamo.disable): 1.4 s on a quiet 2-core machine, in every preflight.
 CPU_PROBE_WEIGHTS = 25_000_000  # 100 MB of float32: ResNet-50 on 32 px
 CPU_PROBE_INPUT_VALUES = 3 * 64 * 64
+PROBE_OFF = {"bf16": False, "weights": None}  # model options a probe runs without (see probe_model)
 
 
 def probe_model(model_cfg: Mapping[str, Any], shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
     """The resolved model built where one forward of 2 samples is cheapest: on the CPU when it has at most
     ``CPU_PROBE_WEIGHTS`` weights and its inputs at most ``CPU_PROBE_INPUT_VALUES`` values (the global RNG left
-    as it was), else on the meta device (no memory, no compute). Feed it :func:`probe_batch`."""
+    as it was), else on the meta device (no memory, no compute). Feed it :func:`probe_batch`.
+
+    The probe has no ``bf16`` autocast and no ``weights`` file (both change no shape; the weights file is
+    checked on its own, as ``model.weights``)."""
+    cfg = {**model_cfg, **{key: off for key, off in PROBE_OFF.items() if key in model_cfg}}
     with torch.device("meta"):
-        model = build_model(model_cfg, shape, num_classes)
+        model = build_model(cfg, shape, num_classes)
     if math.prod(shape) > CPU_PROBE_INPUT_VALUES or sum(p.numel() for p in model.parameters()) > CPU_PROBE_WEIGHTS:
         return model
     with torch.random.fork_rng(devices=[]):
-        return build_model(model_cfg, shape, num_classes)
+        return build_model(cfg, shape, num_classes)
 
 
 def probe_batch(model: torch.nn.Module, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -67,13 +72,8 @@ def check_model_on_data(model_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, 
     if spec is None:
         return
     shape, norm, dtype = spec
-    cfg = {**model_cfg, "input_norm": norm}
-    if "bf16" in cfg:
-        cfg["bf16"] = False  # no autocast on the meta device; it changes no shape
-    if "weights" in cfg:
-        cfg["weights"] = None  # the weights file is checked on its own (model.weights); here only the shapes
     try:
-        model = probe_model(cfg, shape, 2)
+        model = probe_model({**model_cfg, "input_norm": norm}, shape, 2)
         model.train()(probe_batch(model, shape, dtype))
     except ConfigError as err:
         raise ConfigError(f"{path}.name", f"{model_cfg['name']} cannot train on {dataset_cfg['name']}: "
@@ -102,10 +102,6 @@ def model_footprint(model_cfg: Mapping[str, Any], shape: tuple[int, ...], norm: 
                     dtype: torch.dtype = torch.uint8, num_classes: int = 2) -> ModelFootprint:
     """The :class:`ModelFootprint` of a resolved model config on inputs of ``shape`` (one forward of
     :func:`probe_model`)."""
-    cfg = {**model_cfg, "input_norm": norm}
-    for key, off in (("bf16", False), ("weights", None)):
-        if key in cfg:
-            cfg[key] = off
     outputs: list[int] = []
     peaks: list[int] = []
 
@@ -116,7 +112,7 @@ def model_footprint(model_cfg: Mapping[str, Any], shape: tuple[int, ...], norm: 
             first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
             peaks.append(size + (first[0].numel() * 4 if first is not None and first.dim() else 0))
 
-    model = probe_model(cfg, shape, num_classes)
+    model = probe_model({**model_cfg, "input_norm": norm}, shape, num_classes)
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     model(probe_batch(model, shape, dtype))
     for handle in handles:
